@@ -1,0 +1,54 @@
+"""Shared test fixtures: sample photos, a tiny DATASET written straight to disk, and ../shared data."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# ../shared sits beside the project's checkout (and beside CI's clean clone); a fresh clone elsewhere lacks it.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data (Set5, Set14, clips), or skip when this checkout has none beside it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the benchmark data in {SHARED_DATA}, which a fresh clone does not have")
+    return SHARED_DATA
+
+
+def write_tiny_dataset(root: Path, *, hr_size: int = 32, scale: int = 4, counts=(6, 2, 2), seed: int = 0) -> Path:
+    """Write a DATASET folder (DESIGN.md layout) of smooth random pairs, without create_dataset.py."""
+    rng = np.random.default_rng(seed)
+    lr_size = hr_size // scale
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
+        for sub in ("hr", "lr"):
+            (root / split / sub).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            coarse = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+            hr = Image.fromarray(coarse).resize((hr_size, hr_size), Image.BICUBIC)
+            lr = hr.resize((lr_size, lr_size), Image.BICUBIC)
+            hr.save(root / split / "hr" / f"img-{i:03d}.png")
+            lr.save(root / split / "lr" / f"img-{i:03d}.png")
+    params = {"scale": scale, "hr_size": hr_size, "lr_size": lr_size, "mode": "square", "filter": "bicubic",
+              "degradations": {}, "seed": seed}
+    manifest = {"parameters": params, "counts": dict(zip(("train", "val", "test"), counts, strict=True)),
+                "sources": [], "skipped": []}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    """A small DATASET folder: 32x32 HR, 8x8 LR, x4, 6/2/2 pairs."""
+    return write_tiny_dataset(tmp_path / "dataset")
