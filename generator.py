@@ -1,0 +1,257 @@
+"""SRResNet generator (Ledig et al. 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN").
+
+    LR (N,H,W,3) float32 in [0,1]
+      -> 9x9 conv + PReLU                      (head)
+      -> B x [3x3 conv, BN, PReLU, 3x3 conv, BN, + input]   (residual blocks)
+      -> 3x3 conv, BN, + head                  (global skip)
+      -> per x2 (or the single x3) stage: 3x3 conv(filters*r*r), PixelShuffle(r), PReLU
+      -> 9x9 conv to 3 channels, linear        (+ optional interpolated copy of the input)
+    SR (N,s*H,s*W,3) float32, roughly [0,1] (not clipped: clipping belongs to whoever makes uint8 of it)
+
+Fully convolutional, so a model built once upscales any input size. Only keras.layers / keras.ops are used and
+the custom layers below are registered, so saved .keras files load with safe_mode=True.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+SCALES = (2, 3, 4, 8)
+PRESETS = {
+    # The paper's SRResNet: 16 residual blocks of 64 filters with batch norm, no interpolation skip.
+    "srresnet": dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None),
+    # Light enough for CPUs and video. Measured on the 2-core CPU, 180x320 -> 720x1280 x4 under XLA: 16x64+BN
+    # 2.8 s/frame, 8x48 1.8 s, 8x32 0.89 s, 6x32 0.87 s, 4x32 0.84 s: the x2 stages at high resolution dominate
+    # and scale with filters^2, so width is what costs and depth is nearly free -> 8 blocks of 32. BN is dropped: at
+    # inference it is only an affine op, but in training with small batches it costs time and adds noise;
+    # the bilinear skip makes the net learn a residual over interpolation, so it starts at bilinear quality.
+    "fast": dict(filters=32, blocks=8, batch_norm=False, interpolation_skip="bilinear"),
+}
+INTERPOLATIONS = ("bilinear", "bicubic")
+PRELU_INIT = 0.25  # the paper's (He et al.) initial slope; with Keras' default 0 such nets can die at start
+
+
+def pixel_shuffle(x, scale):
+    """(N, H, W, C*r*r) -> (N, H*r, W*r, C) with keras.ops on dynamic shapes (see PixelShuffle)."""
+    r = int(scale)
+    shape = ops.shape(x)
+    n, h, w, c = shape[0], shape[1], shape[2], x.shape[-1] // (r * r)
+    x = ops.reshape(x, (n, h, w, r, r, c))
+    x = ops.transpose(x, (0, 1, 3, 2, 4, 5))  # (n, h, i, w, j, c)
+    return ops.reshape(x, (n, h * r, w * r, c))
+
+
+@keras.saving.register_keras_serializable(package="srgan")
+class PixelShuffle(keras.layers.Layer):
+    """Sub-pixel rearrangement (Shi et al. 2016): (N, H, W, C*r*r) -> (N, H*r, W*r, C).
+
+    Channel order matches tf.nn.depth_to_space / torch.nn.PixelShuffle-on-NHWC: output[n, h*r+i, w*r+j, c] =
+    input[n, h, w, (i*r + j)*C + c]. Written with keras.ops.reshape/transpose on dynamic shapes, so it works for
+    any H, W on every Keras backend and compiles under XLA.
+    """
+
+    def __init__(self, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = int(scale)
+
+    def call(self, x):
+        return pixel_shuffle(x, self.scale)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        r = self.scale
+        if c % (r * r):
+            raise ValueError(f"PixelShuffle({r}) needs channels divisible by {r * r}, got {c}")
+        return (n, None if h is None else h * r, None if w is None else w * r, c // (r * r))
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}
+
+
+def _keys_cubic(t, a=-0.5):
+    """Keys' cubic convolution kernel (a=-0.5: the kernel of PIL, MATLAB and tf.image.resize bicubic)."""
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t**3 - (a + 3) * t**2 + 1
+    if t < 2:
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+def _triangle(t):
+    """The linear-interpolation kernel."""
+    return max(0.0, 1.0 - abs(t))
+
+
+KERNELS = {"bilinear": _triangle, "bicubic": _keys_cubic}
+
+
+def interpolation_taps(scale, interpolation):
+    """(scale, 5) taps: output phase i of an integer upscale reads input rows h-2..h+2 with these weights.
+
+    Half-pixel centres (as PIL, MATLAB and tf.image.resize): output row h*scale+i sits at input coordinate
+    h + (i + 0.5)/scale - 0.5.
+    """
+    kernel = KERNELS[interpolation]
+    taps = np.zeros((scale, 5), np.float64)
+    for i in range(scale):
+        x = (i + 0.5) / scale - 0.5  # offset from input row h, in (-0.5, 0.5)
+        for k, offset in enumerate(range(-2, 3)):
+            taps[i, k] = kernel(x - offset)
+    return taps
+
+
+@keras.saving.register_keras_serializable(package="srgan")
+class InterpolationUpsample(keras.layers.Layer):
+    """Integer-factor bilinear or bicubic upscaling as one fixed-kernel convolution + PixelShuffle.
+
+    Why not keras.layers.UpSampling2D / tf.image.resize: TensorFlow's bicubic resize does not compile under XLA
+    on CPU, and UpSampling2D(interpolation="bilinear") fails to trace when H and W are unknown (a tf.function
+    with a (None, None, None, 3) signature). A convolution does both, on any backend. Like PIL and
+    tf.image.resize it drops taps that fall outside the image and renormalises the rest (a zero-padded
+    convolution divided by the same convolution of ones), so it matches tf.image.resize(method=interpolation,
+    antialias=False) for upscaling (to float rounding; TF's bicubic uses a 1024-entry coefficient table, so
+    scale 3 differs by ~1e-3).
+    """
+
+    def __init__(self, scale, interpolation="bicubic", **kwargs):
+        super().__init__(**kwargs)
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.scale, self.interpolation = int(scale), interpolation
+        r = self.scale
+        taps = interpolation_taps(r, interpolation)
+        # kernel[ky, kx, c, (i*r+j)*3 + c] = taps[i, ky] * taps[j, kx]: per channel, in depth_to_space order
+        kernel = np.zeros((5, 5, 3, r * r * 3), np.float32)
+        for i in range(r):
+            for j in range(r):
+                for c in range(3):
+                    kernel[:, :, c, (i * r + j) * 3 + c] = np.outer(taps[i], taps[j])
+        self._kernel = kernel
+
+    def call(self, x):
+        kernel = ops.convert_to_tensor(self._kernel, dtype=x.dtype)
+        pad = ((0, 0), (2, 2), (2, 2), (0, 0))
+        weighted = ops.conv(ops.pad(x, pad), kernel, padding="valid")
+        weights = ops.conv(ops.pad(ops.ones_like(x), pad), kernel, padding="valid")
+        return pixel_shuffle(weighted / weights, self.scale)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        r = self.scale
+        return (n, None if h is None else h * r, None if w is None else w * r, c)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "interpolation": self.interpolation}
+
+
+def upsample_stages(scale):
+    """The sub-pixel stages for a scale factor: x2 stages for powers of two, one x3 stage for 3."""
+    if scale == 3:
+        return [3]
+    if scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * int(math.log2(scale))
+    raise ValueError(f"scale must be one of {SCALES} (a power of two or 3), got {scale}")
+
+
+def _prelu(init, name):
+    """PReLU with one slope per channel shared over the spatial axes, so the model stays size-agnostic."""
+    return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(init), shared_axes=[1, 2], name=name)
+
+
+def _conv(filters, kernel, name, use_bias=True):
+    return keras.layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, name=name)
+
+
+def _residual_block(x, filters, batch_norm, prelu_init, name):
+    """conv-BN-PReLU-conv-BN plus the block's input (the paper's Fig. 4 block)."""
+    y = _conv(filters, 3, f"{name}_conv1", use_bias=not batch_norm)(x)
+    if batch_norm:
+        y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = _prelu(prelu_init, f"{name}_prelu")(y)
+    y = _conv(filters, 3, f"{name}_conv2", use_bias=not batch_norm)(y)
+    if batch_norm:
+        y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+    return keras.layers.Add(name=f"{name}_add")([x, y])
+
+
+def _interpolate(x, scale, method):
+    """The input upscaled by plain interpolation, in float32 (it is added to the output, whatever the policy)."""
+    if method not in INTERPOLATIONS:
+        raise ValueError(f"interpolation_skip must be one of {INTERPOLATIONS} or None, got {method!r}")
+    return InterpolationUpsample(scale, method, dtype="float32", name=f"skip_{method}")(x)
+
+
+def resolve_preset(preset, **arguments):
+    """The preset's settings, with each argument that differs from build_generator's default taking precedence."""
+    defaults = dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None)
+    if preset is None:
+        return arguments
+    if preset not in PRESETS:
+        raise ValueError(f"unknown generator preset {preset!r}; choose from {sorted(PRESETS)}")
+    settings = dict(PRESETS[preset])
+    settings.update({k: v for k, v in arguments.items() if v != defaults[k]})
+    return settings
+
+
+def build_generator(scale=4, preset=None, *, filters=64, blocks=16, batch_norm=True, interpolation_skip=None,
+                    prelu_init=PRELU_INIT, name="generator"):
+    """Build an SRResNet generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
+
+    preset: None, or a PRESETS name ("srresnet", "fast") whose filters/blocks/batch_norm/interpolation_skip are
+        used; an argument given with a value other than its default still overrides the preset's.
+    interpolation_skip: None, "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
+        the network learns the residual and starts at interpolation quality. Both are fixed-kernel convolutions
+        (see InterpolationUpsample), so they compile under XLA and trace with unknown H, W.
+    prelu_init: initial PReLU slope (0.25 as in the paper).
+    The last layer casts to float32, so the model also works under a mixed_float16/mixed_bfloat16 policy.
+    """
+    settings = resolve_preset(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
+                              interpolation_skip=interpolation_skip)
+    filters, blocks = int(settings["filters"]), int(settings["blocks"])
+    batch_norm, skip = bool(settings["batch_norm"]), settings["interpolation_skip"]
+    stages = upsample_stages(scale)
+    if skip is not None and skip not in INTERPOLATIONS:
+        raise ValueError(f"interpolation_skip must be one of {INTERPOLATIONS} or None, got {skip!r}")
+
+    lr = keras.Input((None, None, 3), dtype="float32", name="lr")
+    head = _prelu(prelu_init, "head_prelu")(_conv(filters, 9, "head_conv")(lr))
+    x = head
+    for b in range(blocks):
+        x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}")
+    x = _conv(filters, 3, "body_conv", use_bias=not batch_norm)(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="body_bn")(x)
+    x = keras.layers.Add(name="global_skip")([head, x])
+    for k, r in enumerate(stages):
+        x = _conv(filters * r * r, 3, f"up{k}_conv")(x)
+        x = PixelShuffle(r, name=f"up{k}_shuffle")(x)
+        x = _prelu(prelu_init, f"up{k}_prelu")(x)
+    x = _conv(3, 9, "out_conv")(x)
+    sr = keras.layers.Activation("linear", dtype="float32", name="sr")(x)
+    if skip is not None:
+        sr = keras.layers.Add(dtype="float32", name="sr_plus_interpolation")([sr, _interpolate(lr, scale, skip)])
+    return keras.Model(lr, sr, name=name)
+
+
+def load_generator(path):
+    """Load a saved generator (.keras) in safe mode; this module's import registers its custom layers."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def generator_scale(model):
+    """The model's upscaling factor, from its PixelShuffle stages (or, failing that, by running a tiny input)."""
+    stages = [layer.scale for layer in _all_layers(model) if isinstance(layer, PixelShuffle)]
+    if stages:
+        return int(np.prod(stages))
+    out = model(np.zeros((1, 4, 4, 3), np.float32), training=False)
+    return int(out.shape[1]) // 4
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
