@@ -93,9 +93,11 @@ def load_image(path, *, with_alpha=False, max_pixels=DEFAULT_MAX_PIXELS, draft_s
 
 
 def _open_image(path):
-    """Image.open with Pillow's bomb warning silenced: our own max_pixels check gives the clear error."""
+    """Image.open without Pillow's bomb warning (our max_pixels check gives the clear error) or its warnings
+    about broken EXIF blocks (the pixels are still fine; the orientation falls back to 1)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.filterwarnings("ignore", message=r".*[Cc]orrupt EXIF", category=UserWarning)
         return Image.open(path)
 
 
