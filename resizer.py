@@ -64,20 +64,38 @@ def load_image(path, *, with_alpha=False, max_pixels=DEFAULT_MAX_PIXELS, draft_s
     unreadable or oversized file.
     """
     path = Path(path)
+    with _errors_named(path), _open_image(path) as im:
+        orientation = _exif_orientation(im)
+        if draft_size is not None and im.format in ("JPEG", "MPO"):
+            _apply_draft(im, draft_size, orientation)
+        _check_pixels(path, im.size, max_pixels)
+        im.load()
+        im = _apply_orientation(im, orientation)
+        rgb, alpha = _to_rgb_and_alpha(path, im)
+    return (rgb, alpha) if with_alpha else rgb
+
+
+def image_size(path, *, max_pixels=DEFAULT_MAX_PIXELS):
+    """(width, height) of an image file as displayed (EXIF orientation applied), read from its header only.
+
+    A cheap first check before decoding: raises ImageLoadError for a missing, empty, unreadable or oversized
+    file like load_image does; damage further into the file (truncation) is only found by load_image.
+    """
+    path = Path(path)
+    with _errors_named(path), _open_image(path) as im:
+        _check_pixels(path, im.size, max_pixels)
+        width, height = im.size
+        return (height, width) if _exif_orientation(im) in (5, 6, 7, 8) else (width, height)
+
+
+@contextlib.contextmanager
+def _errors_named(path):
+    """Turn whatever Pillow or the OS raises for a bad file into one ImageLoadError that names the file."""
     try:
         if path.is_file() and path.stat().st_size == 0:
             raise ImageLoadError(f"{path}: empty file (0 bytes)")
-        with _open_image(path) as im:
-            orientation = _exif_orientation(im)
-            if draft_size is not None and im.format in ("JPEG", "MPO"):
-                _apply_draft(im, draft_size, orientation)
-            _check_pixels(path, im.size, max_pixels)
-            im.load()
-            im = _apply_orientation(im, orientation)
-            rgb, alpha = _to_rgb_and_alpha(path, im)
-    except ImageLoadError:
-        raise
-    except MemoryError:
+        yield
+    except (ImageLoadError, MemoryError):
         raise
     except FileNotFoundError as e:
         raise ImageLoadError(f"{path}: no such file") from e
@@ -89,7 +107,6 @@ def load_image(path, *, with_alpha=False, max_pixels=DEFAULT_MAX_PIXELS, draft_s
         raise ImageLoadError(f"{path}: refused as a possible decompression bomb ({e})") from e
     except Exception as e:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error, ...
         raise ImageLoadError(f"{path}: cannot decode ({type(e).__name__}: {_describe(e)})") from e
-    return (rgb, alpha) if with_alpha else rgb
 
 
 def _open_image(path):

@@ -373,3 +373,16 @@ def test_save_image_alpha_formats_and_interrupted_write(tmp_path, monkeypatch):
         resizer.save_image(tmp_path / "c.png", img)
     assert not (tmp_path / "c.png").exists()
     assert not [p for p in tmp_path.iterdir() if resizer.is_temp_output(p)]
+
+
+def test_image_size_reads_the_header_in_displayed_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    (tmp_path / "r.jpg").write_bytes(_jpeg_bytes(np.zeros((30, 50, 3), np.uint8), exif=exif))
+    assert resizer.image_size(tmp_path / "r.jpg") == (30, 50)
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(12_000, 12_000))
+    with pytest.raises(ImageLoadError, match="decompression bomb"):
+        resizer.image_size(tmp_path / "bomb.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageLoadError, match="empty"):
+        resizer.image_size(tmp_path / "empty.png")
