@@ -344,6 +344,8 @@ def _scan(task):
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
     except resizer.ImageLoadError as e:
         return {"path": str(path), "reason": str(e).removeprefix(f"{path}: ")}
+    except FileNotFoundError:
+        return {"path": str(path), "reason": "no such file"}
     except OSError as e:
         return {"path": str(path), "reason": f"cannot read ({e.strerror or e})"}
     expected = candidate.get("origin", {}).get("sha256")
