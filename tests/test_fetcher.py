@@ -1,0 +1,587 @@
+"""fetcher.py against a real HTTP server on 127.0.0.1 (tests/fakeserver.py): every source, every failure mode."""
+
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import stat
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from fakeserver import FakePixabay, FakeServer, image_bytes, noise_png
+
+import fetcher
+
+KEY = "sekr1t-pixabay-key-0123456789"
+
+
+class Sleeps(list):
+    """A sleep that records its delays (and really sleeps them, so servers' resets pass)."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        time.sleep(seconds)
+
+
+@pytest.fixture
+def sleeps():
+    return Sleeps()
+
+
+@pytest.fixture
+def retry(sleeps):
+    """Tiny backoff delays so failure tests stay fast."""
+    return fetcher.RetryPolicy(retries=3, backoff=0.01, backoff_max=0.02, timeout=(2.0, 2.0), sleep=sleeps)
+
+
+@pytest.fixture
+def server():
+    with FakeServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def raw(tmp_path):
+    return tmp_path / "raw"
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def manifest_lines(raw: Path) -> list[dict]:
+    return [json.loads(line) for line in (raw / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def fetch(server, raw, retry, paths, **kwargs):
+    return fetcher.fetch_urls([server.url(p) for p in paths], raw, retry=retry, progress=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------- urls
+
+
+def test_url_list_fetches_images_into_raw_with_manifest(server, raw, retry, tmp_path):
+    a = server.add("/img/a.jpg", image_bytes(1))
+    b = server.add("/img/b.png", image_bytes(2, fmt="PNG"), "image/png")
+    c = server.add("/other/a.jpg", image_bytes(3))  # same file name as the first, another URL
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"# holiday photos\n{server.url('/img/a.jpg')}\n\n{server.url('/img/b.png')}\n"
+                       f"{server.url('/other/a.jpg')}  {sha(c)}\n")
+
+    summary = fetcher.fetch_urls(listing, raw, retry=retry, progress=False)
+
+    assert (summary.fetched, summary.skipped, summary.failed) == (3, 0, [])
+    entries = {e["url"]: e for e in manifest_lines(raw)}
+    assert set(entries) == {server.url(p) for p in ("/img/a.jpg", "/img/b.png", "/other/a.jpg")}
+    for path, body in (("/img/a.jpg", a), ("/img/b.png", b), ("/other/a.jpg", c)):
+        entry = entries[server.url(path)]
+        assert entry["source"] == "url" and entry["sha256"] == sha(body) and entry["bytes"] == len(body)
+        assert (raw / entry["path"]).read_bytes() == body
+    assert entries[server.url("/img/b.png")]["path"] == "urls/b.png"
+    assert len({e["path"] for e in entries.values()}) == 3  # the two a.jpg got distinct names
+    assert not list(raw.rglob("*.part"))
+    assert "fetched 3" in summary.line() and "failed 0" in summary.line()
+
+
+def test_rerun_downloads_nothing(server, raw, retry):
+    paths = [server.add(f"/p{i}.jpg", image_bytes(i)) and f"/p{i}.jpg" for i in range(4)]
+    assert fetch(server, raw, retry, paths).fetched == 4
+    before = len(server.requests())
+    again = fetch(server, raw, retry, paths)
+    assert (again.fetched, again.skipped) == (0, 4)
+    assert len(server.requests()) == before
+    assert len(manifest_lines(raw)) == 4
+
+
+def test_500_then_success_is_retried_with_backoff(server, raw, retry, sleeps):
+    body = server.add("/flaky.jpg", image_bytes(5))
+    server.fault("/flaky.jpg", {"status": 500}, {"status": 502})
+    summary = fetch(server, raw, retry, ["/flaky.jpg"])
+    assert summary.fetched == 1 and summary.ok
+    assert len(server.requests("/flaky.jpg")) == 3
+    assert len(sleeps) == 2 and all(0 < s <= 0.02 for s in sleeps)
+    assert (raw / "urls/flaky.jpg").read_bytes() == body
+
+
+def test_retry_after_is_honoured(server, raw, retry, sleeps):
+    server.add("/busy.jpg", image_bytes(6))
+    server.fault("/busy.jpg", {"status": 503, "headers": {"Retry-After": "0.15"}})
+    assert fetch(server, raw, retry, ["/busy.jpg"]).fetched == 1
+    assert sleeps == [0.15]
+
+
+def test_gives_up_after_retries_and_cli_exits_non_zero(server, raw, tmp_path, capsys):
+    server.add("/down.jpg", image_bytes(7))
+    server.fault("/down.jpg", *[{"status": 500}] * 10)
+    server.add("/fine.jpg", image_bytes(8))
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"{server.url('/down.jpg')}\n{server.url('/fine.jpg')}\n")
+    status = fetcher.main(["urls", str(listing), "--out", str(raw), "--retries", "0", "-q"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "fetched 1" in out and "failed 1 (HTTP 500: 1)" in out
+
+
+def test_404_is_not_retried(server, raw, retry):
+    summary = fetch(server, raw, retry, ["/missing.jpg"])
+    assert [reason for _, reason in summary.failed] == ["HTTP 404 Not Found"]
+    assert len(server.requests("/missing.jpg")) == 1
+    assert not (raw / "urls").exists() or not list((raw / "urls").iterdir())
+
+
+def test_read_timeout_is_retried(server, raw, sleeps):
+    server.add("/slow.jpg", image_bytes(9))
+    server.fault("/slow.jpg", {"sleep": 0.6})
+    quick = fetcher.RetryPolicy(retries=2, backoff=0.01, timeout=(1.0, 0.2), sleep=sleeps)
+    summary = fetch(server, raw, quick, ["/slow.jpg"])
+    assert summary.fetched == 1
+    assert len(server.requests("/slow.jpg")) == 2
+
+
+def test_dropped_connection_is_resumed_with_range(server, raw, retry):
+    body = server.add("/big.png", noise_png(1), "image/png")
+    assert len(body) > 70_000
+    server.fault("/big.png", {"drop_after": len(body) - 5000})
+    summary = fetch(server, raw, retry, ["/big.png"])
+    assert summary.fetched == 1, summary.failed
+    first, second = server.requests("/big.png")
+    assert "Range" not in first["headers"]
+    offset = int(second["headers"]["Range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < offset < len(body)
+    assert (raw / "urls/big.png").read_bytes() == body
+
+
+def test_server_ignoring_range_restarts_from_zero(server, raw, retry):
+    body = server.add("/img.png", noise_png(2), "image/png")
+    (raw / "urls").mkdir(parents=True)
+    (raw / "urls/img.png.part").write_bytes(b"garbage that must not survive")
+    server.fault("/img.png", {"ignore_range": True})
+    assert fetch(server, raw, retry, ["/img.png"]).fetched == 1
+    assert server.requests("/img.png")[0]["headers"]["Range"] == "bytes=29-"
+    assert (raw / "urls/img.png").read_bytes() == body
+
+
+def test_wrong_content_range_restarts(server, raw, retry):
+    body = server.add("/img.png", noise_png(3), "image/png")
+    (raw / "urls").mkdir(parents=True)
+    (raw / "urls/img.png.part").write_bytes(body[:1000])
+    server.fault("/img.png", {"bad_range": True})
+    assert fetch(server, raw, retry, ["/img.png"]).fetched == 1
+    assert [("Range" in r["headers"]) for r in server.requests("/img.png")] == [True, False]
+    assert (raw / "urls/img.png").read_bytes() == body
+
+
+def test_complete_partial_file_is_finished_without_a_body(server, raw, retry):
+    body = server.add("/img.jpg", image_bytes(10))
+    (raw / "urls").mkdir(parents=True)
+    (raw / "urls/img.jpg.part").write_bytes(body)  # a run stopped between download and rename
+    assert fetch(server, raw, retry, ["/img.jpg"]).fetched == 1
+    assert (raw / "urls/img.jpg").read_bytes() == body
+    assert server.requests("/img.jpg")[0]["headers"]["Range"] == f"bytes={len(body)}-"
+
+
+def test_html_error_pages_are_rejected(server, raw, retry):
+    server.add("/labelled.jpg", b"<html><body>Please log in</body></html>", "text/html; charset=utf-8")
+    server.add("/disguised.jpg", b"<html><body>Rate limited</body></html>", "image/jpeg")
+    summary = fetch(server, raw, retry, ["/labelled.jpg", "/disguised.jpg"])
+    reasons = dict(summary.failed)
+    assert reasons[server.url("/labelled.jpg")].startswith("content type text/html")
+    assert reasons[server.url("/disguised.jpg")].startswith("not an image")
+    assert summary.fetched == 0
+    assert not [p for p in raw.rglob("*") if p.is_file() and p.suffix in (".jpg", ".part")]
+    assert not (raw / "manifest.jsonl").exists()
+
+
+def test_duplicate_bytes_are_kept_once_and_remembered(server, raw, retry):
+    body = image_bytes(11)
+    server.add("/one.jpg", body)
+    server.add("/same.jpg", body)
+    summary = fetch(server, raw, retry, ["/one.jpg", "/same.jpg"], workers=1)
+    assert (summary.fetched, summary.duplicates) == (1, 1)
+    assert [e["path"] for e in manifest_lines(raw)] == ["urls/one.jpg"]
+    assert not (raw / "urls/same.jpg").exists()
+    before = len(server.requests())
+    assert fetch(server, raw, retry, ["/one.jpg", "/same.jpg"]).skipped == 2
+    assert len(server.requests()) == before
+
+
+def test_expected_sha256_mismatch_is_a_failure(server, raw, retry, tmp_path):
+    server.add("/x.jpg", image_bytes(12))
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"{server.url('/x.jpg')} {'0' * 64}\n")
+    summary = fetcher.fetch_urls(listing, raw, retry=retry, progress=False)
+    assert summary.failed[0][1].startswith("sha256 mismatch")
+    assert not list(raw.rglob("x.jpg*"))
+
+
+def test_url_without_suffix_gets_one_from_its_format(server, raw, retry):
+    server.add("/render/42", image_bytes(13, fmt="PNG"), "image/png")
+    assert fetch(server, raw, retry, ["/render/42"]).fetched == 1
+    assert [e["path"] for e in manifest_lines(raw)] == ["urls/42.png"]
+    assert fetch(server, raw, retry, ["/render/42"]).skipped == 1
+
+
+def test_interrupted_run_continues_where_it_stopped(server, raw, retry):
+    bodies = {f"/c{i}.png": server.add(f"/c{i}.png", noise_png(20 + i), "image/png") for i in range(5)}
+    paths = list(bodies)
+    server.fault("/c1.png", {"drop_after": 40_000})  # dropped, no retries left: .part kept
+    server.fault("/c2.png", {"status": 503})
+    once = fetcher.RetryPolicy(retries=0, sleep=retry.sleep)
+    first = fetch(server, raw, once, paths)
+    assert (first.fetched, len(first.failed)) == (3, 2)
+    assert (raw / "urls/c1.png.part").stat().st_size == 40_000  # every byte received is kept
+
+    # the crash cases too: a file renamed but never recorded, and a torn manifest line
+    (raw / "urls/c3.png").write_bytes(bodies["/c3.png"])
+    kept = [line for line in (raw / "manifest.jsonl").read_text().splitlines() if "c3.png" not in line]
+    (raw / "manifest.jsonl").write_text("\n".join(kept) + '\n{"path": "urls/c9.p')
+
+    seen = len(server.requests())
+    second = fetch(server, raw, retry, paths)
+    assert second.ok and (second.fetched, second.skipped) == (3, 2)
+    new = server.requests()[seen:]
+    assert sorted(r["path"] for r in new) == ["/c1.png", "/c2.png"]  # c3 adopted without a request
+    assert [r["headers"].get("Range") for r in new if r["path"] == "/c1.png"] == ["bytes=40000-"]
+    for path, body in bodies.items():
+        assert (raw / "urls" / path.lstrip("/")).read_bytes() == body
+    assert sorted(e["path"] for e in fetcher.read_manifest(raw)) == [f"urls/c{i}.png" for i in range(5)]
+
+
+# ----------------------------------------------------------------------------- pixabay
+
+
+@pytest.fixture
+def pixabay(server, monkeypatch):
+    server.pixabay = FakePixabay(server, KEY, count=7)
+    monkeypatch.setenv(fetcher.PIXABAY_KEY_ENV, KEY)
+    return server.pixabay
+
+
+def fetch_pixabay(server, raw, retry, **kwargs):
+    kwargs = {"limit": 5, "base_url": server.url("/api/"), "retry": retry, "progress": False, **kwargs}
+    return fetcher.fetch_pixabay("red fox", raw, **kwargs)
+
+
+def test_pixabay_fetch_keeps_attribution_and_never_leaks_the_key(server, raw, retry, pixabay, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # main() in another test may have quietened it
+    summary = fetch_pixabay(server, raw, retry, min_width=20, min_height=10, category="animals")
+
+    assert summary.fetched == 5 and summary.ok
+    (api,) = server.requests("/api/")
+    query = {k: v[0] for k, v in api["query"].items()}
+    assert query | {"key": "?"} == {"q": "red fox", "image_type": "photo", "min_width": "20", "min_height": "10",
+                                   "category": "animals", "order": "popular", "safesearch": "false",
+                                   "editors_choice": "false", "per_page": "5", "page": "1", "key": "?"}
+    for entry in manifest_lines(raw):
+        hit = next(h for h in pixabay.hits if h["id"] == entry["id"])
+        assert entry["path"] == f"pixabay/{hit['id']}.jpg" and entry["source"] == "pixabay"
+        assert (entry["user"], entry["pageURL"], entry["url"]) == (hit["user"], hit["pageURL"], hit["largeImageURL"])
+        assert entry["license"] == "Pixabay Content License"
+    assert '"GET /api/?' in caplog.text and "key=***" in caplog.text  # urllib3 logged the URL, redacted
+    out = capsys.readouterr()
+    assert KEY not in caplog.text + out.out + out.err
+    for path in raw.rglob("*"):
+        assert KEY not in str(path.relative_to(raw))
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes()
+    assert list((raw / ".cache/pixabay").glob("*.json"))
+
+
+def test_pixabay_cache_is_reused_for_24_hours(server, raw, retry, pixabay):
+    assert fetch_pixabay(server, raw, retry).fetched == 5
+    seen = len(server.requests())
+    again = fetch_pixabay(server, raw, retry)
+    assert (again.fetched, again.skipped) == (0, 5)
+    assert len(server.requests()) == seen  # no API request, no image request
+
+    (cache_file,) = (raw / ".cache/pixabay").glob("*.json")
+    record = json.loads(cache_file.read_text())
+    record["fetched_at"] -= 25 * 3600
+    cache_file.write_text(json.dumps(record))
+    fetch_pixabay(server, raw, retry)
+    assert [r["path"] for r in server.requests()[seen:]] == ["/api/"]  # stale: asked again, images skipped
+
+
+def test_pixabay_pages_stop_at_the_500_hit_cap(server, retry, pixabay):
+    server.pixabay = FakePixabay(server, KEY, count=650)
+    hits = fetcher.search_pixabay("sea", KEY, limit=10_000, base_url=server.url("/api/"), retry=retry)
+    assert len(hits) == 500 and len({h["id"] for h in hits}) == 500
+    pages = [(r["query"]["page"][0], r["query"]["per_page"][0]) for r in server.requests("/api/")]
+    assert pages == [("1", "200"), ("2", "200"), ("3", "200")]
+
+    few = fetcher.search_pixabay("sea", KEY, limit=2, base_url=server.url("/api/"), retry=retry)
+    assert len(few) == 2 and server.requests("/api/")[-1]["query"]["per_page"] == ["3"]
+
+
+def test_pixabay_429_waits_for_the_reset(server, raw, retry, sleeps, pixabay):
+    server.fault("/api/", {"status": 429, "headers": {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "0",
+                                                      "X-RateLimit-Reset": "0.25"}})
+    assert fetch_pixabay(server, raw, retry).fetched == 5
+    assert len(server.requests("/api/")) == 2
+    assert sleeps[0] == 0.25
+
+
+def test_pixabay_waits_when_the_budget_is_spent(server, retry, sleeps):
+    server.pixabay = FakePixabay(server, KEY, count=300, remaining=1, reset="0.2")
+    fetcher.search_pixabay("sea", KEY, limit=300, base_url=server.url("/api/"), retry=retry)
+    assert len(server.requests("/api/")) == 2
+    assert len(sleeps) == 1 and 0.1 < sleeps[0] <= 0.2  # remaining 0 after page 1: wait out the window
+
+
+def test_pixabay_key_from_file_and_clear_errors(server, raw, pixabay, monkeypatch, tmp_path, caplog, capsys):
+    monkeypatch.delenv(fetcher.PIXABAY_KEY_ENV)
+    with pytest.raises(fetcher.FetchError, match="PIXABAY_API_KEY"):
+        fetcher.pixabay_key()
+    key_file = tmp_path / "pixabay.key"
+    key_file.write_text(KEY + "\n")
+    args = ["pixabay", "red fox", "--key-file", str(key_file), "--out", str(raw), "--base-url", server.url("/api/"),
+            "--limit", "3", "-q"]
+    assert fetcher.main(args) == 0
+    assert "fetched 3" in capsys.readouterr().out
+
+    key_file.write_text("wrong-key-98765\n")
+    assert fetcher.main(args[:-1] + ["--cache-dir", str(tmp_path / "c2"), "-q"]) == 1
+    assert "HTTP 400" in caplog.text and "Invalid or missing API key" in caplog.text
+    assert "wrong-key-98765" not in caplog.text + capsys.readouterr().err
+
+
+def test_key_is_redacted_from_connection_errors(retry, tmp_path):
+    fetcher.register_secret(KEY)
+    dead = fetcher.RetryPolicy(retries=0, timeout=(0.5, 0.5), sleep=retry.sleep)
+    with pytest.raises(fetcher.FetchError) as err:  # nothing listens on port 9 of 127.0.0.1
+        fetcher.search_pixabay("sea", KEY, base_url="http://127.0.0.1:9/api/", retry=dead)
+    assert "Pixabay API" in str(err.value) and KEY not in str(err.value)
+    assert fetcher.redact(f"GET /api/?q=sea&key={KEY}&page=1") == "GET /api/?q=sea&key=***&page=1"
+
+
+# ----------------------------------------------------------------------------- archives and datasets
+
+
+def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        for name, target in (symlinks or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, target)
+    return buf.getvalue()
+
+
+def make_tar(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def test_zip_archive_extracts_only_images_and_is_not_fetched_twice(server, raw, retry):
+    images = {f"photos/{n}": image_bytes(30 + i, fmt="PNG") for i, n in enumerate(["a.png", "b.png", "sub/c.png"])}
+    data = server.add("/photos.zip", make_zip({**images, "photos/README.txt": b"hello",
+                                               "__MACOSX/photos/._a.png": b"\0\5\26\7"}), "application/zip")
+    summary = fetcher.fetch_archive(server.url("/photos.zip"), raw, sha256=sha(data), retry=retry, progress=False)
+
+    assert (summary.fetched, summary.failed) == (3, [])
+    for member, body in images.items():
+        assert (raw / "photos" / member).read_bytes() == body
+    entry = next(e for e in manifest_lines(raw) if e["path"] == "photos/photos/sub/c.png")
+    assert (entry["source"], entry["url"], entry["member"]) == ("archive", server.url("/photos.zip"),
+                                                                "photos/sub/c.png")
+    assert not (raw / ".downloads/photos.zip").exists()  # deleted after a complete extraction
+    again = fetcher.fetch_archive(server.url("/photos.zip"), raw, sha256=sha(data), retry=retry, progress=False)
+    assert (again.fetched, again.skipped) == (0, 3)
+    assert len(server.requests("/photos.zip")) == 1
+
+
+def test_zip_with_escaping_absolute_and_symlink_members_is_extracted_safely(server, raw, retry, tmp_path):
+    good = image_bytes(40)
+    server.add("/evil.zip", make_zip({"ok.jpg": good, "../evil.jpg": image_bytes(41), "/abs.jpg": image_bytes(42),
+                                      "a/../../b.jpg": image_bytes(43)}, symlinks={"link.jpg": "/etc/passwd"}))
+    status = fetcher.main(["archive", server.url("/evil.zip"), "--out", str(raw), "-q"])
+    assert status == 1
+    summary = fetcher.fetch_archive(server.url("/evil.zip"), raw, retry=retry, progress=False)
+    assert summary.skipped == 1 and len(summary.failed) == 4  # re-reported from the completion record
+    assert all(reason.startswith("unsafe member") for _, reason in summary.failed)
+    assert (raw / "evil/ok.jpg").read_bytes() == good
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["raw/.downloads/evil.zip.done.json", "raw/evil/ok.jpg", "raw/manifest.jsonl"]
+    assert not [p for p in tmp_path.rglob("*") if p.is_symlink()]
+
+
+def test_tar_with_escaping_members_and_links_is_extracted_safely(server, raw, retry, tmp_path):
+    good = image_bytes(50)
+    server.add("/set.tar.gz", make_tar({"set/good.jpg": good, "../escape.jpg": image_bytes(51),
+                                        "/tmp/abs.jpg": image_bytes(52)},
+                                       links={"set/sym.jpg": (tarfile.SYMTYPE, "/etc/passwd"),
+                                              "set/hard.jpg": (tarfile.LNKTYPE, "set/good.jpg"),
+                                              "set/fifo.jpg": (tarfile.FIFOTYPE, "")}), "application/gzip")
+    summary = fetcher.fetch_archive(server.url("/set.tar.gz"), raw, retry=retry, progress=False)
+    assert summary.fetched == 1
+    reasons = sorted(reason.split(": ")[0] for _, reason in summary.failed)
+    assert reasons == ["unsafe member (absolute path)", "unsafe member (escapes the target folder)",
+                       "unsafe member (hardlink refused)", "unsafe member (special refused)",
+                       "unsafe member (symlink refused)"]
+    files = sorted(p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file() and p.suffix == ".jpg")
+    assert files == ["set/set/good.jpg"]
+    assert not (tmp_path / "escape.jpg").exists() and not [p for p in tmp_path.rglob("*") if p.is_symlink()]
+
+
+def test_archive_sha256_mismatch_is_refused(server, raw, retry):
+    server.add("/photos.zip", make_zip({"a.jpg": image_bytes(60)}), "application/zip")
+    summary = fetcher.fetch_archive(server.url("/photos.zip"), raw, sha256="ab" * 32, retry=retry, progress=False)
+    assert summary.fetched == 0 and "sha256 mismatch" in summary.failed[0][1]
+    assert not [p for p in raw.rglob("*") if p.is_file()]  # neither archive, nor part, nor images
+
+
+def test_archive_download_resumes_after_a_drop(server, raw, retry):
+    data = server.add("/big.zip", make_zip({f"n{i}.png": noise_png(70 + i) for i in range(2)}), "application/zip")
+    server.fault("/big.zip", {"drop_after": len(data) // 2})
+    summary = fetcher.fetch_archive(server.url("/big.zip"), raw, sha256=sha(data), retry=retry, progress=False)
+    assert summary.fetched == 2 and summary.ok
+    assert "Range" in server.requests("/big.zip")[1]["headers"]
+
+
+def test_dataset_from_the_registry_through_a_mirror(server, raw, retry, monkeypatch):
+    hr = {f"tiny/HR/{i:04d}.png": image_bytes(80 + i, fmt="PNG") for i in range(3)}
+    data = server.add("/mirror/tiny_HR.tar.gz", make_tar({**hr, "tiny/LR/0000.png": image_bytes(99, fmt="PNG")}))
+    monkeypatch.setitem(fetcher.DATASETS, "tiny", dict(url="https://example.invalid/sets/tiny_HR.tar.gz",
+                                                       root="tiny/HR/", sha256=sha(data), bytes=len(data), images=3,
+                                                       homepage="https://example.invalid/", about="test set"))
+    summary = fetcher.fetch_dataset("TINY", raw, base_url=server.url("/mirror/"), retry=retry, progress=False)
+    assert summary.fetched == 3 and summary.ok
+    assert sorted(e["path"] for e in manifest_lines(raw)) == ["tiny/0000.png", "tiny/0001.png", "tiny/0002.png"]
+    assert {e["dataset"] for e in manifest_lines(raw)} == {"tiny"}
+    assert fetcher.fetch_dataset("tiny", raw, base_url=server.url("/mirror/"), progress=False).skipped == 3
+    with pytest.raises(fetcher.FetchError, match="div2k-train"):
+        fetcher.fetch_dataset("imagenet", raw)
+
+
+def test_dataset_limit_keeps_the_archive_for_a_full_run(server, raw, retry, monkeypatch):
+    hr = {f"tiny/HR/{i:04d}.png": image_bytes(90 + i, fmt="PNG") for i in range(4)}
+    server.add("/tiny_HR.tar.gz", make_tar(hr))
+    monkeypatch.setitem(fetcher.DATASETS, "tiny", dict(url="https://example.invalid/tiny_HR.tar.gz",
+                                                       root="tiny/HR", sha256=None, bytes=None, images=4,
+                                                       about="test set"))
+    assert fetcher.fetch_dataset("tiny", raw, base_url=server.url("/"), limit=2, progress=False).fetched == 2
+    full = fetcher.fetch_dataset("tiny", raw, base_url=server.url("/"), progress=False)
+    assert (full.fetched, full.skipped) == (2, 2)
+    assert len(server.requests("/tiny_HR.tar.gz")) == 1
+
+
+def test_registry_entries_are_well_formed(capsys):
+    assert {"div2k-train", "div2k-valid", "flickr2k", "bsds500", "dtd"} <= set(fetcher.DATASETS)
+    for entry in fetcher.DATASETS.values():
+        assert entry["url"].startswith(("https://", "http://")) and entry["root"].endswith("/")
+        assert entry["sha256"] is None or len(entry["sha256"]) == 64
+    assert fetcher.main(["dataset"]) == 0
+    assert "div2k-valid" in capsys.readouterr().out
+
+
+def test_safe_member_path():
+    assert fetcher.safe_member_path("./a//b/c.jpg").as_posix() == "a/b/c.jpg"
+    for bad in ("../x.jpg", "a/../../x.jpg", "/etc/x.jpg", "C:/x.jpg", "a\\..\\..\\x.jpg", "./"):
+        with pytest.raises(fetcher.FetchError, match="unsafe member"):
+            fetcher.safe_member_path(bad)
+
+
+# ----------------------------------------------------------------------------- local folders
+
+
+@pytest.fixture
+def wallpapers(tmp_path):
+    """A folder tree like a wallpaper package: nested images, a duplicate, junk, a broken file."""
+    src = tmp_path / "backgrounds"
+    (src / "nature/hd").mkdir(parents=True)
+    (src / ".thumbnails").mkdir()
+    files = {"sky.jpg": image_bytes(1), "nature/lake.png": image_bytes(2, fmt="PNG"),
+             "nature/hd/forest.JPG": image_bytes(3), "nature/hd/sky-copy.jpg": image_bytes(1),
+             "nature/readme.txt": b"not an image", "nature/broken.jpg": b"<html>oops</html>",
+             ".thumbnails/sky.png": image_bytes(4, fmt="PNG")}
+    for name, body in files.items():
+        (src / name).write_bytes(body)
+    return src
+
+
+def test_local_folder_is_copied_recursively_with_dedup(wallpapers, raw):
+    summary = fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert (summary.fetched, summary.duplicates) == (3, 1)
+    assert [(Path(item).name, reason.split(" (")[0]) for item, reason in summary.failed] == [
+        ("broken.jpg", "not an image")]
+    paths = sorted(e["path"] for e in manifest_lines(raw))
+    assert paths == ["local/backgrounds/nature/hd/forest.JPG", "local/backgrounds/nature/lake.png",
+                     "local/backgrounds/sky.jpg"]  # the first copy in folder order is the one kept
+    for entry in manifest_lines(raw):
+        assert entry["source"] == "local" and Path(entry["origin"]).read_bytes() == (raw / entry["path"]).read_bytes()
+
+
+def test_local_rerun_reads_nothing_and_new_files_are_picked_up(wallpapers, raw, monkeypatch):
+    fetcher.fetch_local(wallpapers, raw, progress=False)
+    (wallpapers / "nature/broken.jpg").unlink()
+    (wallpapers / "new.png").write_bytes(image_bytes(5, fmt="PNG"))
+
+    copied = []
+    real_copy = shutil.copyfile
+    monkeypatch.setattr(shutil, "copyfile", lambda a, b: copied.append(Path(a).name) or real_copy(a, b))
+    summary = fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert (summary.fetched, summary.skipped, summary.ok) == (1, 4, True)
+    assert copied == ["new.png"]
+
+
+def test_local_ignores_the_output_folder_inside_the_source(wallpapers):
+    raw = wallpapers / "raw"
+    fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert fetcher.fetch_local(wallpapers, raw, progress=False).skipped == 4
+
+
+def test_local_cli_and_missing_folder(wallpapers, raw, tmp_path, capsys):
+    (wallpapers / "nature/broken.jpg").unlink()
+    assert fetcher.main(["local", str(wallpapers), "--out", str(raw), "--name", "mate", "-q"]) == 0
+    assert "fetched 3" in capsys.readouterr().out and (raw / "local/mate/sky.jpg").is_file()
+    assert fetcher.main(["local", str(tmp_path / "nowhere"), "--out", str(raw)]) == 1
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def test_verify_image_accepts_images_and_refuses_the_rest(tmp_path):
+    good, html, empty, cut = (tmp_path / n for n in ("good.png", "page.jpg", "empty.jpg", "cut.png"))
+    good.write_bytes(image_bytes(1, fmt="PNG"))
+    html.write_bytes(b"<!doctype html><title>404</title>")
+    empty.write_bytes(b"")
+    cut.write_bytes(noise_png(1)[:5000])
+    assert fetcher.verify_image(good) == ("PNG", 24, 16)
+    for bad in (html, empty, cut):
+        with pytest.raises(fetcher.FetchError, match="not an image"):
+            fetcher.verify_image(bad)
+
+
+def test_retry_after_parsing_and_backoff():
+    assert fetcher.parse_retry_after("7") == 7.0
+    assert fetcher.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert fetcher.parse_retry_after("soon") is None and fetcher.parse_retry_after(None) is None
+    policy = fetcher.RetryPolicy(backoff=1.0, backoff_max=10.0)
+    for attempt, cap in ((0, 1.0), (2, 4.0), (6, 10.0)):
+        delays = [policy.delay(attempt) for _ in range(50)]
+        assert all(cap / 2 <= d <= cap for d in delays) and len(set(delays)) > 1  # jittered
+
+
+def test_manifest_appends_after_a_torn_line(tmp_path):
+    (tmp_path / "manifest.jsonl").write_text('{"path": "a.jpg", "sha256": "aa", "bytes": 1}\n{"path": "b.j')
+    assert [e["path"] for e in fetcher.read_manifest(tmp_path)] == ["a.jpg"]
+    fetcher._append_jsonl(tmp_path / "manifest.jsonl", {"path": "c.jpg", "sha256": "cc", "bytes": 1})
+    assert [e["path"] for e in fetcher.read_manifest(tmp_path)] == ["a.jpg", "c.jpg"]
+    assert os.path.getsize(tmp_path / "manifest.jsonl") > 0
