@@ -43,6 +43,8 @@ import urllib3
 from PIL import Image
 from tqdm import tqdm
 
+import resizer
+
 # -----------------------------------------------------------------------------
 # configuration
 OUT_DIR = "data/raw"
@@ -254,17 +256,21 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_image(path: Path) -> tuple[str, int, int]:
-    """Cheap check that a file really is an image Pillow reads: (format, width, height), else FetchError.
+    """Cheap check that a file really is a usable image: (format, width, height), else FetchError.
 
-    Reads the header (and, for PNG, every chunk's CRC) without decoding pixels, so an HTML error page
-    saved as .jpg, an empty file or a truncated PNG are refused. Full decoding is resizer.load_image's job.
+    resizer.image_size reads the header (refusing HTML pages saved as .jpg, empty files, decompression
+    bombs, with the wording create_dataset.py uses); Pillow's verify() then checks the file's integrity
+    (e.g. every PNG chunk's CRC) without decoding pixels. Full decoding stays resizer.load_image's job.
     """
     try:
-        with Image.open(path) as im:
-            fmt, (width, height) = im.format, im.size
+        width, height = resizer.image_size(path)
+        with Image.open(path) as im:  # oversized files were refused above, so no bomb warning here
+            fmt = im.format
             im.verify()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
-        raise FetchError(f"not an image ({type(exc).__name__}: {exc})") from None
+    except resizer.ImageLoadError as exc:
+        raise FetchError(f"not a usable image ({str(exc).removeprefix(f'{path}: ')})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise FetchError(f"not a usable image (damaged: {exc or type(exc).__name__})") from None
     return fmt or "?", width, height
 
 
@@ -284,10 +290,13 @@ class Manifest:
         self.by_url: dict[str, str] = {}
         self.duplicates: dict[str, dict] = {}  # key -> {"sha256", "bytes", "duplicate_of"}
         self.lock = threading.RLock()
-        for entry in _read_jsonl(self.path):
+        entries, lines = _read_jsonl(self.path)
+        for entry in entries:
             if isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str):
                 self._index(entry)
-        for record in _read_jsonl(self.root / DUPLICATES):
+        # superseded or torn lines: tidy() rewrites the file with one line per path (readers take the first)
+        self.untidy = len(self.entries) != lines
+        for record in _read_jsonl(self.root / DUPLICATES)[0]:
             if isinstance(record.get("key"), str):
                 self.duplicates[record["key"]] = record
 
@@ -344,8 +353,19 @@ class Manifest:
             entry = {"path": rel, "sha256": sha256, "bytes": size, **job.meta, "width": info[1], "height": info[2]}
             if previous is None or previous.get("sha256") != sha256 or previous.get("bytes") != size:
                 _append_jsonl(self.path, entry)
+                self.untidy |= previous is not None
             self._index(entry)
             return "fetched", rel
+
+    def tidy(self) -> None:
+        """Rewrite manifest.jsonl (atomically) with one line per path when lines were superseded or torn."""
+        with self.lock:
+            if not self.untidy:
+                return
+            lines = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in self.entries.values())
+            with resizer.atomic_output(self.path) as tmp:
+                tmp.write_text(lines, encoding="utf-8")
+            self.untidy = False
 
     def note_duplicate(self, job: Job, sha256: str, size: int, other: str) -> tuple[str, str]:
         """Record that a job's bytes are already held by `other`, so re-runs skip it; ("duplicate", other)."""
@@ -356,22 +376,25 @@ class Manifest:
         return "duplicate", other
 
 
-def _read_jsonl(path: Path) -> Iterable[dict]:
-    """Objects of a JSON-lines file; blank, torn or foreign lines are skipped."""
+def _read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """The objects of a JSON-lines file, and its number of non-blank lines; torn or foreign lines are skipped."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
-        return
+        return [], 0
+    objects, lines = [], 0
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        lines += 1
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
             log.warning("%s:%d: unreadable line ignored (an interrupted write?)", path, number)
             continue
         if isinstance(obj, dict):
-            yield obj
+            objects.append(obj)
+    return objects, lines
 
 
 def _append_jsonl(path: Path, obj: dict) -> None:
@@ -387,14 +410,9 @@ def _append_jsonl(path: Path, obj: dict) -> None:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    """Write JSON through a temporary file in the same folder and rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
+    """Write a JSON file atomically (resizer.atomic_output: temporary file, then rename)."""
+    with resizer.atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _with_image_suffix(rel: str, fmt: str) -> str:
@@ -462,7 +480,8 @@ def _with_retries(action: Callable[[], object], retry: RetryPolicy):
             return action()
         except TransientError as exc:
             if attempt == retry.retries or _STOP.is_set():
-                raise GaveUp(f"{exc} (gave up after {attempt + 1} tries)") from None
+                tries = f"{attempt + 1} {'try' if attempt == 0 else 'tries'}"
+                raise GaveUp(f"{exc} (gave up after {tries})") from None
             wait = exc.wait if exc.wait is not None else retry.delay(attempt)
             log.debug("retrying in %.2f s after %s", wait, exc)
             retry.sleep(wait)
@@ -591,6 +610,7 @@ def run_jobs(jobs: list[Job], out_dir: str | Path, *, workers: int = WORKERS, re
     finally:
         pool.shutdown(wait=True)
         bar.close()
+        manifest.tidy()
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -816,8 +836,8 @@ def read_url_list(path: str | Path, base_url: str | None = None) -> list[tuple[s
     resolved against base_url, an optional second column giving the expected sha256."""
     items = []
     for line in Path(path).read_text(encoding="utf-8").splitlines():
-        words = line.split("#", 1)[0].split() if line.lstrip().startswith("#") else line.split()
-        if not words:
+        words = line.split()
+        if not words or words[0].startswith("#"):  # only whole-line comments: URLs may hold a '#'
             continue
         url = urljoin(base_url, words[0]) if base_url else words[0]
         sha = words[1].lower() if len(words) > 1 and re.fullmatch(r"[0-9a-fA-F]{64}", words[1]) else None
@@ -852,7 +872,9 @@ def _url_name(url: str) -> str:
 def fetch_urls(urls: str | Path | Iterable[str], out_dir: str | Path = OUT_DIR, *, base_url: str | None = None,
                limit: int | None = None, workers: int = WORKERS, retry: RetryPolicy | None = None,
                progress: bool = True, verify: bool = False) -> Summary:
-    """Download image URLs (a URL-list file, or an iterable of URLs) into out_dir/urls/."""
+    """Download image URLs (a URL-list file, one URL, or an iterable of URLs) into out_dir/urls/."""
+    if isinstance(urls, str) and re.match(r"(?i)https?://", urls):
+        urls = [urls]
     if isinstance(urls, str | Path):
         items = read_url_list(urls, base_url)
     else:
@@ -1025,6 +1047,7 @@ def extract_images(archive: Path, out_dir: Path, name: str, *, root: str = "", l
                     summary.failed.append((member, detail))
             bar.update()
     summary.failed += rejected
+    manifest.tidy()
     if taken == 0:
         log.warning("%s: no image members%s", archive.name, f" under {root}" if root else "")
     return Extraction(summary, files, rejected, complete)
@@ -1174,6 +1197,7 @@ def fetch_local(src_dir: str | Path, out_dir: str | Path = OUT_DIR, *, name: str
                                     unit="img", desc="local: copy", disable=not progress or not copies,
                                     dynamic_ncols=True), strict=True):
             _record(summary, job, result, manifest)
+    manifest.tidy()
     summary.seconds = time.monotonic() - started
     return summary
 

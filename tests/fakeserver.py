@@ -8,6 +8,7 @@ queue faults for a path with `server.fault(path, {...}, ...)`; each request of t
     {"ignore_range": True}                           answer 200 with the whole file even to a Range request
     {"bad_range": True}                              answer 206 with a Content-Range that starts at 0
     {"sleep": S}                                     wait S seconds before answering (client timeouts)
+    {"trickle": (N, S)}                              send the body N bytes at a time, S seconds apart
     {"body": b"...", "content_type": "text/html"}    answer 200 with this body instead of the file
 """
 
@@ -127,6 +128,7 @@ class FakeServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real hosts do
+    disable_nagle_algorithm = True  # else headers and body, written apart, wait ~40 ms for a delayed ACK
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -163,9 +165,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
             shown = 0 if fault.get("bad_range") else start
             headers["Content-Range"] = f"bytes {shown}-{len(body) - 1}/{len(body)}"
-        self._send(status, headers, body[start:], content_type, drop_after=fault.get("drop_after"))
+        self._send(status, headers, body[start:], content_type, drop_after=fault.get("drop_after"),
+                   trickle=fault.get("trickle"))
 
-    def _send(self, status: int, headers: dict, body: bytes, content_type: str, drop_after: int | None = None):
+    def _send(self, status: int, headers: dict, body: bytes, content_type: str, drop_after: int | None = None,
+              trickle: tuple[int, float] | None = None):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -177,4 +181,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True  # hang up mid-body: the client sees fewer bytes than promised
             return
-        self.wfile.write(body)
+        step, pause = trickle or (len(body) or 1, 0.0)
+        try:
+            for offset in range(0, len(body), step):
+                self.wfile.write(body[offset: offset + step])
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):  # the client went away (a test stopped it)
+            self.close_connection = True
