@@ -36,7 +36,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from PIL import Image
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
@@ -381,6 +380,11 @@ def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_b
 def tensorflow_available():
     """Whether TensorFlow can be imported (the lead's GPU machine has Keras 3 + JAX only)."""
     return importlib.util.find_spec("tensorflow") is not None
+
+
+def tensorboard_available():
+    """TensorBoard logging needs both TensorFlow (tf.summary) and the tensorboard package."""
+    return tensorflow_available() and importlib.util.find_spec("tensorboard") is not None
 
 
 def use_tensorflow():
@@ -759,10 +763,10 @@ def phase_callbacks(run, phase, generator, nan_guard):
     backup comes last, so a kill between them redoes the epoch rather than skipping its export."""
     cbs = [nan_guard,
            ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, phase,
-                             tensorboard=tensorflow_available()),
+                             tensorboard=tensorboard_available()),
            ExportBest(generator, run.config, run.path, phase, nan_guard),
            HistoryCSV(run.path / "history.csv", phase)]
-    if tensorflow_available():
+    if tensorboard_available():
         cbs.append(keras.callbacks.TensorBoard(str(run.path / "tensorboard"), write_graph=False))
     cbs.append(RunBackup(run.path / "backup" / phase, nan_guard))
     return cbs + list(run.extra_callbacks)
@@ -780,7 +784,7 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch):
     nan_guard = StopOnNaN()
     model.fit(training_input(run, start - first_epoch), epochs=last_epoch, initial_epoch=first_epoch,
               steps_per_epoch=run.config["steps_per_epoch"], callbacks=phase_callbacks(run, phase, generator, nan_guard),
-              verbose=run.verbose)
+              verbose=run.verbose, shuffle=False)  # the input shuffles itself (seeded)
     return nan_guard
 
 
@@ -796,6 +800,8 @@ def finish_phase(run, phase, nan_guard):
         return False
     write_json(run.path / f"{phase}.done", {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     shutil.rmtree(run.path / "backup" / phase, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the backup folder itself, once no phase has state in it
+        (run.path / "backup").rmdir()
     return True
 
 
@@ -1022,7 +1028,7 @@ def evaluate(model_arg, data, scale=None, out=None):
         raise ValueError(f"{data}: no image could be evaluated ({'; '.join(r for _, r in failed)})")
     numeric = [k for k in rows[0] if k not in ("image", "size")]
     rows.append({"image": "mean", "size": "", **{k: float(np.mean([r[k] for r in rows])) for k in numeric}})
-    label = "bicubic" if model is None else f"{Path(model_arg).resolve().parent.name}-{Path(model_arg).stem}"
+    label = "bicubic" if model is None else f"{model_path.resolve().parent.name}-{model_path.stem}"
     out = Path(out or "out/eval")
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{label}_{Path(data).resolve().name}_x{scale}"

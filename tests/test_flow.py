@@ -1,0 +1,466 @@
+"""flow.py: training runs end to end (both phases), resume after kill -9, errors before training, NaN stop,
+MirroredStrategy on two logical CPUs, the PyDataset input path, and evaluate's tables.
+
+Models are tiny (8 filters, 1 block); runs are a few steps of batch 2 on 32x32 HR / 8x8 LR pairs.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import write_tiny_dataset
+from PIL import Image
+
+import flow
+import resizer
+from generator import build_generator, load_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-loss", "mse", "--batch-size", "2",
+        "--steps-per-epoch", "2", "--verbose", "2"]
+
+
+def train_args(data, out, pretrain=1, gan=1, *extra):
+    return ["train", "--data", str(data), "--out", str(out), "--pretrain-epochs", str(pretrain),
+            "--gan-epochs", str(gan), *TINY, *extra]
+
+
+def history(run):
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def env_for_subprocess():
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
+
+
+# ---------------------------------------------------------------- a whole run, both phases
+@pytest.mark.slow
+def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "runs" / "tiny"
+    assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
+    out = capsys.readouterr().out
+    assert "done" in out and "best epoch" in out and str(run / "generator.keras") in out
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["scale"] == 4 and config["hr_size"] == 32 and config["steps_per_epoch"] == 2
+    assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None}
+    assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1
+
+    rows = history(run)
+    assert [(int(r["epoch"]), r["phase"]) for r in rows] == [(1, "pretrain"), (2, "pretrain"), (3, "gan")]
+    for column in ("loss", "g_loss", "d_loss", "d_real", "d_fake", "val_psnr", "val_ssim", "bicubic_psnr",
+                   "bicubic_ssim", "learning_rate"):
+        assert column in rows[0], column
+    assert rows[0]["loss"] and not rows[0]["g_loss"] and rows[2]["g_loss"] and not rows[2]["loss"]
+    assert 0 < float(rows[2]["d_real"]) < 1 and 0 < float(rows[2]["d_fake"]) < 1
+
+    # bicubic and model figures are the per-image means of the protocol on the whole validation split
+    splits, _ = flow.check_dataset(tiny_dataset, ("val",))
+    val_lr, val_hr = flow.load_split_arrays(splits["val"])
+    bicubic = [resizer.resize(lr, (32, 32), "bicubic") for lr in val_lr]
+    expected_psnr = np.mean([flow.calculate_psnr(b, h, 4) for b, h in zip(bicubic, val_hr, strict=True)])
+    assert float(rows[0]["bicubic_psnr"]) == pytest.approx(expected_psnr)
+    best = json.loads((run / "best.json").read_text())
+    assert best["latest"] == "gan" and best["gan"]["epoch"] == 3
+    exported = load_generator(run / "generator.keras")  # safe mode
+    sr = [resizer.to_uint8(exported.predict(lr[None] / 255.0, verbose=0)[0]) for lr in val_lr]
+    assert np.mean([flow.calculate_ssim(s, h, 4) for s, h in zip(sr, val_hr, strict=True)]) == pytest.approx(
+        best["gan"]["val_ssim"], abs=1e-4)
+    assert float(rows[2]["val_ssim"]) == pytest.approx(best["gan"]["val_ssim"])
+    assert (run / "generator_pretrain.keras").is_file() and (run / "generator_gan.keras").is_file()
+    assert best["pretrain"]["epoch"] in (1, 2)
+
+    grids = sorted(p.name for p in (run / "samples").glob("*.png"))
+    assert grids == ["epoch-001.png", "epoch-002.png", "epoch-003.png"]
+    grid = np.asarray(Image.open(run / "samples" / "epoch-003.png"))
+    assert grid.shape == (2 * (32 + 2), 4 * 32 + 3 * 2, 3)  # two val images: LR | bicubic | SR | HR
+    for sub in ("train", "validation", "samples"):
+        assert list((run / "tensorboard" / sub).glob("events.out.tfevents.*")), sub
+    assert (run / "pretrain.done").is_file() and (run / "gan.done").is_file()
+    assert not (run / "backup").exists()
+    assert not [p for p in run.rglob("*") if resizer.is_temp_output(p)]
+
+    # the same command again: nothing is redone
+    before = (run / "history.csv").read_text()
+    assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert (run / "history.csv").read_text() == before
+
+
+# ---------------------------------------------------------------- resume after kill -9, in each phase
+def wait_for(path, process, timeout=180):
+    deadline = time.time() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"training ended (status {process.returncode}) before {path} appeared")
+        if time.time() > deadline:
+            process.kill()
+            raise AssertionError(f"{path} did not appear in {timeout} s")
+        time.sleep(0.02)
+
+
+def kill_when(path, command, log):
+    """Start `command`, kill -9 it as soon as `path` exists; return the backup epoch it was killed at."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env_for_subprocess(), stdout=out, stderr=subprocess.STDOUT)
+        wait_for(path, process)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    return flow.backup_epoch(path.parent)
+
+
+@pytest.mark.slow
+def test_rerun_after_kill_continues_where_each_phase_stopped(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    command = [sys.executable, "flow.py", *train_args(tiny_dataset, run, 4, 3, "--jit", "off")]
+
+    # 1. killed in phase 1, just after an epoch's backup
+    killed_at = kill_when(run / "backup" / "pretrain" / "training_metadata.json", command, tmp_path / "a.log")
+    assert 1 <= killed_at < 4 and not (run / "pretrain.done").exists()
+    assert [int(r["epoch"]) for r in history(run)][:killed_at] == list(range(1, killed_at + 1))
+
+    # 2. the same command resumes phase 1 at the next epoch; killed again in phase 2
+    killed_gan = kill_when(run / "backup" / "gan" / "training_metadata.json", command, tmp_path / "b.log")
+    second = (tmp_path / "b.log").read_text()
+    assert f"resuming at epoch {killed_at + 1} from {run / 'backup' / 'pretrain'}" in second
+    assert "Epoch 1/4" not in second and f"Epoch {killed_at + 1}/4" in second
+    assert (run / "pretrain.done").exists() and not (run / "backup" / "pretrain").exists()
+    assert 5 <= killed_gan < 7
+
+    # 3. and again: phase 1 is not redone, phase 2 continues, and the run ends with all 7 epochs, once each
+    done = subprocess.run(command, cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "phase 1/2" not in done.stdout
+    assert f"resuming at epoch {killed_gan + 1} from {run / 'backup' / 'gan'}" in done.stdout
+    assert "Epoch 5/7" not in done.stdout and "Epoch 7/7" in done.stdout
+    rows = history(run)
+    assert [(int(r["epoch"]), r["phase"]) for r in rows] == [(e, "pretrain") for e in range(1, 5)] + [
+        (e, "gan") for e in range(5, 8)]
+    assert (run / "gan.done").exists() and (run / "generator.keras").exists() and not (run / "backup").exists()
+
+
+# ---------------------------------------------------------------- errors before any training
+def test_resume_with_a_different_config_names_the_differing_keys(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = flow.parse_args(train_args(tiny_dataset, run, 2, 1))
+    splits, scale = flow.check_dataset(tiny_dataset)
+    run.mkdir()
+    flow.write_json(run / "config.json", flow.resolve_config(args, splits, scale))
+    for phase in flow.PHASES:
+        flow.write_json(run / f"{phase}.done", {})
+
+    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--lr-g", "0.001", "--blocks", "2")) == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "lr_g: 0.0001 -> 0.001" in err
+    assert "generator:" in err and "'blocks': 1" in err and "batch_size" not in err
+    # runtime-only options (strategy, XLA, mixed precision, input) may change between resumes
+    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--jit", "off", "--strategy", "default")) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+    stranger = tmp_path / "not-a-run"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    assert flow.main(train_args(tiny_dataset, stranger)) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def break_unpaired(ds):
+    (ds / "train" / "lr" / "img-000.png").unlink()
+
+
+def break_size(ds):
+    Image.new("RGB", (9, 8)).save(ds / "val" / "lr" / "img-001.png")
+
+
+def break_scale(ds):
+    for sub, size in (("lr", 10), ("hr", 30)):
+        Image.new("RGB", (size, size)).save(ds / "train" / sub / "img-002.png")
+
+
+def break_empty(ds):
+    for p in (ds / "train" / "hr").glob("*.png"):
+        p.unlink()
+    for p in (ds / "train" / "lr").glob("*.png"):
+        p.unlink()
+
+
+def break_missing_split(ds):
+    for p in sorted((ds / "val").rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    (ds / "val").rmdir()
+
+
+def break_corrupt(ds):
+    (ds / "train" / "hr" / "img-003.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+
+
+@pytest.mark.parametrize(("breakage", "message"), [
+    (None, "DATASET not found"),
+    (break_missing_split, "val/lr is missing"),
+    (break_empty, "holds no .png images"),
+    (break_unpaired, "without a partner of the same name"),
+    (break_size, "LR 9x8 and HR 32x32 are not x4 apart"),
+    (break_scale, "LR 10x10 and HR 30x30 are not x4 apart"),
+    (break_corrupt, "img-003.png"),
+])
+def test_bad_datasets_fail_clearly_before_training(tmp_path, capsys, breakage, message):
+    ds = tmp_path / "ds"
+    if breakage is not None:
+        write_tiny_dataset(ds)
+        breakage(ds)
+    assert flow.main(train_args(ds, tmp_path / "run")) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_patch_size_must_fit_the_scale_and_the_images(tiny_dataset, tmp_path, capsys):
+    assert flow.main(train_args(tiny_dataset, tmp_path / "run", 1, 0, "--patch-size", "18")) == 2
+    assert "multiple of the scale 4" in capsys.readouterr().err
+    assert flow.main(train_args(tiny_dataset, tmp_path / "run", 1, 0, "--patch-size", "64")) == 2
+    assert "smaller than --patch-size 64" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- NaN stop
+class PoisonAtEpoch(keras.callbacks.Callback):
+    """Turns the model's weights to NaN when the given (0-based) epoch begins."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            self.model.set_weights([np.full_like(w, np.nan) for w in self.model.get_weights()])
+
+
+@pytest.mark.slow
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = flow.parse_args(train_args(tiny_dataset, run, 3, 1, "--jit", "off"))
+    assert flow.train(args, extra_callbacks=[PoisonAtEpoch(1)]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite values (loss) in epoch 2, batch 1 of pretrain" in err and "last good checkpoint" in err
+
+    best = json.loads((run / "best.json").read_text())
+    assert best["pretrain"]["epoch"] == 1
+    kept = load_generator(run / "generator.keras")
+    assert all(np.all(np.isfinite(w)) for w in kept.get_weights())
+    assert flow.backup_epoch(run / "backup" / "pretrain") == 1  # the bad epoch was not backed up
+    assert not (run / "pretrain.done").exists() and not (run / "gan.done").exists()
+    assert [r["phase"] for r in history(run)] == ["pretrain", "pretrain"]  # the NaN epoch is on record
+    assert history(run)[1]["loss"] == "nan"
+
+
+# ---------------------------------------------------------------- MirroredStrategy on two logical CPUs
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpu_devices(tiny_dataset, tmp_path):
+    code = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        "import flow\n"
+        "sys.exit(flow.main(sys.argv[1:]))\n"
+    )
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", code, *train_args(tiny_dataset, run, 1, 1, "--strategy", "mirrored",
+                                                                      "--jit", "off")],
+                          cwd=ROOT, env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "strategy mirrored (2 replica(s))" in done.stdout
+    rows = history(run)
+    assert [r["phase"] for r in rows] == ["pretrain", "gan"]
+    assert all(np.isfinite(float(rows[1][k])) for k in ("g_loss", "d_loss", "val_psnr", "val_ssim"))
+    assert load_generator(run / "generator.keras").count_params() > 0
+
+
+def test_strategy_choice():
+    assert flow.resolve_strategy_name("mirrored") == "mirrored"
+    assert flow.resolve_strategy_name("auto") == "default"  # no GPU here
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
+                                          "task": {"type": "worker", "index": 1}})
+    try:
+        assert flow.resolve_strategy_name("auto") == "multiworker"
+        assert not flow.is_chief()
+    finally:
+        del os.environ["TF_CONFIG"]
+    assert flow.is_chief()
+
+
+# ---------------------------------------------------------------- input pipelines
+def nearest_pairs(n=5, lr_size=(6, 5), scale=4, seed=0):
+    """LR noise and its nearest-neighbour HR: any aligned crop/flip/turn keeps HR[::s, ::s] == LR."""
+    rng = np.random.default_rng(seed)
+    lrs = [rng.integers(0, 256, (lr_size[1], lr_size[0], 3), dtype=np.uint8) for _ in range(n)]
+    return lrs, [np.repeat(np.repeat(lr, scale, 0), scale, 1) for lr in lrs]
+
+
+def assert_aligned(lr_batch, hr_batch, scale=4):
+    np.testing.assert_array_equal(np.asarray(hr_batch)[:, ::scale, ::scale], np.asarray(lr_batch))
+
+
+def test_pydataset_batches_are_aligned_seeded_and_vary_by_epoch():
+    lrs, hrs = nearest_pairs()
+    batches = flow.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, workers=1)
+    assert len(batches) == 4
+    lr, hr = batches[2]
+    assert lr.shape == (3, 4, 4, 3) and hr.shape == (3, 16, 16, 3) and lr.dtype == np.float32
+    assert_aligned(lr, hr)
+    again = flow.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, workers=1)
+    np.testing.assert_array_equal(again[2][1], hr)
+    batches.on_epoch_end()
+    assert not np.array_equal(batches[2][1], hr)
+    resumed = flow.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, start_epoch=1,
+                               workers=1)
+    np.testing.assert_array_equal(resumed[2][1], batches[2][1])
+    # whole non-square images: only half turns, so shapes stay batchable
+    whole = flow.PairBatches(lrs, hrs, batch_size=5, steps=3, scale=4, seed=1, workers=1)
+    for i in range(3):
+        lr, hr = whole[i]
+        assert lr.shape == (5, 5, 6, 3)
+        assert_aligned(lr, hr)
+
+
+def test_tf_data_batches_are_aligned_seeded_and_resumable(tmp_path):
+    ds = write_tiny_dataset(tmp_path / "ds", hr_size=24, counts=(4, 1, 1))
+    lrs, hrs = nearest_pairs(4, (6, 6))
+    for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):
+        Image.fromarray(lr).save(ds / "train" / "lr" / f"img-{i:03d}.png")
+        Image.fromarray(hr).save(ds / "train" / "hr" / f"img-{i:03d}.png")
+    splits, scale = flow.check_dataset(ds)
+    for cache in (True, False):
+        data = flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache)
+        batches = [(lr.numpy(), hr.numpy()) for lr, hr in data.take(4)]
+        for lr, hr in batches:
+            assert lr.shape == (3, 4, 4, 3) and hr.shape == (3, 16, 16, 3)
+            assert_aligned(np.round(lr * 255), np.round(hr * 255))
+        again = [hr.numpy() for _, hr in flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16,
+                                                              seed=3, cache=cache).take(4)]
+        np.testing.assert_array_equal(again[3], batches[3][1])
+        skipped = flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache,
+                                       skip_batches=2)
+        np.testing.assert_array_equal(next(iter(skipped))[1].numpy(), batches[2][1])
+    whole = next(iter(flow.tf_pair_dataset(splits["train"], batch_size=2, scale=4)))
+    assert whole[0].shape == (2, 6, 6, 3) and whole[1].shape == (2, 24, 24, 3)
+
+
+@pytest.mark.slow
+def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp_path, capsys, monkeypatch):
+    """The lead's GPU machine has Keras 3 + JAX only. Forced here: flow behaves as if TensorFlow were absent."""
+    monkeypatch.setattr(flow, "use_tensorflow", lambda: False)
+    monkeypatch.setattr(flow, "tensorflow_available", lambda: False)
+    run = tmp_path / "run"
+    assert flow.main(train_args(tiny_dataset, run, 2, 0)) == 0
+    out = capsys.readouterr().out
+    assert "strategy default (1 replica(s))" in out and "input pydataset" in out
+    assert [(r["epoch"], r["phase"]) for r in history(run)] == [("1", "pretrain"), ("2", "pretrain")]
+    assert (run / "pretrain.done").exists() and (run / "generator.keras").exists()
+    assert not (run / "gan.done").exists() and not (run / "tensorboard").exists()
+    assert len(list((run / "samples").glob("*.png"))) == 2
+
+    for extra, message in ((("--gan-epochs", "1"), "phase 2 (--gan-epochs) needs the TensorFlow backend"),
+                           (("--strategy", "mirrored"), "--strategy mirrored needs the TensorFlow backend"),
+                           (("--input-pipeline", "tfdata"), "tfdata needs the TensorFlow backend")):
+        assert flow.main(train_args(tiny_dataset, tmp_path / "other", 1, 0, *extra)) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_the_pydataset_input_can_be_forced_on_tensorflow(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("SRGAN_INPUT_PIPELINE", "pydataset")
+    assert flow.parse_args(train_args(tiny_dataset, tmp_path)).input_pipeline == "pydataset"
+
+
+def test_tensorflow_is_imported_only_inside_functions():
+    """No module-level TensorFlow import in flow.py or the modules it imports at its top."""
+    import ast
+
+    for name in ("flow.py", "generator.py", "resizer.py"):
+        tree = ast.parse((ROOT / name).read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] == "tensorflow" for n in names), f"{name}: {ast.unparse(node)}"
+
+
+# ---------------------------------------------------------------- evaluate
+def write_photos(folder, sizes):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for i, (w, h) in enumerate(sizes):
+        coarse = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(folder / f"photo{i}.png")
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_evaluate_a_folder_model_against_bicubic(tmp_path, capsys):
+    photos = write_photos(tmp_path / "photos", [(50, 45), (40, 40)])
+    (photos / "broken.png").write_bytes(b"not a png")
+    model_path = tmp_path / "run" / "generator.keras"
+    model_path.parent.mkdir()
+    model = build_generator(4, filters=8, blocks=1, interpolation_skip="bilinear")
+    model.save(model_path)
+
+    assert flow.main(["evaluate", "--model", str(model_path), "--data", str(photos), "--out", str(tmp_path / "eval")]) == 1
+    captured = capsys.readouterr()
+    assert "broken.png" in captured.err and "1 failed" in captured.out
+    rows = read_csv(tmp_path / "eval" / "run-generator_photos_x4.csv")
+    assert [r["image"] for r in rows] == ["photo0.png", "photo1.png", "mean"]
+    assert rows[0]["size"] == "48x44"  # mod-cropped by the scale
+    hr = resizer.mod_crop(resizer.load_image(photos / "photo0.png"), 4)
+    lr = resizer.lr_from_hr(hr, 4)
+    import upscale
+
+    sr = upscale.upscale_array(load_generator(model_path), lr)
+    assert float(rows[0]["model_psnr"]) == pytest.approx(flow.calculate_psnr(sr, hr, 4))
+    assert float(rows[0]["bicubic_ssim"]) == pytest.approx(flow.calculate_ssim(flow.bicubic_upscale(lr, 4), hr, 4))
+    assert float(rows[2]["model_ssim"]) == pytest.approx(np.mean([float(r["model_ssim"]) for r in rows[:2]]))
+    md = (tmp_path / "eval" / "run-generator_photos_x4.md").read_text()
+    assert "| image | size | bicubic_psnr | bicubic_ssim | model_psnr | model_ssim |" in md and "| mean |" in md
+
+    # a run folder stands for its generator.keras; a scale that contradicts the model is refused
+    assert flow.main(["evaluate", "--model", str(model_path.parent), "--data", str(photos), "--out",
+                      str(tmp_path / "eval2")]) == 1
+    assert flow.main(["evaluate", "--model", str(model_path), "--data", str(photos), "--scale", "2"]) == 2
+    assert "upscales x4" in capsys.readouterr().err
+
+
+def test_evaluate_a_dataset_test_split_and_bicubic_only(tiny_dataset, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "eval"
+    assert flow.main(["evaluate", "--model", "bicubic", "--data", str(tiny_dataset), "--out", str(out)]) == 0
+    rows = read_csv(out / "bicubic_dataset_x4.csv")
+    assert [r["image"] for r in rows] == ["img-000.png", "img-001.png", "mean"]
+    assert "model_psnr" not in rows[0]
+    lr = resizer.load_image(tiny_dataset / "test" / "lr" / "img-000.png")  # the DATASET's own LR
+    hr = resizer.load_image(tiny_dataset / "test" / "hr" / "img-000.png")
+    assert float(rows[0]["bicubic_psnr"]) == pytest.approx(flow.calculate_psnr(flow.bicubic_upscale(lr, 4), hr, 4))
+
+    # without upscale.py, evaluate says so and runs the model on whole images
+    model_path = tmp_path / "g.keras"
+    build_generator(4, filters=8, blocks=1).save(model_path)
+    monkeypatch.setitem(sys.modules, "upscale", None)
+    assert flow.main(["evaluate", "--model", str(model_path), "--data", str(tiny_dataset), "--out", str(out)]) == 0
+    assert "upscale.py not found" in capsys.readouterr().err
+    assert len(read_csv(out / f"{tmp_path.name}-g_dataset_x4.csv")) == 3
+    assert flow.main(["evaluate", "--model", "bicubic", "--data", str(tiny_dataset), "--scale", "2"]) == 2
+
+
+def test_evaluate_bicubic_on_set5_gives_the_published_protocol_figure(shared_data, tmp_path, capsys):
+    assert flow.main(["evaluate", "--model", "bicubic", "--data", str(shared_data / "benchmarks" / "Set5"),
+                      "--out", str(tmp_path)]) == 0
+    mean = read_csv(tmp_path / "bicubic_Set5_x4.csv")[-1]
+    assert float(mean["bicubic_psnr"]) == pytest.approx(28.43, abs=0.005)
+    assert "5 image(s) x4: bicubic 28.43 dB" in capsys.readouterr().out
