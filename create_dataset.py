@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,6 +66,7 @@ JOURNAL = ".progress.jsonl"  # photos finished by an unfinished run, one JSON li
 # parameters that change the pixels of a pair: a folder built with other values cannot be reused
 PIXEL_PARAMETERS = ("mode", "scale", "hr_size", "filter", "degradations", "seed", "patches", "min_variance",
                     "draft")
+THREADED_LIBRARIES = ("tensorflow", "keras", "torch", "jax")  # loaded: workers start by forkserver, not fork
 # -----------------------------------------------------------------------------
 
 
@@ -445,8 +447,7 @@ def _make_pairs(task):
 def _hr_crops(path, photo, params):
     hr_size = params["hr_size"]
     if params["mode"] == "square":
-        rgb = resizer.load_image(path, draft_size=2 * hr_size if params["draft"] else None)
-        return [resizer.resize(resizer.center_square(rgb), (hr_size, hr_size), "bicubic")]
+        return [resizer.load_square(path, hr_size, draft=params["draft"])]
     rgb = resizer.load_image(path)
     rng = np.random.default_rng([params["seed"], int(photo["sha256"][:16], 16)])
     return patch_crops(rgb, hr_size, params["patches"], params["min_variance"], rng)
@@ -480,6 +481,18 @@ def _pair_seed(seed, photo, index):
 # ----------------------------------------------------------------------------- workers
 
 
+def _start_method():
+    """fork where it is safe: it starts workers in milliseconds, as they inherit this process's imports.
+    It is not safe in a process running other threads (a Jupyter kernel, TensorFlow's thread pools), where
+    a lock held by another thread would stay locked in the child forever: there, forkserver (or spawn)."""
+    methods = mp.get_all_start_methods()
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
+    threaded = bool(others) or any(m in sys.modules for m in THREADED_LIBRARIES)
+    if "fork" in methods and not threaded and sys.platform == "linux":
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
 class _Pool:
     """Worker processes (or this process when workers == 1) with a progress bar over unordered results."""
 
@@ -498,8 +511,7 @@ class _Pool:
     def map(self, function, tasks, description, progress, on_result=None):
         results = []
         if len(tasks) > 1 and self.workers > 1 and self.pool is None:
-            # forkserver/spawn, never fork: the caller may be a notebook or test process with threads (TF)
-            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            method = _start_method()
             context = mp.get_context(method)
             if method == "forkserver":
                 context.set_forkserver_preload(["resizer", "create_dataset"])

@@ -5,6 +5,7 @@ the models' range. LR images are made from HR by Pillow's antialiased bicubic, w
 `imresize` closely (DESIGN.md), so dataset pairs, bicubic baselines and published numbers agree.
 
     rgb = load_image("photo.jpg")                 # EXIF orientation applied, any mode -> uint8 RGB
+    thumb = load_square("photo.jpg", 256)         # centre square at 256x256, fast on big JPEGs
     hr = resize(center_square(rgb), (128, 128))   # antialiased bicubic
     lr = lr_from_hr(hr, 4)                        # 32x32
     save_image("out/lr.png", lr)                  # atomic: no half-written file on a crash
@@ -73,6 +74,36 @@ def load_image(path, *, with_alpha=False, max_pixels=DEFAULT_MAX_PIXELS, draft_s
         im = _apply_orientation(im, orientation)
         rgb, alpha = _to_rgb_and_alpha(path, im)
     return (rgb, alpha) if with_alpha else rgb
+
+
+def load_square(path, size, *, filter="bicubic", draft=True, max_pixels=DEFAULT_MAX_PIXELS):
+    """The centre square of an image file, EXIF orientation applied, resized to a uint8 (size, size, 3) array.
+
+    The same pixels as resize(center_square(load_image(path)), (size, size), filter), computed faster: RGB and
+    grey images are cropped and resized inside Pillow, so a large photo is never copied into NumPy whole, and
+    with draft=True a JPEG at least 4x larger than `size` is decoded at reduced size (>= 2x size, DCT
+    scaling) first, which changes the result by far less than a grey level on average (PSNR > 40 dB).
+    Errors as load_image.
+    """
+    path = Path(path)
+    with _errors_named(path), _open_image(path) as im:
+        orientation = _exif_orientation(im)
+        if draft and im.format in ("JPEG", "MPO"):
+            _apply_draft(im, 2 * size, orientation)
+        _check_pixels(path, im.size, max_pixels)
+        im.load()
+        im = _apply_orientation(im, orientation)
+        if im.mode not in ("RGB", "L"):  # palettes, alpha, CMYK, 16-bit, float: the general conversion
+            rgb, _ = _to_rgb_and_alpha(path, im)
+            return resize(center_square(rgb), (size, size), filter)
+        width, height = im.size
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        if filter not in FILTERS:
+            raise ValueError(f"unknown filter {filter!r}; choose one of {', '.join(FILTERS)}")
+        square = im.crop((left, top, left + side, top + side)).resize((size, size), FILTERS[filter])
+        pixels = np.asarray(square, dtype=np.uint8)
+    return _grey_to_rgb(pixels) if pixels.ndim == 2 else pixels.copy()
 
 
 def image_size(path, *, max_pixels=DEFAULT_MAX_PIXELS):

@@ -386,3 +386,34 @@ def test_image_size_reads_the_header_in_displayed_orientation(tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     with pytest.raises(ImageLoadError, match="empty"):
         resizer.image_size(tmp_path / "empty.png")
+
+
+@pytest.mark.parametrize("kind", ["rgb", "grey", "rgba", "rotated"])
+def test_load_square_equals_the_slow_path(tmp_path, kind):
+    img = load_image(SAMPLES / "coffee.png")[:301, :451]  # odd margins: (451 - 301) // 2 = 75
+    path = tmp_path / "x.png"
+    if kind == "grey":
+        Image.fromarray(img[..., 1]).save(path)
+    elif kind == "rgba":
+        Image.fromarray(np.dstack([img, np.full(img.shape[:2], 200, np.uint8)])).save(path)
+    elif kind == "rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(img).save(path, exif=exif)
+    else:
+        Image.fromarray(img).save(path)
+    fast = resizer.load_square(path, 64)
+    slow = resizer.resize(resizer.center_square(load_image(path)), (64, 64))
+    assert fast.shape == (64, 64, 3) and fast.dtype == np.uint8
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_load_square_drafts_big_jpegs_closely(tmp_path):
+    big = resizer.resize(load_image(SAMPLES / "astronaut.png"), (2400, 1600))
+    (tmp_path / "big.jpg").write_bytes(_jpeg_bytes(big, quality=92))
+    exact = resizer.resize(resizer.center_square(load_image(tmp_path / "big.jpg")), (128, 128))
+    np.testing.assert_array_equal(resizer.load_square(tmp_path / "big.jpg", 128, draft=False), exact)
+    assert psnr(resizer.load_square(tmp_path / "big.jpg", 128), exact) > 40
+    with pytest.raises(ImageLoadError, match="empty"):
+        (tmp_path / "e.jpg").write_bytes(b"")
+        resizer.load_square(tmp_path / "e.jpg", 8)
