@@ -98,7 +98,7 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
     if not sources and not samples:
         raise DatasetError("no sources: give folders, manifest.jsonl files or images, or --samples")
 
-    candidates, skipped = _discover(sources, samples, out)
+    candidates = _discover(sources, samples, out)
     candidates = _choose_at_most(candidates, max_images, seed)
     previous = _open_output(out, params, overwrite)
     workers = _worker_count(workers)
@@ -106,8 +106,7 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
     with _Pool(workers) as pool:
         scanned = pool.map(_scan, [(c, previous["by_path"].get(c["path"]), params) for c in candidates],
                            "checking", progress)
-        photos, rejected = _unique_photos(scanned)
-        skipped += rejected
+        photos, skipped = _unique_photos(scanned)
         _assign_splits(photos, params["split"])
         jobs, reused = _plan(photos, previous["by_sha"], out)
         results = pool.map(_make_pairs, [(job, params, str(out)) for job in jobs], "making pairs", progress,
@@ -183,31 +182,29 @@ def sample_photos():
 
 
 def _discover(sources, samples, out):
-    """All candidate images as dicts {path, origin?}, plus skipped entries for broken manifest lines."""
-    candidates, skipped = [], []
+    """All candidate images as dicts {path, provenance?}: each file once, in the order given."""
+    candidates = []
     out_resolved = out.resolve()
     for source in sources:
         if source.is_dir() and (source / "manifest.jsonl").is_file():
-            found, bad = _read_fetcher_manifest(source / "manifest.jsonl")
+            candidates += _read_fetcher_manifest(source / "manifest.jsonl")
         elif source.is_dir():
-            found, bad = [{"path": str(p)} for p in _images_under(source, out_resolved)], []
+            candidates += [{"path": str(p)} for p in _images_under(source, out_resolved)]
         elif source.is_file() and source.suffix == ".jsonl":
-            found, bad = _read_fetcher_manifest(source)
+            candidates += _read_fetcher_manifest(source)
         elif source.is_file():
-            found, bad = [{"path": str(source)}], []
+            candidates.append({"path": str(source)})
         else:
             raise DatasetError(f"{source}: no such file or folder")
-        candidates += found
-        skipped += bad
     if samples:
         photos = sample_photos()
         if not photos:
             raise DatasetError("scikit-image's sample photos are missing from this install")
-        candidates += [{"path": str(p), "origin": {"source": "scikit-image sample data"}} for p in photos]
+        candidates += [{"path": str(p), "provenance": {"source": "scikit-image sample data"}} for p in photos]
     unique = {}
     for c in candidates:  # the same file named twice (a folder and its manifest, ...) counts once
         unique.setdefault(str(Path(c["path"]).resolve()), c)
-    return list(unique.values()), skipped
+    return list(unique.values())
 
 
 def _images_under(folder, out_resolved):
@@ -221,21 +218,18 @@ def _images_under(folder, out_resolved):
 
 
 def _read_fetcher_manifest(manifest):
-    """Candidates from a fetcher's RAW/manifest.jsonl: paths relative to its folder, attribution kept."""
-    candidates, skipped = [], []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            relative = entry["path"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            skipped.append({"path": f"{manifest}:{number}", "reason": f"bad manifest line ({e})"})
-            continue
-        origin = {k: v for k, v in entry.items() if k not in ("path", "bytes")}
-        origin["manifest"] = str(manifest)
-        candidates.append({"path": str(manifest.parent / relative), "origin": origin})
-    return candidates, skipped
+    """Candidates from a fetcher's RAW/manifest.jsonl (read by fetcher.py, which owns the format: the last
+    line for a path wins, torn lines are ignored): paths relative to its folder, attribution kept."""
+    if manifest.name != "manifest.jsonl":
+        raise DatasetError(f"{manifest}: not a fetcher manifest (expected RAW/manifest.jsonl)")
+    import fetcher  # only here: it brings requests along, which nothing else needs
+
+    candidates = []
+    for entry in fetcher.read_manifest(manifest.parent):
+        provenance = {k: v for k, v in entry.items() if k not in ("path", "bytes", "width", "height")}
+        provenance["manifest"] = str(manifest)
+        candidates.append({"path": str(manifest.parent / entry["path"]), "provenance": provenance})
+    return candidates
 
 
 def _choose_at_most(candidates, max_images, seed):
@@ -350,14 +344,14 @@ def _scan(task):
         return {"path": str(path), "reason": "no such file"}
     except OSError as e:
         return {"path": str(path), "reason": f"cannot read ({e.strerror or e})"}
-    expected = candidate.get("origin", {}).get("sha256")
+    expected = candidate.get("provenance", {}).get("sha256")
     if expected and expected != sha:
         return {"path": str(path), "reason": "sha256 differs from the fetcher's manifest (changed or corrupted "
                                              "since it was fetched)"}
     photo = {"path": str(path), "sha256": sha, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
              "width": width, "height": height}
-    if candidate.get("origin"):
-        photo["origin"] = {k: v for k, v in candidate["origin"].items() if k != "sha256"}
+    if candidate.get("provenance"):
+        photo["provenance"] = {k: v for k, v in candidate["provenance"].items() if k != "sha256"}
     return photo
 
 
