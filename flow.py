@@ -66,7 +66,8 @@ input_pipeline = "auto"  # auto (tf.data when TensorFlow is importable) | tfdata
 sample_count = 4  # validation images in the per-epoch sample grids
 cache_fraction = 0.25  # cache decoded training images when they fit in this share of available memory
 
-RUNTIME_KEYS = ("strategy", "mixed_precision", "jit", "input_pipeline")  # may change between resumes
+# may change between resumes (a run started on a CPU can continue on a GPU; the VGG file is the same wherever it is)
+RUNTIME_KEYS = ("strategy", "mixed_precision", "jit", "input_pipeline", "vgg_weights")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PHASES = {"pretrain": "phase 1/2: generator pretraining (pixel loss)",
           "gan": "phase 2/2: adversarial training"}
@@ -437,11 +438,20 @@ def strategy_scope(strategy):
 
 
 def is_chief():
-    """Whether this process writes the run folder (always, except non-chief multi-worker tasks)."""
-    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    """Whether this process owns the run folder (always, except non-chief multi-worker tasks)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task", {})
     kind, index = task.get("type", "chief"), int(task.get("index", 0))
-    has_chief = "chief" in json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in tf_config.get("cluster", {}))
+
+
+def worker_run_path(run, strategy_name):
+    """Multi-worker: every task trains and saves in step, but only the chief writes runs/NAME; the others keep
+    their own copy (backup included, so each resumes at the same epoch) under runs/NAME/workers/."""
+    if strategy_name != "multiworker" or is_chief():
+        return run
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    return run / "workers" / f"{task['type']}-{task['index']}"
 
 
 def resolve_switch(value, auto):
@@ -602,13 +612,21 @@ def backup_epoch(backup_dir):
     return 0
 
 
-def predict_images(generator, lr_images, batch=8):
-    """uint8 SR images for a list of uint8 LR images (batched when they share a size)."""
-    if len({im.shape for im in lr_images}) == 1:
-        x = np.stack(lr_images).astype(np.float32) / 255.0
-        return list(resizer.to_uint8(np.asarray(generator.predict(x, batch_size=batch, verbose=0), np.float32)))
-    return [resizer.to_uint8(np.asarray(generator.predict(im[None].astype(np.float32) / 255.0, verbose=0)[0],
-                                        np.float32)) for im in lr_images]
+def predict_images(generator, lr_images, batch=16):
+    """uint8 SR images for a list of uint8 LR images: batches of same-sized images, made uint8 batch by batch
+    (a large validation split never sits in memory as float SR)."""
+    out = [None] * len(lr_images)
+    by_shape = {}
+    for i, im in enumerate(lr_images):
+        by_shape.setdefault(im.shape, []).append(i)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch):
+            chunk = indices[start:start + batch]
+            x = np.stack([lr_images[i] for i in chunk]).astype(np.float32) / 255.0
+            sr = resizer.to_uint8(np.asarray(generator.predict(x, batch_size=batch, verbose=0), np.float32))
+            for i, image in zip(chunk, sr, strict=True):
+                out[i] = image
+    return out
 
 
 def sample_grid(lr, bicubic, sr, hr):
@@ -883,7 +901,12 @@ def train(args, extra_callbacks=()):
         raise ValueError("nothing to train: --pretrain-epochs and --gan-epochs are both 0")
     if args.init_generator and not Path(args.init_generator).is_file():
         raise ValueError(f"--init-generator {args.init_generator}: no such file")
-    run_path = Path(args.out)
+    if config["gan_epochs"] and config["content_loss"].startswith("vgg"):
+        import gan
+
+        gan.find_vgg_weights(config["vgg_weights"])  # offline without the file: its name and where to get it
+    strategy_name = resolve_strategy_name(args.strategy)
+    run_path = worker_run_path(Path(args.out), strategy_name)
     check_resume(run_path, config)
 
     pipeline = args.input_pipeline
@@ -893,12 +916,14 @@ def train(args, extra_callbacks=()):
         raise ValueError("--input-pipeline tfdata needs the TensorFlow backend; use pydataset")
     if config["gan_epochs"] and not use_tensorflow():
         raise ValueError(f"phase 2 (--gan-epochs) needs the TensorFlow backend; backend is {keras.config.backend()}")
-    strategy_name = resolve_strategy_name(args.strategy)
     mixed = resolve_switch(args.mixed_precision, gpu_count() > 0)
     jit_compile = {"on": True, "off": False, "auto": "auto"}[args.jit]
 
     done = {p: (run_path / f"{p}.done").is_file() or not config[f"{p}_epochs"] for p in PHASES}
     run_path.mkdir(parents=True, exist_ok=True)
+    for phase in PHASES:  # a kill between a phase's marker and its backup's removal leaves a stale backup
+        if (run_path / f"{phase}.done").is_file():
+            shutil.rmtree(run_path / "backup" / phase, ignore_errors=True)
     write_json(run_path / "config.json", {**config, "versions": {"keras": keras.__version__,
                                                                  "backend": keras.config.backend()}})
     if all(done.values()):
@@ -1117,7 +1142,7 @@ def main(argv=None):
             return train(args)
         _, failed = evaluate(args.model, args.data, args.scale, args.out)
         return 1 if failed else 0
-    except (ValueError, resizer.ImageLoadError) as err:
+    except (ValueError, FileNotFoundError) as err:  # DatasetError and ImageLoadError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
 

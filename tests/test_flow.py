@@ -223,6 +223,16 @@ def test_bad_datasets_fail_clearly_before_training(tmp_path, capsys, breakage, m
     assert not (tmp_path / "run").exists()
 
 
+def test_missing_vgg_weights_fail_before_the_run_folder_is_made(tiny_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    args = train_args(tiny_dataset, tmp_path / "run", 1, 1)
+    args[args.index("--content-loss") + 1] = "vgg54"
+    assert flow.main(args) == 2
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_patch_size_must_fit_the_scale_and_the_images(tiny_dataset, tmp_path, capsys):
     assert flow.main(train_args(tiny_dataset, tmp_path / "run", 1, 0, "--patch-size", "18")) == 2
     assert "multiple of the scale 4" in capsys.readouterr().err
@@ -291,9 +301,10 @@ def test_strategy_choice():
     try:
         assert flow.resolve_strategy_name("auto") == "multiworker"
         assert not flow.is_chief()
+        assert flow.worker_run_path(Path("runs/x"), "multiworker") == Path("runs/x/workers/worker-1")
     finally:
         del os.environ["TF_CONFIG"]
-    assert flow.is_chief()
+    assert flow.is_chief() and flow.worker_run_path(Path("runs/x"), "default") == Path("runs/x")
 
 
 # ---------------------------------------------------------------- input pipelines
