@@ -151,8 +151,10 @@ def _open_image(path):
 
 def _describe(e):
     text = str(e)
-    if "truncated" in text or isinstance(e, EOFError):
-        return f"file is truncated: {text}" if text else "file is truncated"
+    if "truncated" in text:
+        return text
+    if isinstance(e, EOFError):
+        return f"file is truncated ({text})" if text else "file is truncated"
     return text or "corrupt data"
 
 
