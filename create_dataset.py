@@ -6,8 +6,8 @@
 
 Modes:
   square   (default) each photo's centre square, resized to hr_size (antialiased bicubic); one pair a photo.
-           Large JPEGs are decoded at reduced size (Pillow's draft mode, >= 2x hr_size) first: much faster
-           and indistinguishable after the final resize.
+           Large JPEGs are decoded at reduced size (Pillow's draft mode, >= 2x hr_size) first: several
+           times faster, and within 40 dB PSNR of a full decode after the final resize (--no-draft: exact).
   patches  up to --patches crops of hr_size at native resolution from a half-overlapping grid, in a seeded
            random order, skipping flat ones (luma variance below --min-variance).
 With only --samples as a source the default mode is patches: the 8 sample photos give hundreds of pairs
@@ -51,7 +51,7 @@ FILTER = "bicubic"  # LR filter (resizer.FILTERS)
 SPLIT = (0.8, 0.1, 0.1)  # train, val, test fractions of the source photos
 SEED = 0
 DRAFT = True  # square mode: decode large JPEGs at >= 2x hr_size with Pillow's draft mode
-PNG_OPTIONS = {"compress_level": 1}  # fast zlib level: ~3x faster to write than Pillow's 6, ~10% larger
+PNG_OPTIONS = {"compress_level": 1}  # 128 px sample patches: 2.3 ms and 29 KB each vs 6.0 ms, 27 KB at 6
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
                     ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif", ".dib", ".ico"}
 # scikit-image's colour photographs. Left out: the grey ones, synthetic images (chessboard, colour wheel,
@@ -142,6 +142,8 @@ def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma,
         raise DatasetError(f"patches must be 1..999 (NAME has a 3-digit crop index), not {patches}")
     if jpeg_quality is not None and not 1 <= jpeg_quality <= 100:
         raise DatasetError(f"jpeg quality must be 1..100, not {jpeg_quality}")
+    if max_images is not None and max_images < 1:
+        raise DatasetError(f"max_images must be at least 1, not {max_images}")
     if blur_sigma < 0 or noise_sigma < 0:
         raise DatasetError("blur and noise sigmas cannot be negative")
     fractions = [float(f) for f in split]
@@ -246,19 +248,21 @@ def _choose_at_most(candidates, max_images, seed):
 def _open_output(out, params, overwrite):
     """Check `out` is new, empty or a dataset built with the same pixel parameters; load its records."""
     manifest_path, journal_path = out / MANIFEST, out / JOURNAL
-    if overwrite:
-        for split in SPLITS:
-            shutil.rmtree(out / split, ignore_errors=True)
-        manifest_path.unlink(missing_ok=True)
-        journal_path.unlink(missing_ok=True)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not manifest_path.exists() and not journal_path.exists():
         raise DatasetError(f"{out} is not empty and holds no {MANIFEST}: choose a new or empty folder")
+    if overwrite:  # only ever in a folder that is a dataset (checked above): its splits and records go
+        for split in SPLITS:
+            shutil.rmtree(out / split, ignore_errors=True)
+        manifest_path.unlink(missing_ok=True)
+        journal_path.unlink(missing_ok=True)
 
     records = []
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = _json_or_none(manifest_path.read_text(encoding="utf-8", errors="replace"))
+        if not isinstance(old, dict):
+            raise DatasetError(f"{manifest_path} is unreadable: use --overwrite to rebuild the dataset")
         _check_same_pixels(out, old.get("parameters", {}), params)
         records += old.get("sources", [])
     if journal_path.exists():

@@ -396,9 +396,16 @@ def test_cli_errors(tmp_path, capsys):
     assert "missing: no such file or folder" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("precious")
-    assert main(["--samples", "--out", str(tmp_path / "busy")]) == 2
-    assert "holds no manifest.json" in capsys.readouterr().err
-    assert (tmp_path / "busy" / "thesis.tex").exists()
+    (tmp_path / "busy" / "train").mkdir()
+    (tmp_path / "busy" / "train" / "notes.txt").write_text("also precious")
+    for extra in ([], ["--overwrite"]):
+        assert main(["--samples", "--out", str(tmp_path / "busy"), *extra]) == 2
+        assert "holds no manifest.json" in capsys.readouterr().err
+    assert (tmp_path / "busy" / "thesis.tex").exists() and (tmp_path / "busy" / "train" / "notes.txt").exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text('{"parameters": ')
+    assert main(["--samples", "--out", str(tmp_path / "broken")]) == 2
+    assert "unreadable: use --overwrite" in capsys.readouterr().err
     assert main(["--samples", "--out", str(tmp_path / "y"), "--scale", "3"]) == 2
     assert "multiple of scale 3" in capsys.readouterr().err
     with pytest.raises(SystemExit):
