@@ -1,0 +1,241 @@
+"""Benchmark upscale.py: tiled vs whole-image speed, peak memory, and video frames per second.
+
+    python benchmarks/bench_upscale.py             # the full run (several minutes on 2 CPU cores)
+    python benchmarks/bench_upscale.py --quick     # small sizes: a smoke test of the script itself
+
+Prints, in one run:
+1. output megapixels/s of tiled inference (automatic tile, overlap and batch) against whole-image inference
+   (the model alone on the whole image), on the same image in the same process; target tiled >= 0.85x;
+2. peak memory (the process's max RSS, each case in a fresh subprocess) of a 960x540 -> x4 upscale, tiled,
+   against whole-image inference at the largest size that fits here (480x270: whole-image 960x540 with the
+   16x64 SRResNet needs > 22 GB and was killed by the OOM killer), plus the bare runtime (TensorFlow and
+   the model loaded, nothing upscaled) for reference; target tiled <= 1.5 GB;
+3. frames/s of a 640x360 -> x4 video with the light "fast" preset, end to end (decode, upscale, encode,
+   audio copy): ../shared/data/clips/big_buck_bunny.mp4 when present, else a generated clip.
+Speed and memory do not depend on the weights, so the models are freshly built (random weights) unless
+--model is given.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# configuration
+PRESET = "srresnet"  # the model for parts 1 and 2: the paper's 16 blocks x 64 filters
+VIDEO_PRESET = "fast"  # the light preset, for part 3
+SPEED_SIZE = (480, 270)  # LR width, height for part 1 (whole-image inference must fit in memory)
+MEMORY_SIZE = (960, 540)  # part 2, tiled
+WHOLE_MEMORY_SIZE = (480, 270)  # part 2, whole-image (960x540 does not fit: > 22 GB)
+REPEATS = 3  # timed runs per case in part 1 (after one warm-up run); the median is reported
+VIDEO_FRAMES = 24  # frames of the clip upscaled in part 3 (one second at 24 fps)
+CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
+QUICK = dict(SPEED_SIZE=(160, 90), MEMORY_SIZE=(320, 180), WHOLE_MEMORY_SIZE=(160, 90), REPEATS=1, VIDEO_FRAMES=3)
+# -----------------------------------------------------------------------------
+
+
+def test_image(width, height):
+    """A photo-like LR test image of any size: scikit-image's astronaut, resized."""
+    from skimage import data
+
+    from resizer import resize
+
+    return resize(data.astronaut(), (width, height), "bicubic")
+
+
+def build_model(preset, model_path=None):
+    import upscale
+    from generator import build_generator
+
+    return upscale.load_model(model_path) if model_path else build_generator(scale=4, preset=preset)
+
+
+def whole_image(model, rgb):
+    """Whole-image inference: the model alone on the whole image, as uint8."""
+    from resizer import to_float, to_uint8
+
+    return to_uint8(np.clip(model.predict_on_batch(to_float(rgb)[None])[0], 0.0, 1.0))
+
+
+def tiled(model, rgb):
+    import upscale
+
+    return upscale.upscale_array(model, rgb)
+
+
+def median_seconds(fn, repeats):
+    fn()  # warm-up: traces and compiles the predict function for this shape
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def part1_speed(model, size, repeats):
+    import upscale
+
+    rgb = test_image(*size)
+    scale = upscale.model_scale(model)
+    out_mp = size[0] * size[1] * scale * scale / 1e6
+    t_whole = median_seconds(lambda: whole_image(model, rgb), repeats)
+    t_tiled = median_seconds(lambda: tiled(model, rgb), repeats)
+    overlap = upscale.auto_overlap(model)
+    tile = upscale.auto_tile_size(model, 1, overlap=overlap)
+    batch = upscale.auto_batch_size(model, tile)
+    whole_mps, tiled_mps = out_mp / t_whole, out_mp / t_tiled
+    print(f"1. speed, {size[0]}x{size[1]} -> x{scale} ({out_mp:.2f} output MP), median of {repeats}:")
+    print(f"   whole image : {t_whole:7.2f} s  {whole_mps:6.3f} MP/s")
+    print(f"   tiled       : {t_tiled:7.2f} s  {tiled_mps:6.3f} MP/s  (tile {tile}, overlap {overlap}, "
+          f"batch {batch})")
+    print(f"   tiled / whole = {tiled_mps / whole_mps:.2f}x  (target >= 0.85x)")
+    return tiled_mps / whole_mps
+
+
+def child_memory(mode, width, height, preset, model_path):
+    """Run in a subprocess: one upscale, then print this process's peak RSS and the time it took."""
+    model = build_model(preset, model_path)
+    rgb = test_image(width, height)
+    start = time.perf_counter()
+    if mode == "tiled":
+        out = tiled(model, rgb)
+    elif mode == "whole":
+        out = whole_image(model, rgb)
+    else:  # runtime only: a 16x16 image through the model, to load and trace everything
+        out = whole_image(model, rgb[:16, :16])
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    print(json.dumps({"peak_bytes": peak, "seconds": seconds, "shape": list(out.shape)}))
+
+
+def measure_in_subprocess(mode, size, preset, model_path):
+    cmd = [sys.executable, __file__, "--child", mode, str(size[0]), str(size[1]), "--preset", preset]
+    if model_path:
+        cmd += ["--model", str(model_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": f"exit {result.returncode} " + (result.stderr.strip().splitlines() or [""])[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def part2_memory(preset, model_path, size, whole_size):
+    print(f"2. peak memory (max RSS of a fresh process; {preset}):")
+    rows = [("runtime only", "runtime", (16, 16)), (f"tiled {size[0]}x{size[1]}", "tiled", size),
+            (f"tiled {whole_size[0]}x{whole_size[1]}", "tiled", whole_size),
+            (f"whole {whole_size[0]}x{whole_size[1]}", "whole", whole_size)]
+    results = {}
+    for label, mode, sz in rows:
+        r = measure_in_subprocess(mode, sz, preset, model_path)
+        results[label] = r
+        if "error" in r:
+            print(f"   {label:22s}: failed ({r['error']})")
+        else:
+            print(f"   {label:22s}: {r['peak_bytes'] / 2**30:6.2f} GiB  ({r['seconds']:.1f} s)")
+    tiled_peak = results[rows[1][0]].get("peak_bytes")
+    if tiled_peak:
+        verdict = "met" if tiled_peak <= 1.5e9 else "NOT met"
+        print(f"   tiled {size[0]}x{size[1]} peak {tiled_peak / 1e9:.2f} GB: target <= 1.5 GB {verdict}; whole-image "
+              f"{size[0]}x{size[1]} was not run (> 22 GB with SRResNet, killed by the OOM killer)")
+    return results
+
+
+def make_clip(path, frames, size=(640, 360), fps=24):
+    """A generated stand-in clip (moving gradients, AAC tone) when the shared one is absent."""
+    import av
+
+    width, height = size
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        a = out.add_stream("aac", rate=44100)
+        yy, xx = np.mgrid[0:height, 0:width]
+        for k in range(frames):
+            img = np.dstack([(xx + 4 * k) % 256, (yy + 2 * k) % 256, (xx + yy) % 256]).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+        n = int(44100 * frames / fps)
+        tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / 44100)).astype(np.float32)[None]
+        for start in range(0, n, 1024):
+            af = av.AudioFrame.from_ndarray(tone[:, start : start + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 44100, start
+            out.mux(a.encode(af))
+        out.mux(a.encode(None))
+    return path
+
+
+def part3_video(frames, model_path):
+    import upscale
+
+    model = build_model(VIDEO_PRESET, model_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", frames)
+        source = "big_buck_bunny.mp4 (shared data)" if clip == CLIP else "a generated 640x360 clip"
+        upscale.upscale_array(model, test_image(640, 360))  # warm-up: trace the 640x360 shape once
+        start = time.perf_counter()
+        upscale.upscale_video_file(
+            model, clip, Path(tmp) / "out.mp4", upscale=lambda rgb: upscale.upscale_array(model, rgb),
+            video_options=dict(codec=None, crf=upscale.DEFAULT_CRF, preset=upscale.DEFAULT_PRESET,
+                               pix_fmt=upscale.DEFAULT_PIX_FMT), max_frames=frames, progress=False)
+        seconds = time.perf_counter() - start
+        one = median_seconds(lambda: upscale.upscale_array(model, test_image(640, 360)), 1)
+    print(f"3. video, 640x360 -> 2560x1440, preset {VIDEO_PRESET!r}, {frames} frames of {source}:")
+    print(f"   end to end (decode, upscale, encode libx264 crf {upscale.DEFAULT_CRF}, copy audio): "
+          f"{frames / seconds:.3f} frames/s ({seconds:.1f} s)")
+    print(f"   model alone on one frame: {one:.2f} s ({1 / one:.3f} frames/s)")
+    return frames / seconds
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
+    p.add_argument("--preset", default=PRESET, help="generator preset for parts 1-2")
+    p.add_argument("--model", type=Path, default=None, help="a .keras generator instead of a fresh preset")
+    p.add_argument("--child", nargs=3, metavar=("MODE", "W", "H"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        mode, w, h = args.child
+        child_memory(mode, int(w), int(h), args.preset, args.model)
+        return 0
+    cfg = dict(SPEED_SIZE=SPEED_SIZE, MEMORY_SIZE=MEMORY_SIZE, WHOLE_MEMORY_SIZE=WHOLE_MEMORY_SIZE,
+               REPEATS=REPEATS, VIDEO_FRAMES=VIDEO_FRAMES)
+    if args.quick:
+        cfg.update(QUICK)
+    import keras
+    import tensorflow as tf
+
+    import upscale
+
+    started = time.perf_counter()
+    print(f"bench_upscale: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
+          f"Keras {keras.__version__}, devices {[d.device_type for d in tf.config.list_logical_devices()]}; "
+          f"model {args.model or args.preset + ' (random weights)'}; "
+          f"memory budget {upscale.memory_budget() / 2**20:.0f} MiB")
+    model = build_model(args.preset, args.model)
+    ratio = part1_speed(model, cfg["SPEED_SIZE"], cfg["REPEATS"])
+    del model
+    part2_memory(args.preset, args.model, cfg["MEMORY_SIZE"], cfg["WHOLE_MEMORY_SIZE"])
+    fps = part3_video(cfg["VIDEO_FRAMES"], None)
+    print(f"bench_upscale: tiled/whole speed {ratio:.2f}x, video {fps:.3f} frames/s, "
+          f"{time.perf_counter() - started:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

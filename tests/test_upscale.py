@@ -1,0 +1,499 @@
+"""upscale.py: tiled inference maths, images, GIFs and videos through the CLI, and the failure cases.
+
+A tiny generator (scale 4, 8 filters, 1 block, random weights) stands in for a trained one: these tests
+check geometry, timing, metadata and safety, not picture quality.
+"""
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import keras
+import numpy as np
+import pytest
+import skimage
+from PIL import Image, ImageSequence
+from skimage import data
+
+import upscale
+from generator import build_generator
+from resizer import resize
+
+SCALE = 4
+SKIMAGE_GIF = Path(skimage.__file__).parent / "data" / "no_time_for_that_tiny.gif"
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Random weights, no shortcut: every output pixel depends on the input up to its receptive radius, which
+    is what tiling has to get right."""
+    return build_generator(scale=SCALE, filters=8, blocks=1)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A saved tiny generator whose output looks like its input: bicubic skip plus a damped random residual
+    (as a briefly trained one would be), so the I/O tests can check orientation, grey levels and frames."""
+    path = tmp_path_factory.mktemp("model") / "tiny_x4.keras"
+    generator = build_generator(scale=SCALE, filters=8, blocks=1, interpolation_skip="bicubic")
+    last_conv = [layer for layer in generator.layers if isinstance(layer, keras.layers.Conv2D)][-1]
+    kernel, bias = last_conv.get_weights()
+    last_conv.set_weights([kernel * 0.05, bias * 0])
+    generator.save(path)
+    return path
+
+
+def run_cli(*args):
+    return upscale.main([str(a) for a in args] + ["--no-progress"])
+
+
+def leftovers(folder):
+    """atomic_output's temporary files left anywhere under folder."""
+    return [p for p in Path(folder).rglob("*") if ".tmp-" in p.name]
+
+
+# --- tiling maths -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(10, 32, 8), (32, 32, 8), (33, 32, 8), (100, 32, 8), (517, 64, 16)])
+def test_tiles_cover_the_axis_with_at_least_the_overlap(length, tile, overlap):
+    starts = upscale.tile_starts(length, tile, overlap)
+    assert starts[0] == 0
+    assert starts[-1] + min(tile, length) == max(length, min(tile, length))
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b > a for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_blend_windows_sum_to_one_everywhere():
+    """Neighbours' ramps are complementary, so the accumulated weight is 1 and the normalisation a no-op."""
+    for length, tile, overlap in [(100, 32, 8), (517, 64, 16), (70, 40, 16)]:
+        starts = upscale.tile_starts(length, tile, overlap)
+        total = np.zeros(length * 2)
+        for start, w in zip(starts, upscale.axis_windows(starts, tile, 2), strict=True):
+            total[start * 2 : (start + tile) * 2] += w
+        np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    ramp = upscale.blend_ramp(40)
+    np.testing.assert_allclose(ramp + ramp[::-1], 1.0, atol=1e-12)
+    assert ramp[: int(40 * upscale.BLEND_MARGIN)].max() == 0.0  # a tile's spoilt edge is not used at all
+
+
+def test_tiled_inference_matches_whole_image_without_seams(model):
+    img = data.astronaut()[100:220, 150:250]  # 120 x 100, varied detail
+    overlap = upscale.auto_overlap(model)
+    assert overlap == 16  # MIN_OVERLAP: more than 0.8 x the tiny model's receptive radius of 9.5 LR pixels
+    whole = upscale.upscale_array(model, img, tile=1000).astype(int)
+    tiled = upscale.upscale_array(model, img, tile=48, batch_size=3).astype(int)
+    assert tiled.shape == whole.shape == (480, 400, 3)
+    diff = np.abs(tiled - whole)
+    assert diff.max() <= 2 and diff.mean() < 0.05
+    # no step where tiles meet: across every overlap band, the tiled image's pixel-to-pixel differences are
+    # the whole image's, to a grey level or two
+    for axis, length in ((0, 120), (1, 100)):
+        starts = upscale.tile_starts(length, 48, overlap)
+        step_tiled, step_whole = np.diff(tiled, axis=axis), np.diff(whole, axis=axis)
+        for prev, start in zip(starts, starts[1:], strict=False):
+            band = np.arange(start * SCALE, (prev + 48) * SCALE - 1)
+            assert np.abs(np.take(step_tiled, band, axis=axis) - np.take(step_whole, band, axis=axis)).max() <= 3
+    # an image that fits in one tile goes through whole: exactly the model's own output
+    raw = np.clip(np.asarray(model.predict_on_batch(img[None].astype(np.float32) / 255.0))[0], 0, 1)
+    assert np.array_equal(np.rint(raw * 255).astype(int), whole)
+
+
+def test_batching_and_odd_sizes_give_the_same_pixels(model):
+    img = data.coffee()[:37, :53]  # odd sides
+    a = upscale.upscale_array(model, img, tile=32, overlap=8, batch_size=1)
+    b = upscale.upscale_array(model, img, tile=32, overlap=8, batch_size=5)
+    assert a.shape == (37 * SCALE, 53 * SCALE, 3) and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - b).max() <= 1
+    tiny = upscale.upscale_array(model, data.coffee()[:3, :5], tile=32)  # smaller than the overlap
+    assert tiny.shape == (12, 20, 3)
+
+
+def test_automatic_tile_overlap_and_batch_follow_the_model_and_memory(model):
+    small = upscale.auto_tile_size(model, 4, budget=64 * 2**20)
+    big = upscale.auto_tile_size(model, 4, budget=1024 * 2**20)
+    assert upscale.MIN_TILE <= small < big <= upscale.MAX_TILE
+    assert small % upscale.TILE_STEP == 0 and big % upscale.TILE_STEP == 0
+    assert upscale.auto_tile_size(model, 1, budget=64 * 2**20) > small  # fewer tiles per call: bigger tiles
+    assert upscale.auto_tile_size(model, 4, budget=1) == upscale.MIN_TILE
+    assert upscale.auto_tile_size(model, 1, budget=1, overlap=40) >= 81  # always room for the overlap
+    srresnet = build_generator(scale=4, preset="srresnet")  # 64 filters: 8x the activations of 8
+    fast = build_generator(scale=4, preset="fast")
+    assert upscale.activation_bytes_per_pixel(srresnet) == 8 * upscale.activation_bytes_per_pixel(model)
+    assert upscale.auto_tile_size(srresnet, budget=256 * 2**20) < upscale.auto_tile_size(model, budget=256 * 2**20)
+    assert (upscale.receptive_radius(srresnet), upscale.auto_overlap(srresnet)) == (39.5, 32)
+    assert (upscale.receptive_radius(fast), upscale.auto_overlap(fast)) == (23.5, 24)
+    tile = upscale.auto_tile_size(srresnet, budget=512 * 2**20)
+    assert upscale.auto_batch_size(srresnet, tile, budget=512 * 2**20) == 1  # one big tile beats many small
+    assert upscale.auto_batch_size(model, 64, budget=512 * 2**20) > 4
+    assert upscale.available_memory() > 0
+    auto = upscale.upscale_array(model, data.coffee()[:40, :40])  # all automatic
+    assert auto.shape == (160, 160, 3)
+
+
+def test_out_of_memory_is_retried_with_smaller_tiles_and_remembered(model_path, monkeypatch):
+    import tensorflow as tf
+
+    model = upscale.load_model(model_path)  # its own copy: the retry state is remembered per model
+    real = model.predict_on_batch
+    calls = []
+
+    def fake_predict(batch):
+        calls.append(batch.shape)
+        if batch.shape[0] * batch.shape[1] * batch.shape[2] > 40 * 40:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real(batch)
+
+    img = data.astronaut()[:90, :90]
+    expected = upscale.upscale_array(model, img, tile=32, overlap=8, batch_size=1)
+    monkeypatch.setattr(model, "predict_on_batch", fake_predict)
+    with pytest.warns(ResourceWarning, match="out of memory"):
+        out = upscale.upscale_array(model, img, tile=64, overlap=8, batch_size=4)
+    assert calls[0][0] == 4 and calls[-1][0] == 1 and calls[-1][1] == 32  # halved the batch, then the tile
+    assert np.array_equal(out, expected)
+    calls.clear()
+    upscale.upscale_array(model, img, tile=64, overlap=8, batch_size=4)  # no warning now: the fitting size is remembered
+    assert calls and all(shape == (1, 32, 32, 3) for shape in calls)
+
+    def always_oom(batch):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM")
+
+    monkeypatch.setattr(model, "predict_on_batch", always_oom)
+    with pytest.raises(MemoryError, match="out of memory"), pytest.warns(ResourceWarning):
+        upscale.upscale_array(model, img, tile=128, overlap=8, batch_size=2)
+    assert upscale.is_out_of_memory(MemoryError()) and not upscale.is_out_of_memory(ValueError("shape"))
+
+
+def test_upscale_array_rejects_what_it_cannot_upscale(model):
+    with pytest.raises(ValueError, match="uint8"):
+        upscale.upscale_array(model, np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        upscale.upscale_array(model, np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="too small"):
+        upscale.upscale_array(model, np.zeros((64, 64, 3), np.uint8), tile=16, overlap=16)
+    with pytest.raises(ValueError, match="overlap"):
+        upscale.upscale_array(model, np.zeros((64, 64, 3), np.uint8), overlap=-1)
+
+
+# --- still images -----------------------------------------------------------------------------------------
+
+
+def write_image_tree(root):
+    """RGBA, grey, 16-bit grey and EXIF-rotated JPEG inputs in a small folder tree."""
+    (root / "sub").mkdir(parents=True)
+    rgb = data.astronaut()[::8, ::8]  # 64 x 64
+    alpha = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    Image.fromarray(np.dstack([rgb, alpha])).save(root / "rgba.png")
+    Image.fromarray(data.camera()[::16, ::16]).save(root / "sub" / "grey.png")  # 32 x 32, mode L
+    deep = (np.linspace(0, 65535, 24 * 20).reshape(24, 20)).astype(np.uint16)
+    Image.fromarray(deep).save(root / "sub" / "deep16.png")  # mode I;16
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise
+    Image.fromarray(data.chelsea()[::8, ::8]).save(root / "rotated.jpg", exif=exif, quality=95)  # 57 x 38
+    return alpha
+
+
+def test_folder_of_images_keeps_alpha_grey_16bit_and_exif(model_path, tmp_path):
+    alpha = write_image_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    assert run_cli(tmp_path / "in", "-o", out, "--model", model_path) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
+        "rgba.png", "rotated.jpg", "sub/deep16.png", "sub/grey.png"]  # the tree is mirrored
+    with Image.open(out / "rgba.png") as im:
+        assert im.mode == "RGBA" and im.size == (256, 256)
+        up_alpha = np.asarray(im)[..., 3].astype(int)
+    assert np.abs(up_alpha - resize(alpha, (256, 256), "bicubic")).max() <= 1
+    with Image.open(out / "sub" / "grey.png") as im:
+        assert im.mode == "L" and im.size == (128, 128)
+    model = upscale.load_model(model_path)
+    with Image.open(out / "sub" / "deep16.png") as im:
+        assert im.mode == "L" and im.size == (80, 96)
+        grey = np.asarray(im).astype(int)
+    deep = np.asarray(Image.open(tmp_path / "in" / "sub" / "deep16.png")).astype(np.int64)
+    eight = np.repeat(((deep * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=2)  # 16 -> 8 bits
+    expected = upscale.upscale_array(model, eight).astype(np.float32).mean(axis=2)
+    assert np.abs(grey - expected).max() <= 1  # the model's output, as one grey channel
+    with Image.open(out / "rotated.jpg") as im:
+        assert im.size == (38 * SCALE, 57 * SCALE)  # EXIF orientation applied: stored 57x38, shown 38x57
+        assert im.getexif().get(0x0112, 1) == 1  # and not applied twice by viewers
+        rotated = np.asarray(im).astype(int)
+    with Image.open(tmp_path / "in" / "rotated.jpg") as im:
+        right = np.asarray(im.transpose(Image.Transpose.ROTATE_270))  # what orientation 6 displays
+        wrong = np.asarray(im.transpose(Image.Transpose.ROTATE_90))
+
+    def error(lr):
+        return np.abs(rotated - upscale.upscale_array(model, np.ascontiguousarray(lr))).mean()
+
+    assert error(right) < 0.5 * error(wrong)  # the right way round (the rest is JPEG noise)
+
+
+def test_single_image_formats_and_compare(model_path, tmp_path):
+    src = tmp_path / "rocket.png"
+    Image.fromarray(data.rocket()[::6, ::6]).save(src)  # 107 x 72
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([data.coffee()[:40, :40], np.full((40, 40), 128, np.uint8)])).save(rgba)
+    assert run_cli(src, "-o", tmp_path / "out" / "rocket_x4.webp", "--model", model_path, "--compare") == 0
+    with Image.open(tmp_path / "out" / "rocket_x4.webp") as im:
+        assert im.format == "WEBP" and im.size == (428, 288)
+    with Image.open(tmp_path / "out" / "rocket_x4_compare.png") as im:  # bicubic | model, labelled
+        assert im.width > 2 * im.height // 2 and im.height > 96 * SCALE // 2
+        side = np.asarray(im.convert("RGB"))
+    assert (side[:20] < 128).any()  # the labels are drawn in the band on top
+    assert run_cli(rgba, "-o", tmp_path / "out" / "flat.jpg", "--model", model_path) == 0
+    with Image.open(tmp_path / "out" / "flat.jpg") as im:  # JPEG has no alpha: flattened onto white
+        assert im.mode == "RGB" and im.size == (160, 160)
+
+
+# --- safety -----------------------------------------------------------------------------------------------
+
+
+def test_existing_outputs_and_inputs_are_not_overwritten(model_path, tmp_path):
+    src = tmp_path / "in.png"
+    Image.fromarray(data.coffee()[:24, :24]).save(src)
+    before = src.read_bytes()
+    assert run_cli(src, "-o", src, "--model", model_path, "--overwrite") == 1  # never the input
+    assert src.read_bytes() == before
+    dst = tmp_path / "out.png"
+    dst.write_bytes(b"keep me")
+    assert run_cli(src, "-o", dst, "--model", model_path) == 0  # skipped, reported
+    assert dst.read_bytes() == b"keep me"
+    assert run_cli(src, "-o", dst, "--model", model_path, "--overwrite") == 0
+    with Image.open(dst) as im:
+        assert im.size == (96, 96)
+
+
+def test_corrupt_input_is_reported_and_the_rest_still_runs(model_path, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(data.coffee()[:24, :24]).save(folder / "a_good.png")
+    (folder / "b_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (folder / "c_empty.jpg").write_bytes(b"")
+    Image.fromarray(data.chelsea()[:20, :20]).save(folder / "d_good.jpg")
+    (folder / "e_broken.mp4").write_bytes(os.urandom(500))
+    out = tmp_path / "out"
+    assert run_cli(folder, "-o", out, "--model", model_path) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a_good.png", "d_good.jpg"]
+    captured = capsys.readouterr()
+    for name in ("b_corrupt.png", "c_empty.jpg", "e_broken.mp4"):
+        assert name in captured.err
+    assert "2 done, 0 skipped, 3 failed" in captured.out
+    assert not leftovers(tmp_path)
+
+
+def test_a_failure_midway_leaves_no_partial_output(model_path, tmp_path, monkeypatch):
+    video = make_video(tmp_path / "clip.mp4", frames=6)
+    real = upscale.upscale_array
+    calls = []
+
+    def fails_on_frame_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(upscale, "upscale_array", fails_on_frame_4)
+    assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 1
+    assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
+    calls.clear()
+    assert run_cli(SKIMAGE_GIF, "-o", tmp_path / "out" / "anim.gif", "--model", model_path) == 1
+    assert not (tmp_path / "out" / "anim.gif").exists() and not leftovers(tmp_path)
+
+
+def test_missing_default_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(upscale, "DEFAULT_MODEL", tmp_path / "weights" / "srresnet_x4_psnr.keras")
+    src = tmp_path / "in.png"
+    Image.fromarray(data.coffee()[:16, :16]).save(src)
+    assert run_cli(src, "-o", tmp_path / "out.png") == 2
+    err = capsys.readouterr().err
+    assert "srresnet_x4_psnr.keras" in err and "flow.py train" in err and "--model" in err
+
+
+# --- animated GIFs ----------------------------------------------------------------------------------------
+
+
+def gif_frames(path):
+    with Image.open(path) as im:
+        frames = [(np.asarray(f.convert("RGBA")), f.info.get("duration"), getattr(f, "disposal_method", None))
+                  for f in ImageSequence.Iterator(im)]
+        return frames, im.info.get("loop")
+
+
+def test_gif_keeps_frames_durations_loop_and_disposal(model_path, tmp_path):
+    out = tmp_path / "anim_x4.gif"
+    assert run_cli(SKIMAGE_GIF, "-o", out, "--model", model_path) == 0
+    src_frames, src_loop = gif_frames(SKIMAGE_GIF)
+    out_frames, out_loop = gif_frames(out)
+    assert len(out_frames) == len(src_frames) == 24
+    assert [d for _, d, _ in out_frames] == [d for _, d, _ in src_frames]
+    assert [m for _, _, m in out_frames] == [m for _, _, m in src_frames]
+    assert out_loop == src_loop == 0
+    assert out_frames[0][0].shape == (25 * SCALE, 14 * SCALE, 4)
+    # the palette is good: the quantised frames stay close to the upscaled RGB
+    rgb = src_frames[5][0][..., :3]
+    expected = upscale.upscale_array(upscale.load_model(model_path), np.ascontiguousarray(rgb))
+    assert np.abs(out_frames[5][0][..., :3].astype(int) - expected).mean() < 6
+
+
+def make_transparent_gif(path, n=5):
+    """A bouncing square on a transparent background: disposal 2, varied durations, loop 3."""
+    frames = []
+    for k in range(n):
+        rgb = np.zeros((20, 24, 3), np.uint8)
+        rgb[..., 0] = 40 * k
+        rgb[..., 2] = np.linspace(0, 255, 24).astype(np.uint8)
+        alpha = np.zeros((20, 24), np.uint8)
+        alpha[4 + k : 12 + k, 3 * k : 3 * k + 10] = 255
+        frames.append(Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    durations = [50, 120, 80, 200, 60][:n]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=3, disposal=2)
+    return durations
+
+
+def test_gif_transparency_and_one_frame_gif(model_path, tmp_path):
+    src = tmp_path / "bounce.gif"
+    durations = make_transparent_gif(src)
+    out = tmp_path / "out" / "bounce.gif"
+    assert run_cli(src, "-o", out, "--model", model_path) == 0
+    src_frames, _ = gif_frames(src)
+    out_frames, loop = gif_frames(out)
+    assert loop == 3 and [d for _, d, _ in out_frames] == durations
+    assert [m for _, _, m in out_frames] == [2] * 5
+    for (a, _, _), (b, _, _) in zip(src_frames, out_frames, strict=True):
+        expected = np.repeat(np.repeat(a[..., 3] > 0, SCALE, 0), SCALE, 1)
+        agree = (b[..., 3] > 0) == expected
+        assert agree.mean() > 0.97  # transparent where the source was (edges may move by a pixel)
+        assert (b[..., 3] == 0).any() and (b[..., 3] == 255).any()
+
+    one = tmp_path / "one.gif"
+    make_transparent_gif(one, n=1)
+    assert run_cli(one, "-o", tmp_path / "out" / "one.gif", "--model", model_path) == 0
+    with Image.open(tmp_path / "out" / "one.gif") as im:
+        assert getattr(im, "n_frames", 1) == 1 and im.size == (96, 80) and "transparency" in im.info
+    assert run_cli(one, "-o", tmp_path / "out" / "one.png", "--model", model_path) == 0  # as a still image
+    with Image.open(tmp_path / "out" / "one.png") as im:
+        assert im.mode == "RGBA" and im.size == (96, 80)
+
+
+def test_gif_to_mp4_and_webp_on_request(model_path, tmp_path):
+    src = tmp_path / "bounce.gif"
+    durations = make_transparent_gif(src)
+    assert run_cli(src, SKIMAGE_GIF, "-o", tmp_path / "out", "--format", "mp4", "--model", model_path) == 0
+    with av.open(str(tmp_path / "out" / "bounce.mp4")) as c:
+        v = c.streams.video[0]
+        times = [float(f.pts * f.time_base) for f in c.decode(v)]
+        assert (v.codec_context.width, v.codec_context.height) == (96, 80)
+    assert len(times) == 5
+    np.testing.assert_allclose(times, np.cumsum([0, *durations[:-1]]) / 1000, atol=1e-3)  # variable timing
+    assert (tmp_path / "out" / "no_time_for_that_tiny.mp4").is_file()
+    webp = tmp_path / "out" / "bounce.webp"
+    assert run_cli(src, "-o", webp, "--model", model_path) == 0
+    with Image.open(webp) as im:
+        assert im.n_frames == 5 and im.size == (96, 80)
+        got = []
+        for f in ImageSequence.Iterator(im):
+            f.load()  # WebP frames get their duration when decoded
+            got.append(f.info["duration"])
+            assert f.convert("RGBA").getextrema()[3][0] == 0  # still transparent in places
+    assert got == durations
+
+
+# --- videos -----------------------------------------------------------------------------------------------
+
+
+def make_video(path, *, frames=12, size=(48, 32), fps=24, audio=True, pts=None):
+    """Encode a short test clip with PyAV: moving gradient frames, optionally a 440 Hz AAC track; pts (in
+    1/1000 s) for a variable frame rate."""
+    width, height = size
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"crf": "20", "preset": "ultrafast"}
+        tb = Fraction(1, 1000) if pts is not None else Fraction(1, fps)
+        v.codec_context.time_base = tb
+        a = None
+        if audio:
+            a = out.add_stream("aac", rate=44100)
+            a.layout = "mono"
+        yy, xx = np.mgrid[0:height, 0:width]
+        for k in range(frames):
+            img = np.dstack([(xx * 5 + k * 9) % 256, (yy * 7) % 256, np.full_like(xx, 30 * k % 256)]).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = (pts[k] if pts is not None else k), tb
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+        if a is not None:
+            seconds = frames / fps if pts is None else (pts[-1] + 40) / 1000
+            n = int(44100 * seconds)
+            t = np.arange(n) / 44100
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+            for start in range(0, n, 1024):
+                af = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="fltp", layout="mono")
+                af.sample_rate, af.pts = 44100, start
+                out.mux(a.encode(af))
+            out.mux(a.encode(None))
+    return path
+
+
+def probe(path):
+    """Video size, rate, frame times (s), and the audio packets (time in s, bytes)."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        size, rate = (v.codec_context.width, v.codec_context.height), v.average_rate
+        times = [float(f.pts * f.time_base) for f in c.decode(v)]
+    with av.open(str(path)) as c:
+        audio = [(round(float(p.pts * p.time_base), 4), bytes(p)) for p in c.demux(audio=0) if p.dts is not None] \
+            if c.streams.audio else None
+    return size, rate, times, audio
+
+
+def test_video_keeps_frames_rate_timestamps_and_audio(model_path, tmp_path):
+    src = make_video(tmp_path / "clip.mp4")
+    out = tmp_path / "out" / "clip_x4.mp4"
+    assert run_cli(src, "-o", out, "--model", model_path, "--compare", "--preset", "ultrafast",
+                   "--crf", "0", "--pix-fmt", "yuv444p") == 0  # lossless, so the pixels can be checked
+    size, rate, times, audio = probe(src)
+    out_size, out_rate, out_times, out_audio = probe(out)
+    assert out_size == (size[0] * SCALE, size[1] * SCALE)
+    assert out_rate == rate == 24 and len(out_times) == len(times) == 12
+    np.testing.assert_allclose(out_times, times, atol=1e-3)
+    assert out_audio and out_audio == audio  # the audio packets, copied unchanged
+    assert (tmp_path / "out" / "clip_x4_compare.png").is_file()
+    # the frames are the model's: the first one is upscale_array's output for it (to RGB <-> YUV rounding)
+    with av.open(str(src)) as c:
+        first_in = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    with av.open(str(out)) as c:
+        first_out = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    expected = upscale.upscale_array(upscale.load_model(model_path), first_in)
+    assert np.abs(first_out - expected).mean() < 1.5
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+
+
+def test_variable_frame_rate_no_audio_and_max_frames(model_path, tmp_path):
+    pts = [0, 40, 80, 200, 240, 400, 410, 500]
+    src = make_video(tmp_path / "vfr.mkv", frames=len(pts), audio=False, pts=pts)
+    out = tmp_path / "vfr_x4.mkv"
+    assert run_cli(src, "-o", out, "--model", model_path, "--preset", "ultrafast") == 0
+    _, _, times, audio = probe(out)
+    assert audio is None
+    np.testing.assert_allclose(times, np.array(pts) / 1000, atol=1e-3)
+
+    clip = make_video(tmp_path / "long.mp4", frames=24)
+    preview = tmp_path / "preview.mp4"
+    assert run_cli(clip, "-o", preview, "--model", model_path, "--max-frames", "6", "--preset", "ultrafast") == 0
+    _, _, times, audio = probe(preview)
+    _, _, _, src_audio = probe(clip)
+    assert len(times) == 6
+    assert audio == [p for p in src_audio if p[0] < 6 / 24]  # the audio is cut where the video stops
+
+
+def test_zero_frame_video_is_a_clear_error(model_path, tmp_path, capsys):
+    empty = tmp_path / "empty.mkv"
+    with av.open(str(empty), "w") as out:  # a header with a video stream, and no frames
+        v = out.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 32, 32, "yuv420p"
+        out.start_encoding()
+    assert run_cli(empty, "-o", tmp_path / "empty_x4.mkv", "--model", model_path) == 1
+    assert "no frames" in capsys.readouterr().err
+    assert not (tmp_path / "empty_x4.mkv").exists() and not leftovers(tmp_path)
