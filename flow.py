@@ -901,6 +901,8 @@ def train(args, extra_callbacks=()):
         raise ValueError("nothing to train: --pretrain-epochs and --gan-epochs are both 0")
     if args.init_generator and not Path(args.init_generator).is_file():
         raise ValueError(f"--init-generator {args.init_generator}: no such file")
+    if config["gan_epochs"] and not use_tensorflow():
+        raise ValueError(f"phase 2 (--gan-epochs) needs the TensorFlow backend; backend is {keras.config.backend()}")
     if config["gan_epochs"] and config["content_loss"].startswith("vgg"):
         import gan
 
@@ -914,8 +916,6 @@ def train(args, extra_callbacks=()):
         pipeline = "tfdata" if use_tensorflow() else "pydataset"
     if pipeline == "tfdata" and not use_tensorflow():
         raise ValueError("--input-pipeline tfdata needs the TensorFlow backend; use pydataset")
-    if config["gan_epochs"] and not use_tensorflow():
-        raise ValueError(f"phase 2 (--gan-epochs) needs the TensorFlow backend; backend is {keras.config.backend()}")
     mixed = resolve_switch(args.mixed_precision, gpu_count() > 0)
     jit_compile = {"on": True, "off": False, "auto": "auto"}[args.jit]
 
