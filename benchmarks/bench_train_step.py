@@ -1,0 +1,342 @@
+"""Training-step speed: this project's Keras fit paths against a plain TF2 GradientTape loop, in the same run.
+
+    .venv/bin/python benchmarks/bench_train_step.py            # ~5-8 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/bench_train_step.py --steps 3 --rounds 2 --variants fit,bf16
+
+Batch 16 of 32x32 LR -> 128x128 HR (x4), the `srresnet` generator preset, Adam(1e-4).
+  phase 1: the generator alone, MSE (generator.compile + fit, gan.make_content_loss)
+  phase 2: SRGAN, MSE content + 1e-3 adversarial against the 128x128 discriminator (gan.SRGAN + fit)
+Implementations, all from the same initial weights and the same batch:
+  baseline  a @tf.function GradientTape loop without XLA, as earlier TF2 SRGAN code does (krasserm's trainer)
+  fit       keras fit(), float32, no XLA
+  xla       keras fit(), float32, jit_compile=True
+  bf16      keras fit(), mixed_bfloat16 policy (bf16 compute, float32 weights), no XLA
+Checks: the first LOSS_STEPS losses of every path against the baseline's (float32 paths: rtol 1e-4, atol 1e-6;
+bf16 is another precision: rtol 5e-2, atol 1e-3). The batch is crops of scikit-image's sample photos. Timing interleaves the implementations round by round (teammates share the
+machine, so load drifts); each figure is the median over rounds, ratios are medians of per-round ratios.
+Last: phase-1 fit fed by the real tf.data pipeline over PNG files (flow.tf_pair_dataset) vs in-memory tensors.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")  # many models trace side by side here: the retracing warnings are expected
+
+from discriminator import build_discriminator  # noqa: E402
+from gan import SRGAN, make_content_loss  # noqa: E402
+from generator import build_generator  # noqa: E402
+
+# ----------------------------------------------------------------------------- configuration
+BATCH = 16
+LR_SIZE = 32
+SCALE = 4
+PRESET = "srresnet"
+LEARNING_RATE = 1e-4
+ADVERSARIAL_WEIGHT = 1e-3
+SEED = 0
+STEPS = 3  # timed steps per implementation per round
+ROUNDS = 3
+LOSS_STEPS = 3  # steps compared with the baseline's; they also warm up (tracing, XLA, oneDNN primitive caches)
+DATA_IMAGES = 48  # PNG pairs written for the tf.data measurement
+VARIANTS = ("baseline", "fit", "xla", "bf16")
+TOLERANCE = {"fit": (1e-4, 1e-6), "xla": (1e-4, 1e-6), "bf16": (5e-2, 1e-3)}  # (rtol, atol) against baseline
+BASELINE_FIGURES = {"phase 1": 3.7, "phase 2": 2.0}  # img/s the issue measured for the baseline on this machine
+
+
+# ----------------------------------------------------------------------------- models and data
+def fixed_batch(root):
+    """The first BATCH pairs of the PNG dataset as in-memory float32 tensors."""
+    from PIL import Image
+
+    names = sorted((root / "train" / "hr").glob("*.png"))[:BATCH]
+    load = [np.stack([np.asarray(Image.open(root / "train" / sub / n.name), np.float32) / 255 for n in names])
+            for sub in ("lr", "hr")]
+    return tf.constant(load[0]), tf.constant(load[1])
+
+
+def template_weights():
+    """Initial generator and discriminator weights, shared by every implementation."""
+    keras.utils.set_random_seed(SEED)
+    generator = build_generator(SCALE, preset=PRESET)
+    discriminator = build_discriminator(LR_SIZE * SCALE)
+    return generator.get_weights(), discriminator.get_weights()
+
+
+def build_models(weights, policy="float32"):
+    """A fresh generator and discriminator under a dtype policy, with the template's weights."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        generator = build_generator(SCALE, preset=PRESET)
+        discriminator = build_discriminator(LR_SIZE * SCALE)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    generator.set_weights(weights[0])
+    discriminator.set_weights(weights[1])
+    return generator, discriminator
+
+
+# ----------------------------------------------------------------------------- the baseline: a plain TF2 loop
+class BaselinePhase1:
+    """@tf.function GradientTape loop on the generator, no XLA."""
+
+    def __init__(self, weights):
+        self.generator, _ = build_models(weights)
+        self.optimizer = keras.optimizers.Adam(LEARNING_RATE)
+
+        @tf.function
+        def step(lr, hr):
+            with tf.GradientTape() as tape:
+                sr = self.generator(lr, training=True)
+                loss = tf.reduce_mean(tf.square(hr - sr))
+            grads = tape.gradient(loss, self.generator.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
+            return loss
+
+        self.step = step
+
+    def losses(self, lr, hr, steps):
+        return [float(self.step(lr, hr)) for _ in range(steps)]
+
+    def run(self, lr, hr, steps):
+        for _ in range(steps):
+            loss = self.step(lr, hr)
+        float(loss)  # wait for the last step
+
+
+class BaselinePhase2:
+    """krasserm/super-resolution's SRGAN train_step: two tapes over one forward pass, @tf.function, no XLA."""
+
+    def __init__(self, weights):
+        self.generator, self.discriminator = build_models(weights)
+        self.g_optimizer, self.d_optimizer = keras.optimizers.Adam(LEARNING_RATE), keras.optimizers.Adam(LEARNING_RATE)
+        bce = keras.losses.BinaryCrossentropy(from_logits=True)
+
+        @tf.function
+        def step(lr, hr):
+            with tf.GradientTape() as gen_tape, tf.GradientTape() as disc_tape:
+                sr = self.generator(lr, training=True)
+                hr_output = self.discriminator(hr, training=True)
+                sr_output = self.discriminator(sr, training=True)
+                con_loss = tf.reduce_mean(tf.square(hr - sr))
+                gen_loss = bce(tf.ones_like(sr_output), sr_output)
+                perc_loss = con_loss + ADVERSARIAL_WEIGHT * gen_loss
+                disc_loss = bce(tf.ones_like(hr_output), hr_output) + bce(tf.zeros_like(sr_output), sr_output)
+            g_vars, d_vars = self.generator.trainable_variables, self.discriminator.trainable_variables
+            self.g_optimizer.apply_gradients(zip(gen_tape.gradient(perc_loss, g_vars), g_vars, strict=True))
+            self.d_optimizer.apply_gradients(zip(disc_tape.gradient(disc_loss, d_vars), d_vars, strict=True))
+            return perc_loss, disc_loss
+
+        self.step = step
+
+    def losses(self, lr, hr, steps):
+        return [tuple(float(v) for v in self.step(lr, hr)) for _ in range(steps)]
+
+    def run(self, lr, hr, steps):
+        for _ in range(steps):
+            out = self.step(lr, hr)
+        float(out[0])
+
+
+# ----------------------------------------------------------------------------- this project's paths: fit()
+class FitPath:
+    """generator.compile/fit (phase 1) or SRGAN.compile/fit (phase 2), timed one fit() call per round."""
+
+    def __init__(self, phase, weights, *, jit, policy):
+        generator, discriminator = build_models(weights, policy)
+        self.phase = phase
+        if phase == "phase 1":
+            self.model = generator
+            self.model.compile(keras.optimizers.Adam(LEARNING_RATE), loss=make_content_loss("mse"), jit_compile=jit)
+        else:
+            self.model = SRGAN(generator, discriminator)
+            self.model.compile(keras.optimizers.Adam(LEARNING_RATE), keras.optimizers.Adam(LEARNING_RATE),
+                               content_loss="mse", adversarial_weight=ADVERSARIAL_WEIGHT, jit_compile=jit)
+
+    def losses(self, lr, hr, steps):
+        """One fit() epoch per step, so each epoch's logged loss is that step's (and fit's function is traced)."""
+        if not steps:
+            return []
+        history = self.run(lr, hr, 1, epochs=steps).history
+        if self.phase == "phase 1":
+            return history["loss"]
+        return list(zip(history["g_loss"], history["d_loss"], strict=True))
+
+    def run(self, lr, hr, steps, dataset=None, epochs=1):
+        data = dataset if dataset is not None else tf.data.Dataset.from_tensors((lr, hr)).repeat()
+        return self.model.fit(data, epochs=epochs, steps_per_epoch=steps, shuffle=False, verbose=0)
+
+
+def make_implementation(name, phase, weights):
+    if name == "baseline":
+        return BaselinePhase1(weights) if phase == "phase 1" else BaselinePhase2(weights)
+    return FitPath(phase, weights, jit=name == "xla", policy="mixed_bfloat16" if name == "bf16" else "float32")
+
+
+# ----------------------------------------------------------------------------- measuring
+def check_losses(impls, lr, hr):
+    """Each path's first LOSS_STEPS losses against the baseline's, from identical weights; prints and returns ok."""
+    reference = np.asarray(impls["baseline"].losses(lr, hr, LOSS_STEPS), np.float64)
+    ok = True
+    print(f"  losses of the first {LOSS_STEPS} steps (phase 2: perceptual, discriminator):")
+    print(f"    {'baseline':9s} {np.array2string(reference, precision=6)}")
+    for name, impl in impls.items():
+        if name == "baseline":
+            continue
+        losses = np.asarray(impl.losses(lr, hr, LOSS_STEPS), np.float64)
+        rtol, atol = TOLERANCE[name]
+        worst = float(np.max(np.abs(losses - reference) / np.maximum(np.abs(reference), 1e-12)))
+        same = bool(np.allclose(losses, reference, rtol=rtol, atol=atol))
+        ok &= same
+        print(f"    {name:9s} {np.array2string(losses, precision=6)}  max rel diff {worst:.1e} "
+              f"({'ok' if same else 'DIFFERENT'}: rtol {rtol:g}, atol {atol:g})")
+    return ok
+
+
+def time_steps(impl, lr, hr, steps, dataset=None):
+    start = time.perf_counter()
+    if dataset is None:
+        impl.run(lr, hr, steps)
+    else:
+        impl.run(lr, hr, steps, dataset=dataset)
+    return time.perf_counter() - start
+
+
+def measure(impls, lr, hr, steps, rounds):
+    """Interleaved timing: {name: [img/s per round]}."""
+    rates = {name: [] for name in impls}
+    for r in range(rounds):
+        for name, impl in impls.items():
+            seconds = time_steps(impl, lr, hr, steps)
+            rates[name].append(BATCH * steps / seconds)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in rates.items()) + " img/s",
+              flush=True)
+    return rates
+
+
+def report(phase, rates):
+    base = rates["baseline"]
+    print(f"  {phase} summary (median over rounds; baseline figure in the issue: {BASELINE_FIGURES[phase]} img/s)")
+    for name, values in rates.items():
+        ratio = statistics.median(v / b for v, b in zip(values, base, strict=True))
+        print(f"    {name:9s} {statistics.median(values):6.2f} img/s  {1000 * BATCH / statistics.median(values):7.0f} "
+              f"ms/step  x{ratio:.2f} vs baseline")
+
+
+def bench_phase(phase, weights, batch, variants, steps, rounds):
+    print(f"\n== {phase}: batch {BATCH}, {LR_SIZE}x{LR_SIZE} -> {LR_SIZE * SCALE}x{LR_SIZE * SCALE}, {PRESET} ==",
+          flush=True)
+    lr, hr = batch
+    impls = {name: make_implementation(name, phase, weights) for name in variants}
+    # loss check first (fresh optimizers: every path starts at step 0 from the same weights); it warms up too
+    start = time.perf_counter()
+    ok = check_losses(impls, lr, hr)
+    print(f"  (loss check and warm-up, tracing and compilation included: {time.perf_counter() - start:.0f}s)")
+    rates = measure(impls, lr, hr, steps, rounds)
+    report(phase, rates)
+    return rates, ok
+
+
+# ----------------------------------------------------------------------------- real input: tf.data over PNGs
+def write_png_dataset(root, count):
+    """A DATASET train split of HR crops from scikit-image's sample photos and their bicubic LR (Pillow)."""
+    from PIL import Image
+    from skimage import data as samples
+
+    hr_size = LR_SIZE * SCALE
+    photos = [getattr(samples, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")]
+    rng = np.random.default_rng(SEED)
+    for sub in ("hr", "lr"):
+        (root / "train" / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        y, x = rng.integers(0, photo.shape[0] - hr_size), rng.integers(0, photo.shape[1] - hr_size)
+        hr = Image.fromarray(photo[y:y + hr_size, x:x + hr_size, :3])
+        hr.save(root / "train" / "hr" / f"crop-{i:03d}.png")
+        hr.resize((LR_SIZE, LR_SIZE), Image.BICUBIC).save(root / "train" / "lr" / f"crop-{i:03d}.png")
+    return root
+
+
+def png_input(root):
+    """flow.py's training pipeline over the PNGs (decode, cache, shuffle, augment, batch, prefetch)."""
+    import flow
+
+    split, scale = flow.scan_split(root, "train")
+    return flow.tf_pair_dataset(split, batch_size=BATCH, scale=scale, seed=SEED), "flow.tf_pair_dataset"
+
+
+def bench_input(weights, root, batch, name, steps, rounds):
+    print(f"\n== input: phase-1 fit ({name}) fed by tf.data over PNG files vs in-memory tensors ==", flush=True)
+    lr, hr = batch
+    impl = make_implementation(name, "phase 1", weights)
+    dataset, source = png_input(root)
+    start = time.perf_counter()
+    batches = sum(1 for _ in dataset.take(4 * steps))
+    print(f"  {source} alone: {BATCH * batches / (time.perf_counter() - start):.0f} img/s (input only, no training)")
+    time_steps(impl, lr, hr, 1)  # warm-up: tracing, oneDNN primitives
+    time_steps(impl, lr, hr, 1, dataset=dataset)
+    ratios, memory, files = [], [], []
+    for r in range(rounds):  # alternate which goes first, so a load change hits both alike
+        order = ("memory", "png") if r % 2 == 0 else ("png", "memory")
+        seconds = {k: time_steps(impl, lr, hr, steps, dataset=dataset if k == "png" else None) for k in order}
+        memory.append(1000 * seconds["memory"] / steps)
+        files.append(1000 * seconds["png"] / steps)
+        ratios.append(seconds["png"] / seconds["memory"])
+        print(f"  round {r + 1}/{rounds}: in-memory {memory[-1]:.0f} ms/step, PNG tf.data {files[-1]:.0f} ms/step",
+              flush=True)
+    ratio = statistics.median(ratios)
+    print(f"  input summary: in-memory {statistics.median(memory):.0f} ms/step, tf.data over PNGs "
+          f"{statistics.median(files):.0f} ms/step: {100 * (ratio - 1):+.1f}% "
+          f"({'within' if abs(ratio - 1) <= 0.10 else 'NOT within'} 10%)")
+    return ratio
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per implementation per round")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--phases", default="1,2", help="which phases to time: 1, 2 or 1,2")
+    parser.add_argument("--input-variant", default="fit", help="the fit path timed with real input ('' to skip)")
+    args = parser.parse_args(argv)
+    variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
+          f"devices {[d.device_type for d in tf.config.list_physical_devices()]}")
+    weights = template_weights()
+    tmp = tempfile.TemporaryDirectory()
+    root = write_png_dataset(Path(tmp.name) / "dataset", DATA_IMAGES)
+    batch = fixed_batch(root)
+    all_ok, summary = True, []
+    for phase in (f"phase {p}" for p in args.phases.split(",")):
+        rates, ok = bench_phase(phase, weights, batch, variants, args.steps, args.rounds)
+        all_ok &= ok
+        best = max((n for n in rates if n != "baseline"), key=lambda n: statistics.median(rates[n]), default=None)
+        if best:
+            ratio = statistics.median(v / b for v, b in zip(rates[best], rates["baseline"], strict=True))
+            summary.append(f"{phase} best {best} x{ratio:.2f}")
+    if args.input_variant:
+        ratio = bench_input(weights, root, batch, args.input_variant, args.steps, args.rounds)
+        summary.append(f"PNG input {100 * (ratio - 1):+.1f}% vs in-memory")
+    tmp.cleanup()
+    print(f"\nsummary: {'; '.join(summary)}; losses {'match' if all_ok else 'DIFFER'} (see above)")
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
