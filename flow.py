@@ -646,10 +646,10 @@ class ValidationMetrics(keras.callbacks.Callback):
     """Every epoch: PSNR/SSIM (Y, border = scale) of the generator on the whole validation split and of bicubic
     on the same images, into the logs (progress bar, history.csv, TensorBoard); sample grids to PNG and TB."""
 
-    def __init__(self, generator, val_lr, val_hr, scale, run, phase, count=sample_count, tensorboard=False):
+    def __init__(self, generator, val_lr, val_hr, scale, run, count=sample_count, tensorboard=False):
         super().__init__()
         self.generator, self.val_lr, self.val_hr, self.scale = generator, val_lr, val_hr, scale
-        self.run, self.phase, self.count = Path(run), phase, count
+        self.run, self.count = Path(run), count
         self.bicubic = [bicubic_upscale(lr, scale) for lr in val_lr]
         psnr, ssim = measure_pairs(self.bicubic, val_hr, scale)
         self.bicubic_psnr, self.bicubic_ssim = float(psnr.mean()), float(ssim.mean())
@@ -675,7 +675,7 @@ class ValidationMetrics(keras.callbacks.Callback):
             import tensorflow as tf
 
             with self.writer.as_default():
-                tf.summary.image("LR | bicubic | SR | HR", grid[None], step=epoch + 1)
+                tf.summary.image("LR | bicubic | SR | HR", grid[None], step=epoch)  # as Keras' scalars
             self.writer.flush()
 
     def _optimizer(self):
@@ -780,7 +780,7 @@ def phase_callbacks(run, phase, generator, nan_guard):
     """Order matters: the metrics enter the logs before the export, the CSV and TensorBoard read them; the
     backup comes last, so a kill between them redoes the epoch rather than skipping its export."""
     cbs = [nan_guard,
-           ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, phase,
+           ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path,
                              tensorboard=tensorboard_available()),
            ExportBest(generator, run.config, run.path, phase, nan_guard),
            HistoryCSV(run.path / "history.csv", phase)]
