@@ -12,6 +12,7 @@ size. `upscale_array(model, rgb)` is the library entry point (flow.py's evaluati
 """
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -42,7 +43,7 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "srresnet_x4_psnr.keras"
 OVERLAP_PER_RADIUS = 0.8  # default tile overlap: this fraction of the model's receptive radius (auto_overlap) ...
 MIN_OVERLAP = 16  # ... in steps of 8, and at least this (measured with random weights: see auto_overlap)
 BLEND_MARGIN = 0.375  # fraction of each overlap, at the tile's own edge, where its output is not used at all
-MIN_TILE, MAX_TILE, TILE_STEP = 32, 512, 16  # automatic tile sizes (LR pixels) are multiples of TILE_STEP
+MIN_TILE, MAX_TILE, TILE_STEP = 32, 512, 16  # LR tile sides: after running out of memory; the largest area
 TILE_MEMORY_BUDGET = 512 * 2**20  # bytes of activations one model call may use (keeps a 960x540 x4 < 1.5 GB) ...
 MEMORY_FRACTION = 0.5  # ... and at most this fraction of the memory still available
 # Peak activation memory of an SRResNet forward pass, in bytes per output pixel and per filter of its trunk
@@ -147,15 +148,19 @@ def axis_windows(starts, tile, scale):
 def tiled_upscale(forward, x, scale, *, tile, overlap, batch_size=1):
     """Upscale float32 (H, W, 3) `x` with `forward` (float32 (N, h, w, 3) -> (N, s*h, s*w, 3)) tile by tile.
 
-    Tiles are laid flush with the image edges (none reaches past them), so pixels at the image border see
-    exactly what whole-image inference shows them, and nothing needs padding. Every tile has the same shape
-    (min(tile, side)) and every call to forward the same batch size, so a compiled function traces once
-    per image size. Returns float32 (s*H, s*W, 3), not clipped.
+    tile: a side (square tiles) or a (height, width) shape, cut to the image's size. Tiles are laid flush
+    with the image edges (none reaches past them), so pixels at the image border see exactly what
+    whole-image inference shows them, and nothing needs padding. Every tile has the same shape and every
+    call to forward the same batch size, so a compiled function traces once per image size.
+    Returns float32 (s*H, s*W, 3), not clipped.
     """
     height, width = x.shape[:2]
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    if tile <= 2 * overlap and (tile < height or tile < width):
-        raise ValueError(f"tile {tile} is too small for overlap {overlap}: use a tile of at least {2 * overlap + 1}")
+    tile_h, tile_w = (tile, tile) if np.isscalar(tile) else tile
+    tile_h, tile_w = min(int(tile_h), height), min(int(tile_w), width)
+    for side, length in ((tile_h, height), (tile_w, width)):
+        if side < length and side <= 2 * overlap:
+            raise ValueError(f"tile {side} is too small for overlap {overlap}: use a tile of at least "
+                             f"{2 * overlap + 1}")
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     wys, wxs = axis_windows(ys, tile_h, scale), axis_windows(xs, tile_w, scale)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
@@ -189,15 +194,6 @@ def is_out_of_memory(error):
         return True
     text = str(error)
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
-
-
-def smaller_setting(tile, batch_size):
-    """The next (tile, batch_size) to try after running out of memory, or None when nothing is left to cut."""
-    if batch_size > 1:
-        return tile, batch_size // 2
-    if tile > MIN_TILE:
-        return max(MIN_TILE, (tile * 3 // 4) // TILE_STEP * TILE_STEP), 1
-    return None
 
 
 def available_memory():
@@ -258,21 +254,53 @@ def auto_overlap(model):
     return max(MIN_OVERLAP, math.ceil(OVERLAP_PER_RADIUS * receptive_radius(model) / 8) * 8)
 
 
-def auto_tile_size(model, batch_size=1, *, budget=None, scale=None, overlap=0):
-    """The largest tile (LR pixels, a multiple of TILE_STEP, at most MAX_TILE and at least MIN_TILE and
-    2 x overlap + TILE_STEP) of which batch_size fit the memory budget (default memory_budget())."""
+def auto_tile_pixels(model, *, budget=None, scale=None):
+    """LR pixels one model call may take: the memory budget (default memory_budget()) over the estimated
+    activation bytes per pixel."""
     budget = memory_budget() if budget is None else budget
-    side = math.sqrt(budget / (batch_size * activation_bytes_per_pixel(model, scale)))
-    smallest = max(MIN_TILE, math.ceil((2 * overlap + 1) / TILE_STEP) * TILE_STEP)
-    return int(min(MAX_TILE, max(smallest, side // TILE_STEP * TILE_STEP)))
+    return int(budget // activation_bytes_per_pixel(model, scale))
 
 
-def auto_batch_size(model, tile, *, budget=None, scale=None):
-    """How many tiles of `tile` pixels fit the memory budget in one call (at least 1). With automatic
-    tiles that is 1 unless the tile hit MAX_TILE: on the same memory one bigger tile wastes less on
-    overlaps than several small ones."""
-    budget = memory_budget() if budget is None else budget
-    return max(1, int(budget // (tile * tile * activation_bytes_per_pixel(model, scale))))
+def _tile_side(length, count, overlap):
+    """The side of `count` tiles that cover `length` with `overlap`, or None when that is too thin."""
+    if count == 1:
+        return length
+    side = math.ceil((length + (count - 1) * overlap) / count)
+    return side if side > 2 * overlap else None
+
+
+def _tile_count(length, max_side, overlap):
+    """The fewest tiles no longer than max_side that cover `length` with `overlap` (None: impossible)."""
+    if max_side >= length:
+        return 1
+    if max_side <= 2 * overlap:
+        return None
+    return math.ceil((length - overlap) / (max_side - overlap))
+
+
+@functools.lru_cache(maxsize=256)
+def plan_tiles(height, width, pixels, overlap):
+    """(tile_h, tile_w): the tile shape, at most `pixels` in area, that covers the image with the fewest
+    LR pixels computed. Tiles cut to the image waste much less on overlaps than squares spread over it
+    (480x270 with 29k-pixel tiles and overlap 32: 3x2 tiles of 151x182, 27% recomputed, instead of 4x2
+    squares of 160, 58%). When no shape is small enough, the smallest that still holds the overlap."""
+    if height * width <= pixels:
+        return height, width
+    best = None
+    for rows in range(1, height + 1):
+        tile_h = _tile_side(height, rows, overlap)
+        if tile_h is None:
+            break
+        cols = _tile_count(width, pixels // tile_h, overlap)
+        tile_w = None if cols is None else _tile_side(width, cols, overlap)
+        if tile_w is not None and tile_h * tile_w <= pixels:
+            cost = (rows * cols * tile_h * tile_w, rows * cols)
+            if best is None or cost < best[0]:
+                best = (cost, (tile_h, tile_w))
+    if best is None:
+        side = 2 * overlap + 1
+        return min(height, side), min(width, side)
+    return best[1]
 
 
 @dataclass
@@ -297,13 +325,14 @@ def _state(model):
 def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None):
     """Upscale a uint8 (H, W, 3) RGB image with a generator; returns uint8 (s*H, s*W, 3).
 
-    tile: LR tile side in pixels (None: the largest that fits the memory budget, see auto_tile_size); an
-        image no bigger than a tile goes through whole, exactly as the model alone would upscale it.
+    tile: LR tile side in pixels, or None: tiles shaped to the image, as large as the memory budget allows
+        (see auto_tile_pixels, plan_tiles). An image that fits in one tile goes through whole, exactly as
+        the model alone would upscale it.
     overlap: LR pixels shared by neighbouring tiles, where their outputs are cross-faded (None: from the
         model's receptive field, see auto_overlap): no seams, and within a grey level or two of
         whole-image inference.
-    batch_size: tiles per model call (None: as many as fit the budget), all of one shape, so the compiled
-        predict function traces once per image size.
+    batch_size: tiles per model call (None: as many as fit the budget, usually 1 on a CPU), all of one
+        shape, so the compiled predict function traces once per image size.
     When the backend runs out of memory, the batch and then the tile are made smaller and the image is
     retried (with a warning); the model remembers the setting that fitted for the next images or frames.
     """
@@ -314,28 +343,36 @@ def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None)
     overlap = state.overlap if overlap is None else int(overlap)
     if overlap < 0 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"overlap must be >= 0 and batch_size >= 1, got {overlap} and {batch_size}")
+    height, width = rgb.shape[:2]
     asked = (tile, overlap, batch_size)
-    tile, batch_size = state.reduced.get(asked, (tile, batch_size))
-    if tile is None:
-        tile = auto_tile_size(model, batch_size or 1, scale=state.scale, overlap=overlap)
-    if batch_size is None:
-        batch_size = auto_batch_size(model, tile, scale=state.scale)
+    pixels = auto_tile_pixels(model, scale=state.scale)  # what one call may hold
+    tile, pixels, batch_size = state.reduced.get(asked, (tile, pixels, batch_size))
     x = to_float(rgb)
     while True:
+        if tile is not None:
+            shape = (min(tile, height), min(tile, width))
+        else:
+            shape = plan_tiles(height, width, min(pixels, MAX_TILE * MAX_TILE), overlap)
+        batch = batch_size or max(1, pixels // (shape[0] * shape[1]))
         try:
-            sr = tiled_upscale(model.predict_on_batch, x, state.scale, tile=tile, overlap=overlap,
-                               batch_size=batch_size)
+            sr = tiled_upscale(model.predict_on_batch, x, state.scale, tile=shape, overlap=overlap,
+                               batch_size=batch)
             break
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            smaller = smaller_setting(tile, batch_size)
-            if smaller is None or smaller[0] < 2 * overlap + 1:
-                raise MemoryError(f"out of memory even with {tile}px tiles one at a time ({e})") from e
-            warnings.warn(f"out of memory with {batch_size} tile(s) of {tile}px; retrying with "
-                          f"{smaller[1]} of {smaller[0]}px", ResourceWarning, stacklevel=2)
-            tile, batch_size = smaller
-            state.reduced[asked] = smaller
+            was = f"{batch} tile(s) of {shape[1]}x{shape[0]}"
+            if batch > 1:
+                batch_size = batch // 2
+            elif tile is not None and tile > MIN_TILE and tile * 3 // 4 > 2 * overlap:
+                tile = max(MIN_TILE, tile * 3 // 4 // TILE_STEP * TILE_STEP)
+            elif tile is None and shape[0] * shape[1] > (2 * overlap + 1) ** 2:
+                pixels = shape[0] * shape[1] // 2
+            else:
+                raise MemoryError(f"out of memory even with one tile of {shape[1]}x{shape[0]} at a time ({e})") from e
+            warnings.warn(f"out of memory with {was}; retrying with smaller tiles or batches",
+                          ResourceWarning, stacklevel=2)
+            state.reduced[asked] = (tile, pixels, batch_size)
     return _to_uint8_in_bands(sr)
 
 
@@ -457,68 +494,75 @@ def upscale_animation_file(model, src, dst, *, upscale, video_options, compare=F
                            progress=None):
     """Upscale every frame of an animated GIF/WebP/PNG into dst: .gif (per-frame palettes), .webp, .png
     (APNG) or a video container (mp4, mkv, webm, mov: frames flattened, variable timing kept)."""
-    n_frames, loop, transparency = animation_info(src)
     suffix = dst.suffix.lower()
+    if suffix not in {".gif", ".webp", ".png"} | VIDEO_SUFFIXES:
+        raise ValueError(f"{dst}: an animation can be written as .gif, .webp, .png (APNG) or a video "
+                         f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+    n_frames, loop, transparency = animation_info(src)
     scale = _state(model).scale
     bar = _progress(progress, n_frames, src.name)
-    if suffix in VIDEO_SUFFIXES:
-        writer = None
-        pts = 0
-        with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
-            for k, frame in enumerate(read_animation(src)):
-                sr = upscale(frame.rgb)
-                if k == 0 and compare:
-                    write_compare(compare_path(dst), frame.rgb, sr, scale, label)
-                if writer is None:
-                    writer = VideoWriter(out, sr.shape[1], sr.shape[0], rate=None,
-                                         time_base=Fraction(1, 1000), **video_options)
-                if frame.alpha is not None:
-                    sr = flatten(sr, _upscale_alpha(frame.alpha, sr.shape, binary=False))
-                writer.write(sr, pts)
-                pts += frame.duration if frame.duration >= GIF_MIN_DELAY_MS else GIF_DEFAULT_DELAY_MS
-                bar.update()
-            if writer is None:
-                raise ValueError(f"{src}: the animation has no frames")
-            writer.finish()
-        bar.close()
-        return
 
-    frames, durations, disposals = [], [], []
-    for k, frame in enumerate(read_animation(src)):
-        sr = upscale(frame.rgb)
-        if k == 0 and compare:
-            write_compare(compare_path(dst), frame.rgb, sr, scale, label)
-        binary = suffix == ".gif"
-        alpha = None if frame.alpha is None else _upscale_alpha(frame.alpha, sr.shape, binary=binary)
-        if binary:
-            frames.append(quantize_frame(sr, None if alpha is None else alpha >= 128, transparency))
+    def upscaled_frames():
+        for k, frame in enumerate(read_animation(src)):
+            sr = upscale(frame.rgb)
+            if k == 0 and compare:
+                write_compare(compare_path(dst), frame.rgb, sr, scale, label)
+            yield frame, sr
+            bar.update()
+
+    if suffix in VIDEO_SUFFIXES:
+        _write_animation_video(upscaled_frames(), src, dst, video_options)
+    else:
+        _write_animated_image(upscaled_frames(), src, dst, loop, transparency)
+    bar.close()
+
+
+def _write_animation_video(frames, src, dst, video_options):
+    """Encode (frame, upscaled RGB) pairs as a video, each frame shown for its own duration."""
+    writer, pts = None, 0
+    with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
+        for frame, sr in frames:
+            if writer is None:
+                writer = VideoWriter(out, sr.shape[1], sr.shape[0], rate=None, time_base=Fraction(1, 1000),
+                                     **video_options)
+            if frame.alpha is not None:  # video has no transparency
+                sr = flatten(sr, _upscale_alpha(frame.alpha, sr.shape, binary=False))
+            writer.write(sr, pts)
+            pts += frame.duration if frame.duration >= GIF_MIN_DELAY_MS else GIF_DEFAULT_DELAY_MS
+        if writer is None:
+            raise ValueError(f"{src}: the animation has no frames")
+        writer.finish()
+
+
+def _write_animated_image(frames, src, dst, loop, transparency):
+    """Save (frame, upscaled RGB) pairs as an animated GIF, WebP or APNG with the source's timing and loop."""
+    suffix = dst.suffix.lower()
+    images, durations, disposals = [], [], []
+    for frame, sr in frames:
+        alpha = None if frame.alpha is None else _upscale_alpha(frame.alpha, sr.shape, binary=suffix == ".gif")
+        if suffix == ".gif":
+            images.append(quantize_frame(sr, None if alpha is None else alpha >= 128, transparency))
         else:
-            frames.append(Image.fromarray(sr) if alpha is None else Image.fromarray(np.dstack([sr, alpha])))
+            images.append(Image.fromarray(sr) if alpha is None else Image.fromarray(np.dstack([sr, alpha])))
         durations.append(frame.duration)
         disposals.append(frame.disposal)
-        bar.update()
-    bar.close()
-    if not frames:
+    if not images:
         raise ValueError(f"{src}: the animation has no frames")
-    if len(frames) == 1:  # Pillow wants plain values, not lists, for a single frame
+    if len(images) == 1:  # Pillow wants plain values, not lists, for a single frame
         durations, disposals = durations[0], disposals[0]
-    options = {"save_all": True, "append_images": frames[1:], "duration": durations}
+    options = {"save_all": True, "append_images": images[1:], "duration": durations}
     if suffix == ".gif":
         # every frame is a whole composited canvas, so the source's disposal methods show it the same way;
         # optimize=False keeps each frame's palette (and its transparency index) as made above
         options.update(disposal=disposals, optimize=False)
-        if loop is not None:
+        if loop is not None:  # no loop count in the source: it plays once, and so does the output
             options["loop"] = loop
     elif suffix == ".webp":
         options.update(loop=loop or 0, quality=95, method=4)
-    elif suffix == ".png":
-        options.update(loop=loop or 0, disposal=0, blend=0)  # APNG: each frame replaces the canvas
     else:
-        raise ValueError(f"{dst}: an animation can be written as .gif, .webp, .png (APNG) or a video "
-                         f"({', '.join(sorted(VIDEO_SUFFIXES))})")
-    fmt = Image.registered_extensions()[suffix]
+        options.update(loop=loop or 0, disposal=0, blend=0)  # APNG: each frame replaces the canvas
     with atomic_output(dst) as tmp:
-        frames[0].save(tmp, format=fmt, **options)
+        images[0].save(tmp, format=Image.registered_extensions()[suffix], **options)
 
 
 def _upscale_alpha(alpha, shape, *, binary):
@@ -545,9 +589,9 @@ class VideoWriter:
 
     def __init__(self, out, width, height, *, rate, time_base, codec=None, crf=DEFAULT_CRF, preset=DEFAULT_PRESET,
                  pix_fmt=DEFAULT_PIX_FMT):
-        container_suffix = "." + (out.format.name.split(",")[0] if out.format else "mp4")
-        codec = codec or VIDEO_CODEC.get(container_suffix.lstrip("."), DEFAULT_VIDEO_CODEC)
-        if container_suffix == ".webm" and codec not in {"libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}:
+        container = out.format.name.split(",")[0]  # "mp4", "mov", "matroska" or "webm"
+        codec = codec or VIDEO_CODEC.get(container, DEFAULT_VIDEO_CODEC)
+        if container == "webm" and codec not in {"libvpx-vp9", "libvpx", "libsvtav1", "libaom-av1"}:
             raise VideoError(f"WebM holds VP8/VP9/AV1 video only, not {codec}; use --codec libvpx-vp9 or .mp4/.mkv")
         self.out = out
         # 4:2:0 and 4:2:2 subsample chroma by 2, so those need even sides: pad by one edge pixel where odd
@@ -568,14 +612,23 @@ class VideoWriter:
         self.stream.options = options
         self.time_base = time_base
         self.frames = 0
+        self.colour = None
+        if pix_fmt.startswith(("yuv", "nv12")):
+            self.colour = _tag_bt709(self.stream.codec_context, full_range=pix_fmt.startswith("yuvj"))
 
     def write(self, rgb, pts):
         """Encode one uint8 (H, W, 3) frame shown at pts (in time_base units)."""
         import av
 
         if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
+            if not (0 <= self.height - rgb.shape[0] <= 1 and 0 <= self.width - rgb.shape[1] <= 1):
+                raise VideoError(f"frame size changed mid-stream: {rgb.shape[1]}x{rgb.shape[0]} after "
+                                 f"{self.width}x{self.height}")
             rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if self.colour is not None:  # convert with the matrix the stream is tagged with
+            frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=self.colour[0],
+                                   dst_color_range=self.colour[1])
         frame.pts, frame.time_base = int(pts), self.time_base
         self.out.mux(self.stream.encode(frame))
         self.frames += 1
@@ -583,6 +636,25 @@ class VideoWriter:
     def finish(self):
         """Flush the encoder."""
         self.out.mux(self.stream.encode(None))
+
+
+def _tag_bt709(codec_context, *, full_range=False):
+    """Tag an output stream as BT.709 (what players assume for HD, which x4 outputs are) and return the
+    (colorspace, range) its frames must be converted with; untagged, players would guess and shift colours."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    colour_range = ColorRange.JPEG if full_range else ColorRange.MPEG
+    codec_context.colorspace = Colorspace.ITU709
+    codec_context.color_range = colour_range
+    codec_context.color_primaries = 1  # AVCOL_PRI_BT709
+    codec_context.color_trc = 1  # AVCOL_TRC_BT709
+    return Colorspace.ITU709, colour_range
+
+
+def frame_to_rgb(frame):
+    """A decoded video frame as uint8 RGB, converted with its own tagged matrix and range (full-range phone
+    video included); untagged frames get FFmpeg's default (BT.601, limited range)."""
+    return frame.reformat(format="rgb24", src_color_range=frame.color_range or None).to_ndarray()
 
 
 def upscale_video_file(model, src, dst, *, upscale, video_options, compare=False, label="model",
@@ -614,13 +686,24 @@ def upscale_video_file(model, src, dst, *, upscale, video_options, compare=False
                 writer.stream.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
             audio_out = {a.index: _copy_stream(out, a, dst) for a in audio}
             last_pts, step, end_time = None, _frame_step(vin), None
-            held = [] if max_frames is not None else None  # with max_frames, audio waits until the cut is known
-            audio_done = set()
+            # audio packets wait here until the first frame is decoded (its rotation goes into the header,
+            # which the first packet written writes) and, with max_frames, until the cut is known
+            held, audio_done = [], set()
+
+            def audio_waits():
+                return writer.frames == 0 or (max_frames is not None and end_time is None)
+
+            def release_held():
+                for held_packet in held:
+                    if end_time is None or _seconds(held_packet) < end_time:
+                        _mux(out, held_packet, audio_out, dst)
+                held.clear()
+
             for packet in _demux(inp, [vin, *audio], src):
                 if packet.stream.type == "audio":
                     if packet.dts is None:  # the demuxer's end-of-stream marker
                         continue
-                    if end_time is None and held is not None:
+                    if audio_waits():
                         held.append(packet)
                     elif end_time is None or _seconds(packet) < end_time:
                         _mux(out, packet, audio_out, dst)
@@ -634,10 +717,12 @@ def upscale_video_file(model, src, dst, *, upscale, video_options, compare=False
                         break
                     continue
                 for frame in _decode(packet, src):
+                    if writer.frames == 0:
+                        _copy_rotation(frame, writer.stream)
                     pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + step)
                     if last_pts is not None and pts <= last_pts:  # encoders need increasing timestamps
                         pts = last_pts + 1
-                    rgb = frame.to_ndarray(format="rgb24")
+                    rgb = frame_to_rgb(frame)
                     sr = upscale(rgb)
                     if compare and writer.frames == 0:
                         write_compare(compare_path(dst), rgb, sr, scale, label)
@@ -646,13 +731,11 @@ def upscale_video_file(model, src, dst, *, upscale, video_options, compare=False
                     bar.update()
                     if max_frames is not None and writer.frames >= max_frames:
                         end_time = (pts + step) * vin.time_base
-                        for held_packet in held:
-                            if _seconds(held_packet) < end_time:
-                                _mux(out, held_packet, audio_out, dst)
-                        held = None
+                    if held and not audio_waits():
+                        release_held()
+                    if end_time is not None:
                         break
-            for held_packet in held or []:  # the video had fewer than max_frames frames: keep all the audio
-                _mux(out, held_packet, audio_out, dst)
+            release_held()  # the end of the file came first: what is left of the audio goes in
             if writer.frames == 0:
                 raise VideoError(f"{src}: the video has no frames")
             writer.finish()
@@ -678,6 +761,13 @@ def _copy_stream(out, stream, dst):
     except (ValueError, av.error.FFmpegError) as e:
         raise VideoError(f"{dst}: cannot copy the {stream.codec_context.name} audio into {dst.suffix} "
                          f"({e}); use .mkv or .mp4") from e
+
+
+def _copy_rotation(frame, stream):
+    """Keep a phone video's display rotation (its display matrix), so the output plays upright too."""
+    rotation = getattr(frame, "rotation", 0)
+    if rotation and hasattr(stream, "set_display_rotation"):
+        stream.set_display_rotation(rotation)
 
 
 def _frame_step(stream):

@@ -111,25 +111,39 @@ def test_batching_and_odd_sizes_give_the_same_pixels(model):
 
 
 def test_automatic_tile_overlap_and_batch_follow_the_model_and_memory(model):
-    small = upscale.auto_tile_size(model, 4, budget=64 * 2**20)
-    big = upscale.auto_tile_size(model, 4, budget=1024 * 2**20)
-    assert upscale.MIN_TILE <= small < big <= upscale.MAX_TILE
-    assert small % upscale.TILE_STEP == 0 and big % upscale.TILE_STEP == 0
-    assert upscale.auto_tile_size(model, 1, budget=64 * 2**20) > small  # fewer tiles per call: bigger tiles
-    assert upscale.auto_tile_size(model, 4, budget=1) == upscale.MIN_TILE
-    assert upscale.auto_tile_size(model, 1, budget=1, overlap=40) >= 81  # always room for the overlap
+    small = upscale.auto_tile_pixels(model, budget=64 * 2**20)
+    assert upscale.auto_tile_pixels(model, budget=1024 * 2**20) == pytest.approx(16 * small, rel=1e-3)
     srresnet = build_generator(scale=4, preset="srresnet")  # 64 filters: 8x the activations of 8
     fast = build_generator(scale=4, preset="fast")
     assert upscale.activation_bytes_per_pixel(srresnet) == 8 * upscale.activation_bytes_per_pixel(model)
-    assert upscale.auto_tile_size(srresnet, budget=256 * 2**20) < upscale.auto_tile_size(model, budget=256 * 2**20)
+    assert upscale.auto_tile_pixels(srresnet, budget=64 * 2**20) == pytest.approx(small / 8, rel=1e-3)
     assert (upscale.receptive_radius(srresnet), upscale.auto_overlap(srresnet)) == (39.5, 32)
     assert (upscale.receptive_radius(fast), upscale.auto_overlap(fast)) == (23.5, 24)
-    tile = upscale.auto_tile_size(srresnet, budget=512 * 2**20)
-    assert upscale.auto_batch_size(srresnet, tile, budget=512 * 2**20) == 1  # one big tile beats many small
-    assert upscale.auto_batch_size(model, 64, budget=512 * 2**20) > 4
-    assert upscale.available_memory() > 0
+    assert upscale.available_memory() > 0 and 0 < upscale.memory_budget() <= upscale.TILE_MEMORY_BUDGET
     auto = upscale.upscale_array(model, data.coffee()[:40, :40])  # all automatic
     assert auto.shape == (160, 160, 3)
+
+
+@pytest.mark.parametrize("height,width,pixels,overlap", [(270, 480, 29_000, 32), (540, 960, 29_000, 32),
+                                                         (360, 640, 58_000, 24), (100, 3000, 5_000, 16),
+                                                         (50, 50, 10_000, 16), (200, 200, 100, 16)])
+def test_tile_plans_fit_the_budget_and_waste_little(height, width, pixels, overlap):
+    tile_h, tile_w = upscale.plan_tiles(height, width, pixels, overlap)
+    if height * width <= pixels:
+        assert (tile_h, tile_w) == (height, width)  # fits whole
+        return
+    if pixels < (2 * overlap + 1) ** 2:
+        assert (tile_h, tile_w) == (2 * overlap + 1, 2 * overlap + 1)  # as small as the overlap allows
+        return
+    assert tile_h * tile_w <= pixels
+    rows = len(upscale.tile_starts(height, tile_h, overlap))
+    cols = len(upscale.tile_starts(width, tile_w, overlap))
+    computed = rows * cols * tile_h * tile_w
+    side = int(pixels**0.5)  # squares of the same area, spread evenly, compute more
+    squares = len(upscale.tile_starts(height, side, overlap)) * len(upscale.tile_starts(width, side, overlap))
+    assert computed <= squares * min(side, height) * min(side, width)
+    if (height, width, pixels) == (270, 480, 29_000):
+        assert (tile_h, tile_w, rows, cols) == (151, 182, 2, 3)  # the example in plan_tiles' docstring
 
 
 def test_out_of_memory_is_retried_with_smaller_tiles_and_remembered(model_path, monkeypatch):
@@ -401,9 +415,9 @@ def test_gif_to_mp4_and_webp_on_request(model_path, tmp_path):
 # --- videos -----------------------------------------------------------------------------------------------
 
 
-def make_video(path, *, frames=12, size=(48, 32), fps=24, audio=True, pts=None):
+def make_video(path, *, frames=12, size=(48, 32), fps=24, audio=True, pts=None, rotation=0):
     """Encode a short test clip with PyAV: moving gradient frames, optionally a 440 Hz AAC track; pts (in
-    1/1000 s) for a variable frame rate."""
+    1/1000 s) for a variable frame rate; rotation (degrees) as a phone's display matrix."""
     width, height = size
     with av.open(str(path), "w") as out:
         v = out.add_stream("libx264", rate=fps)
@@ -411,6 +425,8 @@ def make_video(path, *, frames=12, size=(48, 32), fps=24, audio=True, pts=None):
         v.options = {"crf": "20", "preset": "ultrafast"}
         tb = Fraction(1, 1000) if pts is not None else Fraction(1, fps)
         v.codec_context.time_base = tb
+        if rotation:
+            v.set_display_rotation(rotation)
         a = None
         if audio:
             a = out.add_stream("aac", rate=44100)
@@ -448,7 +464,7 @@ def probe(path):
 
 
 def test_video_keeps_frames_rate_timestamps_and_audio(model_path, tmp_path):
-    src = make_video(tmp_path / "clip.mp4")
+    src = make_video(tmp_path / "clip.mp4", rotation=90)
     out = tmp_path / "out" / "clip_x4.mp4"
     assert run_cli(src, "-o", out, "--model", model_path, "--compare", "--preset", "ultrafast",
                    "--crf", "0", "--pix-fmt", "yuv444p") == 0  # lossless, so the pixels can be checked
@@ -468,6 +484,8 @@ def test_video_keeps_frames_rate_timestamps_and_audio(model_path, tmp_path):
     assert np.abs(first_out - expected).mean() < 1.5
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+        assert c.streams.video[0].codec_context.colorspace == 1  # tagged BT.709, as it was converted
+        assert next(c.decode(video=0)).rotation == 90  # a phone video still plays upright
 
 
 def test_variable_frame_rate_no_audio_and_max_frames(model_path, tmp_path):
