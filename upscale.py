@@ -388,6 +388,8 @@ def _to_uint8_in_bands(x, rows=256):
 
 
 GREY_MODES = {"1", "L", "LA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+RGB_MODES = {"RGB", "RGBA", "RGBa", "P", "PA"}
+ICC_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
 
 
 def source_info(path):
@@ -411,9 +413,8 @@ def upscale_image_file(model, src, dst, *, upscale, compare=False, label="model"
     grey = info is not None and info[0] in GREY_MODES
     out = np.rint(sr.astype(np.float32).mean(axis=2)).astype(np.uint8) if grey else sr
     options = {}
-    if info is not None and info[2] and not grey and dst.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp",
-                                                                            ".tif", ".tiff"}:
-        options["icc_profile"] = info[2]  # colours mean what they meant in the input
+    if info is not None and info[2] and info[0] in RGB_MODES and dst.suffix.lower() in ICC_SUFFIXES:
+        options["icc_profile"] = info[2]  # colours mean what they meant in the input (an RGB profile only)
     if alpha_sr is not None and dst.suffix.lower() in {".jpg", ".jpeg"}:
         out, alpha_sr = flatten(out, alpha_sr), None  # JPEG has no alpha: composite onto the background
     save_image(dst, out, alpha=alpha_sr, **options)
@@ -918,6 +919,8 @@ def plan_jobs(inputs, output, fmt=None):
     output = Path(output)
     inputs = [Path(p) for p in inputs]
     single_file = len(inputs) == 1 and inputs[0].is_file() and output.suffix and not output.is_dir()
+    if not single_file and output.exists() and not output.is_dir():
+        raise ValueError(f"-o {output} is a file; several inputs or a folder need an output folder")
     jobs, problems = [], []
     if single_file:
         src = inputs[0]
@@ -1035,6 +1038,10 @@ def main(argv=None):
     if args.tile is not None and args.overlap is not None and args.tile < 2 * args.overlap + 1:
         print(f"upscale: --tile {args.tile} is too small for --overlap {args.overlap}", file=sys.stderr)
         return 2
+    for name in ("tile", "batch_size", "max_frames"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            print(f"upscale: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     inputs = {job.src.resolve() for job in jobs}
     done, skipped, failed = [], [], list(problems)
     seen, model = set(), None
@@ -1055,8 +1062,9 @@ def main(argv=None):
             if model is None:
                 try:
                     model = load_model(args.model)
-                except (FileNotFoundError, OSError, ValueError) as e:
-                    print(f"upscale: {e}", file=sys.stderr)
+                except Exception as e:  # missing, corrupt, or not a generator: nothing can run
+                    print(f"upscale: {e}" if isinstance(e, FileNotFoundError) else
+                          f"upscale: cannot load the model {args.model}: {type(e).__name__}: {e}", file=sys.stderr)
                     return 2
             try:
                 run_job(model, job, args, progress)

@@ -231,11 +231,27 @@ def part3_video(frames, model_path):
     return frames / seconds
 
 
+def backend_devices():
+    """The devices the Keras backend computes on, in words."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return f"TensorFlow {tf.__version__}, " + ", ".join(d.device_type for d in tf.config.list_logical_devices())
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return f"JAX {jax.__version__}, " + ", ".join(d.device_kind for d in jax.devices())
+    return keras.backend.backend()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
     p.add_argument("--preset", default=PRESET, help="generator preset for parts 1-2")
     p.add_argument("--model", type=Path, default=None, help="a .keras generator instead of a fresh preset")
+    p.add_argument("--skip-memory", action="store_true", help="leave out part 2 (host memory; on a GPU it says little)")
     p.add_argument("--child", nargs=3, metavar=("MODE", "W", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -247,19 +263,19 @@ def main(argv=None):
     if args.quick:
         cfg.update(QUICK)
     import keras
-    import tensorflow as tf
 
     import upscale
 
     started = time.perf_counter()
-    print(f"bench_upscale: {platform.machine()}, {os.cpu_count()} CPU cores, TensorFlow {tf.__version__}, "
-          f"Keras {keras.__version__}, devices {[d.device_type for d in tf.config.list_logical_devices()]}; "
+    print(f"bench_upscale: {platform.machine()}, {os.cpu_count()} CPU cores, Keras {keras.__version__} on "
+          f"{keras.backend.backend()} ({backend_devices()}); "
           f"model {args.model or args.preset + ' (random weights)'}; "
           f"memory budget {upscale.memory_budget() / 2**20:.0f} MiB")
     model = build_model(args.preset, args.model)
     ratio = part1_speed(model, cfg["SPEED_SIZE"], cfg["REPEATS"])
     del model
-    part2_memory(args.preset, args.model, cfg["MEMORY_SIZE"], cfg["WHOLE_MEMORY_SIZE"])
+    if not args.skip_memory:
+        part2_memory(args.preset, args.model, cfg["MEMORY_SIZE"], cfg["WHOLE_MEMORY_SIZE"])
     fps = part3_video(cfg["VIDEO_FRAMES"], None)
     print(f"bench_upscale: tiled/whole speed {ratio:.2f}x, video {fps:.3f} frames/s, "
           f"{time.perf_counter() - started:.0f} s in all")

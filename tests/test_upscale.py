@@ -313,6 +313,31 @@ def test_a_failure_midway_leaves_no_partial_output(model_path, tmp_path, monkeyp
     assert run_cli(SKIMAGE_GIF, "-o", tmp_path / "out" / "anim.gif", "--model", model_path) == 1
     assert not (tmp_path / "out" / "anim.gif").exists() and not leftovers(tmp_path)
 
+    def interrupted_on_frame_3(*args, **kwargs):  # Ctrl-C in the middle of a video
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    calls.clear()
+    monkeypatch.setattr(upscale, "upscale_array", interrupted_on_frame_3)
+    assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 130
+    assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
+
+
+def test_bad_model_and_bad_output_are_usage_errors(model_path, tmp_path, capsys):
+    src = tmp_path / "in.png"
+    Image.fromarray(data.coffee()[:16, :16]).save(src)
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip file")
+    assert run_cli(src, "-o", tmp_path / "out.png", "--model", broken) == 2
+    assert "cannot load the model" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert run_cli(tmp_path / "folder", "-o", src, "--model", model_path) == 2  # a folder into a file
+    assert "is a file" in capsys.readouterr().err
+    assert run_cli(src, "-o", tmp_path / "out.png", "--model", model_path, "--tile", "0") == 2
+    assert not (tmp_path / "out.png").exists()
+
 
 def test_missing_default_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(upscale, "DEFAULT_MODEL", tmp_path / "weights" / "srresnet_x4_psnr.keras")
