@@ -43,7 +43,8 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "srresnet_x4_psnr.keras"
 OVERLAP_PER_RADIUS = 0.8  # default tile overlap: this fraction of the model's receptive radius (auto_overlap) ...
 MIN_OVERLAP = 16  # ... in steps of 8, and at least this (measured with random weights: see auto_overlap)
 BLEND_MARGIN = 0.375  # fraction of each overlap, at the tile's own edge, where its output is not used at all
-MIN_TILE, MAX_TILE, TILE_STEP = 32, 512, 16  # LR tile sides: after running out of memory; the largest area
+MIN_TILE, TILE_STEP = 32, 16  # an explicit --tile shrinks in steps of TILE_STEP down to MIN_TILE on OOM
+MAX_TILE = 512  # automatic tiles hold at most MAX_TILE**2 LR pixels (more memory goes into batches)
 TILE_MEMORY_BUDGET = 512 * 2**20  # bytes of activations one model call may use (keeps a 960x540 x4 < 1.5 GB) ...
 MEMORY_FRACTION = 0.5  # ... and at most this fraction of the memory still available
 # Peak activation memory of an SRResNet forward pass, in bytes per output pixel and per filter of its trunk
@@ -309,7 +310,7 @@ class _ModelState:
 
     scale: int
     overlap: int
-    reduced: dict = field(default_factory=dict)  # (tile, batch) asked for -> (tile, batch) that fitted
+    reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
 
 
 _STATES = weakref.WeakKeyDictionary()
@@ -325,9 +326,9 @@ def _state(model):
 def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None):
     """Upscale a uint8 (H, W, 3) RGB image with a generator; returns uint8 (s*H, s*W, 3).
 
-    tile: LR tile side in pixels, or None: tiles shaped to the image, as large as the memory budget allows
-        (see auto_tile_pixels, plan_tiles). An image that fits in one tile goes through whole, exactly as
-        the model alone would upscale it.
+    tile: tiles hold at most tile x tile LR pixels, shaped to the image (see plan_tiles); None: as many
+        pixels as the memory budget allows (see auto_tile_pixels). An image that fits in one tile goes
+        through whole, exactly as the model alone would upscale it.
     overlap: LR pixels shared by neighbouring tiles, where their outputs are cross-faded (None: from the
         model's receptive field, see auto_overlap): no seams, and within a grey level or two of
         whole-image inference.
@@ -349,10 +350,11 @@ def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None)
     tile, pixels, batch_size = state.reduced.get(asked, (tile, pixels, batch_size))
     x = to_float(rgb)
     while True:
-        if tile is not None:
-            shape = (min(tile, height), min(tile, width))
-        else:
-            shape = plan_tiles(height, width, min(pixels, MAX_TILE * MAX_TILE), overlap)
+        if tile is not None and tile <= 2 * overlap and tile < max(height, width):
+            raise ValueError(f"tile {tile} is too small for overlap {overlap}: use a tile of at least "
+                             f"{2 * overlap + 1}")
+        area = tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE)
+        shape = plan_tiles(height, width, area, overlap)
         batch = batch_size or max(1, pixels // (shape[0] * shape[1]))
         try:
             sr = tiled_upscale(model.predict_on_batch, x, state.scale, tile=shape, overlap=overlap,
@@ -973,7 +975,8 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output file (one input) or folder (several inputs or a folder; the tree is mirrored)")
     p.add_argument("--model", type=Path, default=None, help=f"generator .keras file (default {DEFAULT_MODEL})")
-    p.add_argument("--tile", type=int, default=None, help="LR tile size in pixels (default: from free memory)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="tiles hold at most TILE x TILE LR pixels, shaped to the image (default: from free memory)")
     p.add_argument("--overlap", type=int, default=None,
                    help="LR pixels shared by neighbouring tiles (default: from the model's receptive field)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per model call (default: as many as fit)")

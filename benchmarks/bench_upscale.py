@@ -4,12 +4,13 @@
     python benchmarks/bench_upscale.py --quick     # small sizes: a smoke test of the script itself
 
 Prints, in one run:
-1. output megapixels/s of tiled inference (automatic tile, overlap and batch) against whole-image inference
+1. output megapixels/s of tiled inference (automatic tiles, overlap and batch) against whole-image inference
    (the model alone on the whole image), on the same image in the same process; target tiled >= 0.85x;
-2. peak memory (the process's max RSS, each case in a fresh subprocess) of a 960x540 -> x4 upscale, tiled,
-   against whole-image inference at the largest size that fits here (480x270: whole-image 960x540 with the
-   16x64 SRResNet needs > 22 GB and was killed by the OOM killer), plus the bare runtime (TensorFlow and
-   the model loaded, nothing upscaled) for reference; target tiled <= 1.5 GB;
+   plus tiled with --tile 240 (more memory, less recomputed overlap): the speed/memory trade-off;
+2. peak memory (VmHWM of a fresh subprocess per case) of a 960x540 -> x4 upscale, tiled (automatic, and
+   --tile 240), against whole-image inference at the largest size that fits here (480x270: whole-image
+   960x540 with the 16x64 SRResNet needs > 22 GB and was killed by the OOM killer), plus the bare runtime
+   (TensorFlow and the model loaded, nothing upscaled) for reference; target tiled <= 1.5 GB;
 3. frames/s of a 640x360 -> x4 video with the light "fast" preset, end to end (decode, upscale, encode,
    audio copy): ../shared/data/clips/big_buck_bunny.mp4 when present, else a generated clip.
 Speed and memory do not depend on the weights, so the models are freshly built (random weights) unless
@@ -41,6 +42,7 @@ VIDEO_PRESET = "fast"  # the light preset, for part 3
 SPEED_SIZE = (480, 270)  # LR width, height for part 1 (whole-image inference must fit in memory)
 MEMORY_SIZE = (960, 540)  # part 2, tiled
 WHOLE_MEMORY_SIZE = (480, 270)  # part 2, whole-image (960x540 does not fit: > 22 GB)
+BIG_TILE = 240  # the trade-off row: tiles of up to 240x240 LR pixels (about 1 GiB of SRResNet activations)
 REPEATS = 3  # timed runs per case in part 1 (after one warm-up run); the median is reported
 VIDEO_FRAMES = 12  # frames of the clip upscaled in part 3 (half a second at 24 fps)
 CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
@@ -71,10 +73,22 @@ def whole_image(model, rgb):
     return to_uint8(np.clip(model.predict_on_batch(to_float(rgb)[None])[0], 0.0, 1.0))
 
 
-def tiled(model, rgb):
+def tiled(model, rgb, tile=None):
     import upscale
 
-    return upscale.upscale_array(model, rgb)
+    return upscale.upscale_array(model, rgb, tile=tile)
+
+
+def tiling(model, size, tile=None):
+    """'N tiles of WxH, overlap O, Rx the pixels' for an image of size (width, height)."""
+    import upscale
+
+    overlap = upscale.auto_overlap(model)
+    area = tile * tile if tile else upscale.auto_tile_pixels(model)
+    tile_h, tile_w = upscale.plan_tiles(size[1], size[0], area, overlap)
+    tiles = len(upscale.tile_starts(size[1], tile_h, overlap)) * len(upscale.tile_starts(size[0], tile_w, overlap))
+    return (f"{tiles} tiles of {tile_w}x{tile_h}, overlap {overlap}, "
+            f"{tiles * tile_h * tile_w / (size[0] * size[1]):.2f}x the pixels")
 
 
 def median_seconds(fn, repeats):
@@ -109,18 +123,19 @@ def part1_speed(model, size, repeats):
     rgb = test_image(*size)
     scale = upscale.model_scale(model)
     out_mp = size[0] * size[1] * scale * scale / 1e6
-    times = interleaved_times({"whole": lambda: whole_image(model, rgb), "tiled": lambda: tiled(model, rgb)},
-                              repeats)
-    overlap = upscale.auto_overlap(model)
-    tile_h, tile_w = upscale.plan_tiles(size[1], size[0], upscale.auto_tile_pixels(model), overlap)
-    tiles = len(upscale.tile_starts(size[1], tile_h, overlap)) * len(upscale.tile_starts(size[0], tile_w, overlap))
-    (t_whole, c_whole), (t_tiled, c_tiled) = times["whole"], times["tiled"]
+    cases = {"whole image": lambda: whole_image(model, rgb), "tiled (auto)": lambda: tiled(model, rgb),
+             f"tiled --tile {BIG_TILE}": lambda: tiled(model, rgb, BIG_TILE)}
+    times = interleaved_times(cases, repeats)
+    notes = {"tiled (auto)": tiling(model, size), f"tiled --tile {BIG_TILE}": tiling(model, size, BIG_TILE)}
+    t_whole, c_whole = times["whole image"]
     print(f"1. speed, {size[0]}x{size[1]} -> x{scale} ({out_mp:.2f} output MP), median of {repeats} interleaved runs:")
-    print(f"   whole image : {t_whole:7.2f} s  {out_mp / t_whole:6.3f} MP/s   (CPU time {c_whole:.1f} s)")
-    print(f"   tiled       : {t_tiled:7.2f} s  {out_mp / t_tiled:6.3f} MP/s   (CPU time {c_tiled:.1f} s; {tiles} tiles "
-          f"of {tile_w}x{tile_h}, overlap {overlap}, {tiles * tile_h * tile_w / (size[0] * size[1]):.2f}x the pixels)")
-    print(f"   tiled / whole = {t_whole / t_tiled:.2f}x by wall time, {c_whole / c_tiled:.2f}x by CPU time "
-          f"(target >= 0.85x)")
+    for name, (t, c) in times.items():
+        ratio = "" if name == "whole image" else f"  {t_whole / t:.2f}x wall, {c_whole / c:.2f}x CPU of whole"
+        print(f"   {name:16s}: {t:6.2f} s  {out_mp / t:6.3f} MP/s  (CPU {c:5.1f} s){ratio}")
+        if name in notes:
+            print(f"   {'':16s}  {notes[name]}")
+    t_tiled, c_tiled = times["tiled (auto)"]
+    print(f"   target tiled >= 0.85x whole: auto tiles {t_whole / t_tiled:.2f}x (wall) / {c_whole / c_tiled:.2f}x (CPU)")
     return t_whole / t_tiled
 
 
@@ -131,6 +146,8 @@ def child_memory(mode, width, height, preset, model_path):
     start = time.perf_counter()
     if mode == "tiled":
         out = tiled(model, rgb)
+    elif mode == "tiled-big":
+        out = tiled(model, rgb, BIG_TILE)
     elif mode == "whole":
         out = whole_image(model, rgb)
     else:  # runtime only: a 16x16 image through the model, to load and trace everything
@@ -165,16 +182,16 @@ def measure_in_subprocess(mode, size, preset, model_path):
 def part2_memory(preset, model_path, size, whole_size):
     print(f"2. peak memory (max RSS of a fresh process; {preset}):")
     rows = [("runtime only", "runtime", (16, 16)), (f"tiled {size[0]}x{size[1]}", "tiled", size),
-            (f"tiled {whole_size[0]}x{whole_size[1]}", "tiled", whole_size),
+            (f"tiled {size[0]}x{size[1]} --tile {BIG_TILE}", "tiled-big", size),
             (f"whole {whole_size[0]}x{whole_size[1]}", "whole", whole_size)]
     results = {}
     for label, mode, sz in rows:
         r = measure_in_subprocess(mode, sz, preset, model_path)
         results[label] = r
         if "error" in r:
-            print(f"   {label:22s}: failed ({r['error']})")
+            print(f"   {label:26s}: failed ({r['error']})")
         else:
-            print(f"   {label:22s}: {r['peak_bytes'] / 2**30:6.2f} GiB  ({r['seconds']:.1f} s)")
+            print(f"   {label:26s}: {r['peak_bytes'] / 2**30:6.2f} GiB  ({r['seconds']:.1f} s)")
     tiled_peak = results[rows[1][0]].get("peak_bytes")
     if tiled_peak:
         verdict = "met" if tiled_peak <= 1.5e9 else "NOT met"
