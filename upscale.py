@@ -612,6 +612,8 @@ class VideoWriter:
                 options["b"] = "0"  # constant-quality mode
         if preset and codec in PRESET_CODECS:
             options["preset"] = preset
+        if codec == "libx265":
+            options["x265-params"] = "log-level=error"  # x265 otherwise prints a page of settings per file
         self.stream.options = options
         self.time_base = time_base
         self.frames = 0

@@ -180,7 +180,7 @@ def measure_in_subprocess(mode, size, preset, model_path):
 
 
 def part2_memory(preset, model_path, size, whole_size):
-    print(f"2. peak memory (max RSS of a fresh process; {preset}):")
+    print(f"2. peak memory (peak RSS, VmHWM, of a fresh process per case; {preset}):")
     rows = [("runtime only", "runtime", (16, 16)), (f"tiled {size[0]}x{size[1]}", "tiled", size),
             (f"tiled {size[0]}x{size[1]} --tile {BIG_TILE}", "tiled-big", size),
             (f"whole {whole_size[0]}x{whole_size[1]}", "whole", whole_size)]
