@@ -683,7 +683,8 @@ class ValidationMetrics(keras.callbacks.Callback):
 
 
 class ExportBest(keras.callbacks.Callback):
-    """The best generator of a phase by val_ssim as generator_<phase>.keras and generator.keras (atomic).
+    """The best generator of a phase by val_ssim as generator_<phase>.keras and generator.keras (atomic), and
+    the latest finite one as generator_last.keras (for a GAN, the best-SSIM epoch is often its least adversarial).
 
     The best score survives restarts in best.json, so a resumed run keeps comparing against it.
     """
@@ -698,6 +699,7 @@ class ExportBest(keras.callbacks.Callback):
         score = logs.get("val_ssim")
         if self.nan_guard.tripped is not None or score is None or not np.isfinite(score):
             return
+        export_generator(self.generator, self.config, self.run / "generator_last.keras")
         best = json.loads(self.path.read_text()) if self.path.is_file() else {}
         if score <= best.get(self.phase, {}).get("val_ssim", -np.inf):
             return

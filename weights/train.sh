@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Reproduce the shipped x4 generators from scratch (`make weights`): real photos from Debian's wallpaper
+# packages and scikit-image, patches at native resolution, then flow.py's phase 1 (pixel loss, two stages)
+# and phase 2 (adversarial fine-tuning). Needs a Debian/Ubuntu machine with `apt-get download` for the photos.
+#
+# The shipped PSNR model was trained on one NVIDIA H100 under Keras 3 + JAX (KERAS_BACKEND=jax; phase 1 runs
+# without TensorFlow); the GAN model on the project's 2-core CPU under TensorFlow. The same commands run on
+# either; only the time differs (see weights/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+WORK=${WORK:-data/weights-work}
+
+# 1. Photos: MATE's nature backgrounds and the photographs among Plasma's wallpapers (drawn ones left out).
+PLASMA_PHOTOS="BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am"
+mkdir -p "$WORK/debs" "$WORK/photos/mate-nature" "$WORK/photos/plasma"
+(cd "$WORK/debs" && apt-get download mate-backgrounds plasma-workspace-wallpapers)
+for deb in "$WORK"/debs/*.deb; do dpkg -x "$deb" "$WORK/debs/x"; done
+cp "$WORK"/debs/x/usr/share/backgrounds/mate/nature/*.jpg "$WORK/photos/mate-nature/"
+for name in $PLASMA_PHOTOS; do  # each wallpaper's largest JPEG
+  largest=$(ls "$WORK/debs/x/usr/share/wallpapers/$name/contents/images/"*.jpg | awk -F/ '{split($NF, s, "x"); print s[1], $0}' | sort -n | tail -1 | cut -d' ' -f2)
+  cp "$largest" "$WORK/photos/plasma/$name.jpg"
+done
+
+# 2. RAW folder with manifest, then 128 px HR / 32 px LR patches (up to 300 a photo, flat ones skipped).
+"$PY" fetcher.py local "$WORK/photos" --out data/raw-photos
+"$PY" create_dataset.py data/raw-photos --samples --mode patches --patches 300 --out data/photos-x4
+
+# 3. PSNR model: 16x64 SRResNet without batch norm, bicubic skip, L1; 12k steps at 2e-4 then 20k at 1e-4 (cosine).
+ARCH="--filters 64 --blocks 16 --no-batch-norm --interpolation-skip bicubic"
+"$PY" flow.py train --data data/photos-x4 --out runs/psnr-x4-stage1 $ARCH --pretrain-epochs 12 --gan-epochs 0 \
+  --steps-per-epoch 1000 --batch-size 32 --pretrain-loss l1 --lr-g 2e-4 --lr-schedule cosine --seed 1
+"$PY" flow.py train --data data/photos-x4 --out runs/psnr-x4 $ARCH --pretrain-epochs 20 --gan-epochs 0 \
+  --steps-per-epoch 1000 --batch-size 32 --pretrain-loss l1 --lr-g 1e-4 --lr-schedule cosine --seed 2 \
+  --init-generator runs/psnr-x4-stage1/generator.keras
+
+# 4. GAN model: adversarial fine-tuning of the PSNR model (L1 content + 1e-2 adversarial; no VGG weights offline).
+"$PY" flow.py train --data data/photos-x4 --out runs/gan-x4 $ARCH --init-generator runs/psnr-x4/generator.keras \
+  --pretrain-epochs 0 --gan-epochs 12 --patch-size 96 --batch-size 8 --steps-per-epoch 100 --content-loss l1 \
+  --adversarial-weight 1e-2 --lr-g 1e-4 --lr-d 1e-4 --lr-schedule constant --seed 3
+
+cp runs/psnr-x4/generator.keras weights/srresnet_x4_psnr.keras
+cp runs/gan-x4/generator_last.keras weights/srgan_x4.keras
+for set in Set5 Set14; do
+  for model in weights/srresnet_x4_psnr.keras weights/srgan_x4.keras; do
+    "$PY" flow.py evaluate --model "$model" --data "../shared/data/benchmarks/$set" --out runs/weights-eval
+  done
+done
