@@ -176,8 +176,9 @@ class SRGAN(keras.Model):
         self.content_loss = content_loss
         self.adversarial_weight = float(adversarial_weight)
         # Build optimizer state now, outside any tf.function/XLA trace (and inside the strategy scope).
-        self.g_optimizer.build(self.generator.trainable_variables)
-        self.d_optimizer.build(self.discriminator.trainable_variables)
+        for optimizer, network in ((self.g_optimizer, self.generator), (self.d_optimizer, self.discriminator)):
+            if not optimizer.built:
+                optimizer.build(network.trainable_variables)
 
     def _maybe_loss_scaled(self, optimizer):
         if (self.generator.dtype_policy.name == "mixed_float16"
