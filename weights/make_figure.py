@@ -1,7 +1,9 @@
-"""The README's comparison picture: bicubic | PSNR model | GAN model | original, on x4 crops of benchmark images.
+"""The README's comparison picture: bicubic | PSNR model | GAN model | original, on x4 crops of benchmark images,
+and a texture measure: each method's high-frequency energy (variance of the Laplacian of Y) as a fraction of
+the original's, averaged over whole images (1.0 = as much fine detail as the original; PSNR does not see this).
 
     python weights/make_figure.py ../shared/data/benchmarks/Set14/baboon.png ../shared/data/benchmarks/Set5/butterfly.png \
-        -o docs/comparison.png
+        -o docs/comparison.png --texture ../shared/data/benchmarks/Set5 ../shared/data/benchmarks/Set14
 """
 
 import argparse
@@ -10,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import flow  # noqa: E402
 import resizer  # noqa: E402
 import upscale  # noqa: E402
 
@@ -31,11 +35,31 @@ def comparison_row(path, models):
     return panels
 
 
+def high_frequency_energy(rgb):
+    """Variance of the Laplacian of the Y channel, border of SCALE cropped."""
+    return float(ndimage.laplace(flow.rgb_to_y(rgb)[SCALE:-SCALE, SCALE:-SCALE]).var())
+
+
+def texture_ratios(paths, models):
+    """{method: mean over images of its high-frequency energy / the original's}, bicubic first."""
+    ratios = {"bicubic": [], **{name: [] for name in models}}
+    for path in paths:
+        hr = resizer.mod_crop(resizer.load_image(path), SCALE)
+        lr = resizer.lr_from_hr(hr, SCALE)
+        original = high_frequency_energy(hr)
+        ratios["bicubic"].append(high_frequency_energy(flow.bicubic_upscale(lr, SCALE)) / original)
+        for name, model in models.items():
+            ratios[name].append(high_frequency_energy(upscale.upscale_array(model, lr)) / original)
+    return {name: float(np.mean(values)) for name, values in ratios.items()}
+
+
 def main(argv=None):
     """Write the comparison grid for the given HR images."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/comparison.png"))
+    parser.add_argument("--texture", nargs="*", type=Path, default=[], metavar="DIR",
+                        help="folders of HR images to measure high-frequency energy on")
     args = parser.parse_args(argv)
     models = {name: upscale.load_model(path) for name, path in MODELS.items()}
     rows = [comparison_row(path, models) for path in args.images]
@@ -51,6 +75,10 @@ def main(argv=None):
     with resizer.atomic_output(args.output) as tmp:
         canvas.save(tmp, format="PNG")
     print(f"wrote {args.output} ({len(rows)} image(s), {' | '.join(labels)})")
+    if args.texture:
+        paths = sorted(p for folder in args.texture for p in folder.glob("*.png"))
+        for name, ratio in texture_ratios(paths, models).items():
+            print(f"{name}: high-frequency energy {ratio:.3f} of the original's (mean over {len(paths)} images)")
     return 0
 
 
