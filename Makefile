@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) create_dataset.py --samples --out $(DATA)
 	$(PY) flow.py train --data $(DATA) --out $(RUN) --preset fast --interpolation-skip bicubic \
-		--patch-size 96 --pretrain-epochs 4 --gan-epochs 2 --content-loss mse
+		--patch-size 96 --pretrain-epochs 5 --gan-epochs 1 --steps-per-epoch 40 --lr-g 5e-4 --content-loss l1
 	$(PY) flow.py evaluate --model $(RUN)/generator.keras --data $(DATA) --out $(RUN)/eval
 	$(PY) upscale.py $(SAMPLES)/chelsea.png -o out/demo/chelsea_x4.png --compare --overwrite
 	$(PY) upscale.py $(SAMPLES)/no_time_for_that_tiny.gif -o out/demo/no_time_for_that_x4.gif --overwrite
