@@ -52,3 +52,23 @@ def write_tiny_dataset(root: Path, *, hr_size: int = 32, scale: int = 4, counts=
 def tiny_dataset(tmp_path) -> Path:
     """A small DATASET folder: 32x32 HR, 8x8 LR, x4, 6/2/2 pairs."""
     return write_tiny_dataset(tmp_path / "dataset")
+
+
+def assert_committed_without_outputs(notebook: Path):
+    """A committed notebook has no outputs or execution counts, and a `parameters` cell to inject values into."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    assert any("parameters" in c.metadata.get("tags", []) for c in code)
+    return nb
+
+
+def executed_outputs(nb):
+    """(stream text, PNG display outputs) of an executed notebook, after asserting no cell raised."""
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    return text, images

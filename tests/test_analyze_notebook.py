@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import assert_committed_without_outputs, executed_outputs
 from nbclient import NotebookClient
 
 import flow
@@ -14,10 +15,7 @@ NOTEBOOK = ROOT / "analyze.ipynb"
 
 
 def test_notebook_is_committed_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
-    assert any("parameters" in c.metadata.get("tags", []) for c in code)
+    assert_committed_without_outputs(NOTEBOOK)
 
 
 @pytest.mark.slow
@@ -33,9 +31,6 @@ def test_notebook_runs_on_a_tiny_run(tiny_dataset, tmp_path):
     parameters.source = f"RUN = {json.dumps(str(run))}"
     NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
 
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    text, images = executed_outputs(nb)
     assert "best epoch 3 (gan)" in text and "test split: generator" in text
-    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) == 6  # losses, PSNR/SSIM, three sample grids, test SSIM distribution

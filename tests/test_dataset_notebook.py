@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import assert_committed_without_outputs, executed_outputs
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,11 +16,8 @@ NOTEBOOK = ROOT / "dataset_preparation.ipynb"
 
 
 def test_notebook_is_committed_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    nb = assert_committed_without_outputs(NOTEBOOK)
     assert nb.metadata.kernelspec.name == "python3"
-    assert any("parameters" in c.metadata.get("tags", []) for c in code)
 
 
 @pytest.mark.slow
@@ -31,12 +29,9 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     assert time.perf_counter() - started < 60
 
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    text, images = executed_outputs(nb)
     assert f"at {sys.executable}" in text, "the notebook ran on another Python than this venv's"
     assert "fetched 8" in text and "reused from an earlier run" in text
-    images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) == 4  # photos, split counts, LR/HR grid, histograms
 
     dataset = tmp_path / "data" / "walkthrough" / "dataset"
