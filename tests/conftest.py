@@ -72,3 +72,15 @@ def executed_outputs(nb):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     return text, images
+
+
+def png_header_only(width: int, height: int, *, bit_depth: int = 1, colour_type: int = 0) -> bytes:
+    """A PNG that claims width x height pixels but holds almost nothing: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

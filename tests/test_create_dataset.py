@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_header_only
 from PIL import Image
 
 import create_dataset
@@ -183,7 +184,7 @@ def test_bad_and_odd_files(tmp_path):
     (src / "truncated.jpg").write_bytes((src / "whole.jpg").read_bytes()[:3000])
     (src / "whole.jpg").unlink()
     resizer.save_image(src / "tiny.png", good[0][:20, :20])
-    (src / "bomb.png").write_bytes(_png_header(12_000, 12_000))
+    (src / "bomb.png").write_bytes(png_header_only(12_000, 12_000, bit_depth=8, colour_type=2))
     (src / "README.txt").write_text("not an image extension: not even considered")
 
     out = tmp_path / "ds"
@@ -202,16 +203,6 @@ def test_bad_and_odd_files(tmp_path):
     assert sixteen.mean() > 40  # scaled from 16 bits, not clipped to white or black
     assert manifest["counts"]["train"] == 6
 
-
-def _png_header(width, height):
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_patches_mode_rejects_flat_patches(tmp_path):

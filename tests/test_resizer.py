@@ -2,11 +2,11 @@
 
 import io
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_header_only
 from PIL import Image, ImageOps
 
 import resizer
@@ -207,22 +207,14 @@ def test_corrupt_jpeg_body(tmp_path):
         load_image(tmp_path / "c.jpg")
 
 
-def _png_header_only(width, height):
-    """A PNG that claims width x height 1-bit pixels but holds almost nothing: a decompression bomb's shape."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
 
 def test_decompression_bomb_is_refused_with_a_clear_message(tmp_path):
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(_png_header_only(12_000, 12_000))  # 144 MP: above our limit, below Pillow's hard one
+    bomb.write_bytes(png_header_only(12_000, 12_000))  # 144 MP: above our limit, below Pillow's hard one
     with pytest.raises(ImageLoadError, match=r"bomb\.png: refused as a possible decompression bomb: 12000x12000"):
         load_image(bomb)
     huge = tmp_path / "huge.png"
-    huge.write_bytes(_png_header_only(40_000, 40_000))  # 1.6 GP: Pillow itself refuses to open it
+    huge.write_bytes(png_header_only(40_000, 40_000))  # 1.6 GP: Pillow itself refuses to open it
     with pytest.raises(ImageLoadError, match=r"huge\.png: refused as a possible decompression bomb"):
         load_image(huge)
 
@@ -380,7 +372,7 @@ def test_image_size_reads_the_header_in_displayed_orientation(tmp_path):
     exif[0x0112] = 8
     (tmp_path / "r.jpg").write_bytes(_jpeg_bytes(np.zeros((30, 50, 3), np.uint8), exif=exif))
     assert resizer.image_size(tmp_path / "r.jpg") == (30, 50)
-    (tmp_path / "bomb.png").write_bytes(_png_header_only(12_000, 12_000))
+    (tmp_path / "bomb.png").write_bytes(png_header_only(12_000, 12_000))
     with pytest.raises(ImageLoadError, match="decompression bomb"):
         resizer.image_size(tmp_path / "bomb.png")
     (tmp_path / "empty.png").write_bytes(b"")
