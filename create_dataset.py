@@ -52,8 +52,6 @@ SPLIT = (0.8, 0.1, 0.1)  # train, val, test fractions of the source photos
 SEED = 0
 DRAFT = True  # square mode: decode large JPEGs at >= 2x hr_size with Pillow's draft mode
 PNG_OPTIONS = {"compress_level": 1}  # 128 px sample patches: 2.3 ms and 29 KB each vs 6.0 ms, 27 KB at 6
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm",
-                    ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif", ".dib", ".ico"}
 # scikit-image's colour photographs. Left out: the grey ones, synthetic images (chessboard, colour wheel,
 # phantom, logo, horse silhouette) and motorcycle_right.png, the stereo twin of motorcycle_left.png, which
 # could otherwise land in another split than its near-copy.
@@ -215,7 +213,7 @@ def _images_under(folder, out_resolved):
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != out_resolved)
         found += [Path(root, f) for f in sorted(files)
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+                  if not f.startswith(".") and Path(f).suffix.lower() in resizer.IMAGE_SUFFIXES]
     return found
 
 

@@ -56,7 +56,7 @@ MAX_WAIT = 900.0  # longest Retry-After / rate-limit reset we agree to sleep thr
 TIMEOUT = (10.0, 60.0)  # connect, read (seconds between bytes)
 CHUNK_BYTES = 1 << 16
 USER_AGENT = "srgan-fetcher/1.0 (+python-requests)"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = resizer.IMAGE_SUFFIXES
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "TIFF": ".tif",
                  "MPO": ".jpg"}
 NOT_IMAGE_TYPES = ("text/", "application/json", "application/xml", "application/xhtml", "application/javascript")
@@ -407,12 +407,6 @@ def _append_jsonl(path: Path, obj: dict) -> None:
             if f.read(1) != b"\n":
                 line = "\n" + line
         f.write(line.encode("utf-8"))
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    """Write a JSON file atomically (resizer.atomic_output: temporary file, then rename)."""
-    with resizer.atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
 
 
 def _with_image_suffix(rel: str, fmt: str) -> str:
@@ -773,7 +767,7 @@ def _pixabay_request(base_url: str, params: dict, key: str, retry: RetryPolicy, 
     if not isinstance(data, dict):
         raise FetchError("Pixabay API: unexpected response (not a JSON object)")
     if cache_file is not None:
-        _write_json_atomic(cache_file, {"fetched_at": time.time(), "params": params, "response": data})
+        resizer.write_json(cache_file, {"fetched_at": time.time(), "params": params, "response": data})
     return data
 
 
@@ -923,7 +917,7 @@ def fetch_archive(url: str, out_dir: str | Path = OUT_DIR, *, sha256: str | None
         else:
             summary.add(result.summary)
             if result.complete:
-                _write_json_atomic(record_path, {"url": url, "sha256": sha256, "limit": limit,
+                resizer.write_json(record_path, {"url": url, "sha256": sha256, "limit": limit,
                                                  "files": result.files, "rejected": result.rejected})
                 if not keep_archive and limit is None:
                     archive.unlink(missing_ok=True)

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 import resizer
 from generator import build_generator, generator_scale, load_generator
+from metrics import bicubic_upscale, calculate_psnr, calculate_ssim, measure_pairs, rgb_to_y  # noqa: F401
 
 # ---------------------------------------------------------------- configuration: `flow.py train` defaults
 pretrain_epochs = 10
@@ -68,85 +68,8 @@ cache_fraction = 0.25  # cache decoded training images when they fit in this sha
 
 # may change between resumes (a run started on a CPU can continue on a GPU; the VGG file is the same wherever it is)
 RUNTIME_KEYS = ("strategy", "mixed_precision", "jit", "input_pipeline", "vgg_weights")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PHASES = {"pretrain": "phase 1/2: generator pretraining (pixel loss)",
           "gan": "phase 2/2: adversarial training"}
-
-
-# ---------------------------------------------------------------- quality metrics (DESIGN.md protocol)
-def _as_float255(img, name="image"):
-    """uint8 (or float in [0,1], the models' range) -> float64 in [0,255]; HxW, HxWx1 or HxWx3."""
-    img = np.asarray(img)
-    if img.ndim == 4:
-        raise ValueError(f"{name}: got a batch {img.shape}; the metrics take one image at a time (mean per image)")
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[-1] not in (1, 3)):
-        raise ValueError(f"{name}: expected HxW, HxWx1 or HxWx3, got shape {img.shape}")
-    if img.dtype == np.uint8:
-        return img.astype(np.float64)
-    if np.issubdtype(img.dtype, np.floating):
-        if img.size and (np.nanmax(img) > 1.0 + 1e-6 or np.nanmin(img) < -1e-6):
-            raise ValueError(f"{name}: float images must be in [0, 1]; pass uint8 for [0, 255]")
-        return img.astype(np.float64) * 255.0
-    raise ValueError(f"{name}: unsupported dtype {img.dtype}; pass uint8 or float in [0, 1]")
-
-
-def rgb_to_y(img):
-    """Luma Y of ITU-R BT.601 as MATLAB's rgb2ycbcr: 16 + (65.481 R + 128.553 G + 24.966 B) / 255.
-
-    img: uint8 RGB HxWx3 (or float in [0, 1]). Returns float64 HxW in [16, 235], unrounded (as BasicSR).
-    """
-    x = _as_float255(img)
-    if x.ndim != 3 or x.shape[-1] != 3:
-        raise ValueError(f"rgb_to_y needs an HxWx3 RGB image, got shape {x.shape}")
-    return 16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0
-
-
-def _metric_planes(img, img2, crop_border, test_y_channel):
-    """Both images as float64 in [0,255], Y (or all channels), with crop_border pixels cut from each side."""
-    a, b = _as_float255(img, "img"), _as_float255(img2, "img2")
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a, b = a[..., 0], b[..., 0]
-    if test_y_channel and a.ndim == 3:  # grayscale already is the luma: used as it is (as BasicSR)
-        a, b = rgb_to_y(a / 255.0), rgb_to_y(b / 255.0)
-    if crop_border:
-        if min(a.shape[:2]) <= 2 * crop_border:
-            raise ValueError(f"image {a.shape[:2]} too small for a border crop of {crop_border}")
-        a, b = a[crop_border:-crop_border, crop_border:-crop_border], b[crop_border:-crop_border, crop_border:-crop_border]
-    return a, b
-
-
-def calculate_psnr(img, img2, crop_border, test_y_channel=True):
-    """PSNR in dB of two images (uint8, or float in [0,1]), on Y by default, crop_border pixels cut off.
-
-    Identical images give inf. One image pair at a time: average per-image values over a set.
-    """
-    a, b = _metric_planes(img, img2, crop_border, test_y_channel)
-    mse = np.mean((a - b) ** 2)
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
-
-
-def calculate_ssim(img, img2, crop_border, test_y_channel=True):
-    """SSIM (11x11 Gaussian window, sigma 1.5, data range 255) of two images, on Y by default.
-
-    Colour images measured without test_y_channel get the mean SSIM over their channels.
-    """
-    a, b = _metric_planes(img, img2, crop_border, test_y_channel)
-    return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
-                                       data_range=255, channel_axis=-1 if a.ndim == 3 else None))
-
-
-def measure_pairs(outputs, targets, crop_border):
-    """Per-image (psnr, ssim) arrays of uint8 outputs against their targets, Y channel."""
-    psnr = [calculate_psnr(o, t, crop_border) for o, t in zip(outputs, targets, strict=True)]
-    ssim = [calculate_ssim(o, t, crop_border) for o, t in zip(outputs, targets, strict=True)]
-    return np.array(psnr), np.array(ssim)
-
-
-def bicubic_upscale(lr, scale):
-    """PIL bicubic upscale of an LR image: the baseline every figure is reported beside."""
-    return resizer.resize(lr, (lr.shape[1] * scale, lr.shape[0] * scale), "bicubic")
 
 
 # ---------------------------------------------------------------- DATASET checks (before any training)
@@ -310,17 +233,6 @@ class PairBatches(keras.utils.PyDataset):
         self.epoch += 1
 
 
-def available_memory_bytes():
-    """MemAvailable from /proc/meminfo (Linux), else physical memory; 0 when unknown."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    with contextlib.suppress(ValueError, OSError, AttributeError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return 0
-
-
 def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_batches=0, cache=None):
     """tf.data training input: PNG decode, (cache), seeded shuffle, repeat, aligned random crop, flips and
     turns, batch (drop_remainder: static shapes for XLA and replicas), prefetch.
@@ -332,7 +244,7 @@ def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_b
 
     n, autotune = len(split), tf.data.AUTOTUNE
     if cache is None:
-        cache = split.decoded_bytes <= cache_fraction * available_memory_bytes()
+        cache = split.decoded_bytes <= cache_fraction * resizer.available_memory_bytes()
     lr_patch = patch_size // scale if patch_size else None
     if lr_patch:
         lr_shape, hr_shape = (lr_patch, lr_patch, 3), (lr_patch * scale, lr_patch * scale, 3)
@@ -516,12 +428,6 @@ def check_resume(run, config):
                              f"{run / 'generator.keras'} to start from its weights) or the original options.")
     elif run.is_dir() and any(run.iterdir()):
         raise ValueError(f"{run} exists, is not empty and holds no config.json: not a run folder; choose another --out")
-
-
-def write_json(path, data):
-    """JSON written atomically (a reader never sees half a file)."""
-    with resizer.atomic_output(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2) + "\n")
 
 
 def make_learning_rate(base, schedule, total_steps):
@@ -710,7 +616,7 @@ class ExportBest(keras.callbacks.Callback):
         best[self.phase] = {"epoch": epoch + 1, **{k: float(logs[k]) for k in
                                                     ("val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim")}}
         best["latest"] = self.phase
-        write_json(self.path, best)
+        resizer.write_json(self.path, best)
 
 
 class HistoryCSV(keras.callbacks.Callback):
@@ -818,7 +724,7 @@ def finish_phase(run, phase, nan_guard):
               f"({best if best.exists() else 'none yet'}; backup at the previous epoch in {run.path / 'backup'}). "
               "Lower the learning rate, or start a new run with --init-generator.", file=sys.stderr)
         return False
-    write_json(run.path / f"{phase}.done", {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+    resizer.write_json(run.path / f"{phase}.done", {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     shutil.rmtree(run.path / "backup" / phase, ignore_errors=True)
     with contextlib.suppress(OSError):  # the backup folder itself, once no phase has state in it
         (run.path / "backup").rmdir()
@@ -928,7 +834,7 @@ def train(args, extra_callbacks=()):
     for phase in PHASES:  # a kill between a phase's marker and its backup's removal leaves a stale backup
         if (run_path / f"{phase}.done").is_file():
             shutil.rmtree(run_path / "backup" / phase, ignore_errors=True)
-    write_json(run_path / "config.json", {**config, "versions": {"keras": keras.__version__,
+    resizer.write_json(run_path / "config.json", {**config, "versions": {"keras": keras.__version__,
                                                                  "backend": keras.config.backend()}})
     if all(done.values()):
         print(f"{run_path}: all phases are finished; nothing to do")
@@ -988,9 +894,9 @@ def evaluation_pairs(data, scale):
         for lp, hp in zip(split.lr_paths, split.hr_paths, strict=True):
             pairs.append((hp.name, lp, hp))
         return pairs, found_scale, failed
-    files = sorted(p for p in data.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in data.iterdir() if p.suffix.lower() in resizer.IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"--data {data}: no images ({', '.join(IMAGE_SUFFIXES)}) and no test/hr split")
+        raise ValueError(f"--data {data}: no images ({', '.join(resizer.IMAGE_SUFFIXES)}) and no test/hr split")
     return [(p.name, None, p) for p in files], scale or 4, failed
 
 

@@ -13,6 +13,7 @@ the models' range. LR images are made from HR by Pillow's antialiased bicubic, w
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import warnings
@@ -35,6 +36,9 @@ FILTERS = {
 }
 TEMP_MARK = ".tmp-"  # atomic_output's temporary files are named ".<name>.tmp-<random><suffix>"
 DEFAULT_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+# every still-image file suffix the project reads (fetcher, create_dataset, flow evaluate, upscale): one list
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
+                  ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif", ".ico")
 # -----------------------------------------------------------------------------
 
 
@@ -403,8 +407,8 @@ def degrade(img, *, blur_sigma=0, noise_sigma=0, jpeg_quality=None, seed=None):
 
 @contextlib.contextmanager
 def atomic_output(path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same folder, same suffix); rename it onto `path` on success,
-    delete it on any exception, so readers never see a half-written file.
+    """Yield a temporary path beside `path` (same folder, same suffix); on success flush it to disk (fsync) and
+    rename it onto `path`; on any exception delete it. After a crash at any instant `path` is whole or absent.
 
         with atomic_output("model.keras") as tmp:
             model.save(tmp)
@@ -417,11 +421,54 @@ def atomic_output(path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
     try:
         yield tmp
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)  # the rename itself survives a power cut only once its folder is flushed
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def fsync_path(path):
+    """Flush a file's (or a folder's) data to disk; a no-op where the platform cannot open folders."""
+    with contextlib.suppress(IsADirectoryError, PermissionError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json(path, data, *, indent=2):
+    """JSON written atomically (a reader never sees half a file), UTF-8, with a final newline."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def available_memory_bytes():
+    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup (v1 or v2) limit."""
+    available = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 4 * 2**30  # unknown platform: assume a small machine rather than none
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max" and int(limit) < 2**60:
+                available = min(available, int(limit) - int(Path(usage_file).read_text()))
+        except (OSError, ValueError):
+            continue
+    return max(available, 0)
 
 
 def is_temp_output(path):

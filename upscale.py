@@ -14,7 +14,6 @@ size. `upscale_array(model, rgb)` is the library entry point (flow.py's evaluati
 import argparse
 import functools
 import math
-import os
 import sys
 import time
 import warnings
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageSequence
 
+import resizer
 from resizer import (
     ImageLoadError,
     atomic_output,
@@ -50,7 +50,7 @@ MEMORY_FRACTION = 0.5  # ... and at most this fraction of the memory still avail
 # Peak activation memory of an SRResNet forward pass, in bytes per output pixel and per filter of its trunk
 # (17-18 measured for both presets at 128-384 px tiles, float32, TensorFlow 2.21 on CPU): sizes the tiles.
 ACTIVATION_BYTES_PER_FILTER = 18
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm", ".tga"}
+IMAGE_SUFFIXES = set(resizer.IMAGE_SUFFIXES)
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov"}
 CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
 FORMATS = ["png", "jpg", "webp", "gif", "mp4", "mkv", "webm", "mov"]  # --format choices
@@ -197,35 +197,9 @@ def is_out_of_memory(error):
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-def available_memory():
-    """Bytes this process may still allocate: the kernel's MemAvailable, capped by a cgroup memory limit."""
-    available = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            available = 4 * 2**30
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            limit = Path(limit_file).read_text().strip()
-            if limit != "max" and int(limit) < 2**60:
-                available = min(available, int(limit) - int(Path(usage_file).read_text()))
-        except (OSError, ValueError):
-            continue
-    return max(available, 0)
-
-
 def memory_budget():
     """Bytes of activations one model call may use: TILE_MEMORY_BUDGET, or less when memory is short."""
-    return min(TILE_MEMORY_BUDGET, MEMORY_FRACTION * available_memory())
+    return min(TILE_MEMORY_BUDGET, MEMORY_FRACTION * resizer.available_memory_bytes())
 
 
 def activation_bytes_per_pixel(model, scale=None):

@@ -16,6 +16,7 @@ import skimage
 from PIL import Image, ImageSequence
 from skimage import data
 
+import resizer
 import upscale
 from generator import build_generator
 from resizer import resize
@@ -122,7 +123,7 @@ def test_automatic_tile_overlap_and_batch_follow_the_model_and_memory(model):
     assert upscale.auto_tile_pixels(srresnet, budget=64 * 2**20) == pytest.approx(small / 8, rel=1e-3)
     assert (upscale.receptive_radius(srresnet), upscale.auto_overlap(srresnet)) == (39.5, 32)
     assert (upscale.receptive_radius(fast), upscale.auto_overlap(fast)) == (23.5, 24)
-    assert upscale.available_memory() > 0 and 0 < upscale.memory_budget() <= upscale.TILE_MEMORY_BUDGET
+    assert resizer.available_memory_bytes() > 0 and 0 < upscale.memory_budget() <= upscale.TILE_MEMORY_BUDGET
     auto = upscale.upscale_array(model, data.coffee()[:40, :40])  # all automatic
     assert auto.shape == (160, 160, 3)
 
