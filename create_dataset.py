@@ -32,6 +32,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -69,7 +70,7 @@ THREADED_LIBRARIES = ("tensorflow", "keras", "torch", "jax")  # loaded: workers 
 
 
 class DatasetError(ValueError):
-    """A problem with the request itself (bad arguments, a folder that is not a dataset, ...)."""
+    """A DATASET that cannot be made or read: bad arguments, a folder that is not a dataset, unpaired files, ..."""
 
 
 def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_size=HR_SIZE, patches=PATCHES,
@@ -522,6 +523,112 @@ class _Pool:
                 on_result(result)
             results.append(result)
         return sorted(results, key=lambda r: r["path"])
+
+
+# ----------------------------------------------------------------------------- reading a DATASET (flow.py, notebooks)
+@dataclass
+class Split:
+    """One split's pairs: LR and HR paths by NAME, the common LR size (w, h) or None, decoded bytes."""
+
+    name: str
+    lr_paths: list
+    hr_paths: list
+    lr_size: tuple | None
+    decoded_bytes: int
+
+    def __len__(self):
+        return len(self.lr_paths)
+
+
+def _png_names(folder):
+    return {p.name: p for p in folder.glob("*.png")}
+
+
+def _image_size(path):
+    """(width, height) from the file's header, as a DatasetError when the file is unreadable."""
+    try:
+        return resizer.image_size(path)
+    except resizer.ImageLoadError as err:
+        raise DatasetError(str(err)) from err
+
+
+def dataset_scale(dataset):
+    """The scale recorded in DATASET/manifest.json, or None when there is no manifest."""
+    manifest = Path(dataset) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return int(json.loads(manifest.read_text())["parameters"]["scale"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise DatasetError(f"{manifest}: no readable parameters.scale ({err})") from err
+
+
+def scan_split(dataset, split, scale=None):
+    """Check DATASET/split/{lr,hr} and list its pairs: same names, HR exactly `scale` times LR.
+
+    scale None: taken from the first pair (and then required of all). Returns (Split, scale).
+    """
+    root = Path(dataset) / split
+    for sub in ("lr", "hr"):
+        if not (root / sub).is_dir():
+            raise DatasetError(f"{root / sub} is missing: a DATASET holds {{train,val,test}}/{{lr,hr}}/NAME.png "
+                               "(python create_dataset.py writes one)")
+    lr, hr = _png_names(root / "lr"), _png_names(root / "hr")
+    if not hr:
+        raise DatasetError(f"{root / 'hr'} holds no .png images: the {split} split is empty")
+    unpaired = sorted(set(lr) ^ set(hr))
+    if unpaired:
+        raise DatasetError(f"{root}: {len(unpaired)} image(s) without a partner of the same name in lr/ and hr/, "
+                           f"e.g. {unpaired[0]}")
+    names = sorted(hr)
+    sizes, decoded = set(), 0
+    for name in names:
+        (lw, lh), (hw, hh) = _image_size(lr[name]), _image_size(hr[name])
+        if scale is None:
+            scale = hw // lw if lw and hw % lw == 0 else 0
+            if scale < 1:
+                raise DatasetError(f"{hr[name]}: HR {hw}x{hh} is not an integer multiple of LR {lw}x{lh}")
+        if (hw, hh) != (lw * scale, lh * scale):
+            raise DatasetError(f"{root}/{{lr,hr}}/{name}: LR {lw}x{lh} and HR {hw}x{hh} are not x{scale} apart")
+        sizes.add((lw, lh))
+        decoded += 3 * (lw * lh + hw * hh)
+    lr_size = sizes.pop() if len(sizes) == 1 else None
+    return Split(split, [lr[n] for n in names], [hr[n] for n in names], lr_size, decoded), scale
+
+
+def check_dataset(dataset, splits=("train", "val")):
+    """Every split checked (clear DatasetError otherwise); returns ({split: Split}, scale)."""
+    dataset = Path(dataset)
+    if not dataset.is_dir():
+        raise DatasetError(f"DATASET not found: {dataset}")
+    scale, found = dataset_scale(dataset), {}
+    for split in splits:
+        found[split], scale = scan_split(dataset, split, scale)
+    return found, scale
+
+
+def check_patch_size(splits, patch, scale):
+    """patch None needs one image size per split (to batch); a patch must divide by scale and fit every image."""
+    for split in splits.values():
+        if patch is None and split.lr_size is None:
+            raise DatasetError(f"{split.name}: images of several sizes cannot be batched whole; pass --patch-size")
+    if patch is None:
+        return
+    if patch % scale or patch < scale:
+        raise DatasetError(f"--patch-size {patch} must be a positive multiple of the scale {scale}")
+    for path in splits["train"].lr_paths:
+        w, h = _image_size(path)
+        if min(w, h) * scale < patch:
+            raise DatasetError(f"{path}: LR {w}x{h} is smaller than --patch-size {patch} / scale {scale}")
+
+
+def load_split_arrays(split, desc=None):
+    """(lr list, hr list) of uint8 RGB arrays, decoded once into memory."""
+    pairs = [(resizer.load_image(lp), resizer.load_image(hp))
+             for lp, hp in tqdm(list(zip(split.lr_paths, split.hr_paths, strict=True)), desc=desc,
+                                disable=desc is None, leave=False)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
 
 
 # ----------------------------------------------------------------------------- manifest and summary

@@ -290,9 +290,10 @@ def write_png_dataset(root, count):
 
 def png_input(root):
     """flow.py's training pipeline over the PNGs (decode, cache, shuffle, augment, batch, prefetch)."""
+    import create_dataset
     import flow
 
-    split, scale = flow.scan_split(root, "train")
+    split, scale = create_dataset.scan_split(root, "train")
     return flow.tf_pair_dataset(split, batch_size=BATCH, scale=scale, seed=SEED), "flow.tf_pair_dataset"
 
 

@@ -19,6 +19,7 @@ import pytest
 from conftest import write_tiny_dataset
 from PIL import Image
 
+import create_dataset
 import flow
 import resizer
 from generator import build_generator, load_generator
@@ -64,8 +65,8 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
     assert 0 < float(rows[2]["d_real"]) < 1 and 0 < float(rows[2]["d_fake"]) < 1
 
     # bicubic and model figures are the per-image means of the protocol on the whole validation split
-    splits, _ = flow.check_dataset(tiny_dataset, ("val",))
-    val_lr, val_hr = flow.load_split_arrays(splits["val"])
+    splits, _ = create_dataset.check_dataset(tiny_dataset, ("val",))
+    val_lr, val_hr = create_dataset.load_split_arrays(splits["val"])
     bicubic = [resizer.resize(lr, (32, 32), "bicubic") for lr in val_lr]
     expected_psnr = np.mean([flow.calculate_psnr(b, h, 4) for b, h in zip(bicubic, val_hr, strict=True)])
     assert float(rows[0]["bicubic_psnr"]) == pytest.approx(expected_psnr)
@@ -157,7 +158,7 @@ def test_rerun_after_kill_continues_where_each_phase_stopped(tiny_dataset, tmp_p
 def test_resume_with_a_different_config_names_the_differing_keys(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     args = flow.parse_args(train_args(tiny_dataset, run, 2, 1))
-    splits, scale = flow.check_dataset(tiny_dataset)
+    splits, scale = create_dataset.check_dataset(tiny_dataset)
     run.mkdir()
     flow.write_json(run / "config.json", flow.resolve_config(args, splits, scale))
     for phase in flow.PHASES:
@@ -351,7 +352,7 @@ def test_tf_data_batches_are_aligned_seeded_and_resumable(tmp_path):
     for i, (lr, hr) in enumerate(zip(lrs, hrs, strict=True)):
         Image.fromarray(lr).save(ds / "train" / "lr" / f"img-{i:03d}.png")
         Image.fromarray(hr).save(ds / "train" / "hr" / f"img-{i:03d}.png")
-    splits, scale = flow.check_dataset(ds)
+    splits, scale = create_dataset.check_dataset(ds)
     for cache in (True, False):
         data = flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache)
         batches = [(lr.numpy(), hr.numpy()) for lr, hr in data.take(4)]

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import flow  # noqa: E402
+import metrics  # noqa: E402
 import resizer  # noqa: E402
 import upscale  # noqa: E402
 
@@ -37,7 +37,7 @@ def comparison_row(path, models):
 
 def high_frequency_energy(rgb):
     """Variance of the Laplacian of the Y channel, border of SCALE cropped."""
-    return float(ndimage.laplace(flow.rgb_to_y(rgb)[SCALE:-SCALE, SCALE:-SCALE]).var())
+    return float(ndimage.laplace(metrics.rgb_to_y(rgb)[SCALE:-SCALE, SCALE:-SCALE]).var())
 
 
 def texture_ratios(paths, models):
@@ -47,7 +47,7 @@ def texture_ratios(paths, models):
         hr = resizer.mod_crop(resizer.load_image(path), SCALE)
         lr = resizer.lr_from_hr(hr, SCALE)
         original = high_frequency_energy(hr)
-        ratios["bicubic"].append(high_frequency_energy(flow.bicubic_upscale(lr, SCALE)) / original)
+        ratios["bicubic"].append(high_frequency_energy(metrics.bicubic_upscale(lr, SCALE)) / original)
         for name, model in models.items():
             ratios[name].append(high_frequency_energy(upscale.upscale_array(model, lr)) / original)
     return {name: float(np.mean(values)) for name, values in ratios.items()}
