@@ -14,22 +14,18 @@ the custom layers below are registered, so saved .keras files load with safe_mod
 
 import math
 
+import runtime  # noqa: F401  (first: Keras starts without TensorFlow's C++ log lines)
+
+# isort: split
 import keras
 import numpy as np
 from keras import ops
 
-SCALES = (2, 3, 4, 8)
-PRESETS = {
-    # The paper's SRResNet: 16 residual blocks of 64 filters with batch norm, no interpolation skip.
-    "srresnet": dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None),
-    # Light enough for CPUs and video. Measured on the 2-core CPU, 180x320 -> 720x1280 x4 under XLA: 16x64+BN
-    # 2.8 s/frame, 8x48 1.8 s, 8x32 0.89 s, 6x32 0.87 s, 4x32 0.84 s: the x2 stages at high resolution dominate
-    # and scale with filters^2, so width is what costs and depth is nearly free -> 8 blocks of 32. BN is dropped: at
-    # inference it is only an affine op, but in training with small batches it costs time and adds noise;
-    # the bilinear skip makes the net learn a residual over interpolation, so it starts at bilinear quality.
-    "fast": dict(filters=32, blocks=8, batch_norm=False, interpolation_skip="bilinear"),
-}
-INTERPOLATIONS = ("bilinear", "bicubic")
+import presets
+
+SCALES = presets.SCALES
+PRESETS = presets.GENERATOR_PRESETS
+INTERPOLATIONS = presets.INTERPOLATIONS
 PRELU_INIT = 0.25  # the paper's (He et al.) initial slope; with Keras' default 0 such nets can die at start
 
 
@@ -184,37 +180,23 @@ def _interpolate(x, scale, method):
     return InterpolationUpsample(scale, method, dtype="float32", name=f"skip_{method}")(x)
 
 
-def resolve_preset(preset, **arguments):
-    """The preset's settings, with each argument that differs from build_generator's default taking precedence."""
-    defaults = dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None)
-    if preset is None:
-        return arguments
-    if preset not in PRESETS:
-        raise ValueError(f"unknown generator preset {preset!r}; choose from {sorted(PRESETS)}")
-    settings = dict(PRESETS[preset])
-    settings.update({k: v for k, v in arguments.items() if v != defaults[k]})
-    return settings
-
-
-def build_generator(scale=4, preset=None, *, filters=64, blocks=16, batch_norm=True, interpolation_skip=None,
+def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_norm=None, interpolation_skip=None,
                     prelu_init=PRELU_INIT, name="generator"):
     """Build an SRResNet generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
 
-    preset: None, or a PRESETS name ("srresnet", "fast") whose filters/blocks/batch_norm/interpolation_skip are
-        used; an argument given with a value other than its default still overrides the preset's.
-    interpolation_skip: None, "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
+    preset: a PRESETS name ("srresnet", "fast"), None for the paper's SRResNet. Its filters, blocks, batch_norm
+        and interpolation_skip are used where the argument is None; an argument given overrides the preset's.
+    interpolation_skip: "none", "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
         the network learns the residual and starts at interpolation quality. Both are fixed-kernel convolutions
         (see InterpolationUpsample), so they compile under XLA and trace with unknown H, W.
     prelu_init: initial PReLU slope (0.25 as in the paper).
     The last layer casts to float32, so the model also works under a mixed_float16/mixed_bfloat16 policy.
     """
-    settings = resolve_preset(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
-                              interpolation_skip=interpolation_skip)
+    settings = presets.resolve_architecture(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
+                                            interpolation_skip=interpolation_skip)
     filters, blocks = int(settings["filters"]), int(settings["blocks"])
     batch_norm, skip = bool(settings["batch_norm"]), settings["interpolation_skip"]
     stages = upsample_stages(scale)
-    if skip is not None and skip not in INTERPOLATIONS:
-        raise ValueError(f"interpolation_skip must be one of {INTERPOLATIONS} or None, got {skip!r}")
 
     lr = keras.Input((None, None, 3), dtype="float32", name="lr")
     head = _prelu(prelu_init, "head_prelu")(_conv(filters, 9, "head_conv")(lr))

@@ -21,7 +21,10 @@ from PIL import Image
 
 import create_dataset
 import flow
+import metrics
 import resizer
+import runtime
+import training
 from generator import build_generator, load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,18 +71,18 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
     splits, _ = create_dataset.check_dataset(tiny_dataset, ("val",))
     val_lr, val_hr = create_dataset.load_split_arrays(splits["val"])
     bicubic = [resizer.resize(lr, (32, 32), "bicubic") for lr in val_lr]
-    expected_psnr = np.mean([flow.calculate_psnr(b, h, 4) for b, h in zip(bicubic, val_hr, strict=True)])
+    expected_psnr = np.mean([metrics.calculate_psnr(b, h, 4) for b, h in zip(bicubic, val_hr, strict=True)])
     assert float(rows[0]["bicubic_psnr"]) == pytest.approx(expected_psnr)
     best = json.loads((run / "best.json").read_text())
     assert best["latest"] == "gan" and best["gan"]["epoch"] == 3
     exported = load_generator(run / "generator.keras")  # safe mode
     sr = [resizer.to_uint8(exported.predict(lr[None] / 255.0, verbose=0)[0]) for lr in val_lr]
-    assert np.mean([flow.calculate_ssim(s, h, 4) for s, h in zip(sr, val_hr, strict=True)]) == pytest.approx(
+    assert np.mean([metrics.calculate_ssim(s, h, 4) for s, h in zip(sr, val_hr, strict=True)]) == pytest.approx(
         best["gan"]["val_ssim"], abs=1e-4)
     assert float(rows[2]["val_ssim"]) == pytest.approx(best["gan"]["val_ssim"])
     assert (run / "generator_pretrain.keras").is_file() and (run / "generator_gan.keras").is_file()
     last = load_generator(run / "generator_last.keras")  # the final epoch's weights, whatever its SSIM
-    assert float(rows[-1]["val_ssim"]) == pytest.approx(np.mean([flow.calculate_ssim(
+    assert float(rows[-1]["val_ssim"]) == pytest.approx(np.mean([metrics.calculate_ssim(
         resizer.to_uint8(last.predict(lr[None] / 255.0, verbose=0)[0]), h, 4) for lr, h in zip(val_lr, val_hr, strict=True)]),
         abs=1e-4)
     assert best["pretrain"]["epoch"] in (1, 2)
@@ -87,7 +90,13 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
     grids = sorted(p.name for p in (run / "samples").glob("*.png"))
     assert grids == ["epoch-001.png", "epoch-002.png", "epoch-003.png"]
     grid = np.asarray(Image.open(run / "samples" / "epoch-003.png"))
-    assert grid.shape == (2 * (32 + 2), 4 * 32 + 3 * 2, 3)  # two val images: LR | bicubic | SR | HR
+    # a header row, then two val images: LR | bicubic | SR | HR, each row named on the left
+    header = training.GRID_HEADER
+    assert grid.shape[0] == header + 2 * (32 + 2) and grid.shape[1] > 4 * 32 + 3 * 2
+    body = grid[header:, -(4 * 32 + 3 * 2):]
+    hr = resizer.load_image(sorted((tiny_dataset / "val" / "hr").glob("*.png"))[0])
+    np.testing.assert_array_equal(body[:32, -32:], hr)  # the HR column, untouched by the labels
+    assert (grid[:header] < 128).any() and (grid[header:, :-(4 * 32 + 3 * 2)] < 128).any()  # text drawn
     for sub in ("train", "validation", "samples"):
         assert list((run / "tensorboard" / sub).glob("events.out.tfevents.*")), sub
     assert (run / "pretrain.done").is_file() and (run / "gan.done").is_file()
@@ -103,8 +112,9 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
 
 # ---------------------------------------------------------------- resume after kill -9, in each phase
 def wait_for(path, process, timeout=180):
+    """Poll until `path` exists (a glob pattern may stand in its last part)."""
     deadline = time.time() + timeout
-    while not path.exists():
+    while not (list(path.parent.glob(path.name)) if path.parent.is_dir() else []):
         if process.poll() is not None:
             raise AssertionError(f"training ended (status {process.returncode}) before {path} appeared")
         if time.time() > deadline:
@@ -121,7 +131,7 @@ def kill_when(path, command, log):
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    return flow.backup_epoch(path.parent)
+    return training.saved_epoch(path.parent)[0]
 
 
 @pytest.mark.slow
@@ -130,12 +140,12 @@ def test_rerun_after_kill_continues_where_each_phase_stopped(tiny_dataset, tmp_p
     command = [sys.executable, "flow.py", *train_args(tiny_dataset, run, 4, 3, "--jit", "off")]
 
     # 1. killed in phase 1, just after an epoch's backup
-    killed_at = kill_when(run / "backup" / "pretrain" / "training_metadata.json", command, tmp_path / "a.log")
+    killed_at = kill_when(run / "backup" / "pretrain" / "epoch-*", command, tmp_path / "a.log")
     assert 1 <= killed_at < 4 and not (run / "pretrain.done").exists()
     assert [int(r["epoch"]) for r in history(run)][:killed_at] == list(range(1, killed_at + 1))
 
     # 2. the same command resumes phase 1 at the next epoch; killed again in phase 2
-    killed_gan = kill_when(run / "backup" / "gan" / "training_metadata.json", command, tmp_path / "b.log")
+    killed_gan = kill_when(run / "backup" / "gan" / "epoch-*", command, tmp_path / "b.log")
     second = (tmp_path / "b.log").read_text()
     assert f"resuming at epoch {killed_at + 1} from {run / 'backup' / 'pretrain'}" in second
     assert "Epoch 1/4" not in second and f"Epoch {killed_at + 1}/4" in second
@@ -160,9 +170,9 @@ def test_resume_with_a_different_config_names_the_differing_keys(tiny_dataset, t
     args = flow.parse_args(train_args(tiny_dataset, run, 2, 1))
     splits, scale = create_dataset.check_dataset(tiny_dataset)
     run.mkdir()
-    flow.write_json(run / "config.json", flow.resolve_config(args, splits, scale))
+    resizer.write_json(run / "config.json", flow.resolve_config(args, splits, scale))
     for phase in flow.PHASES:
-        flow.write_json(run / f"{phase}.done", {})
+        resizer.write_json(run / f"{phase}.done", {})
 
     assert flow.main(train_args(tiny_dataset, run, 2, 1, "--lr-g", "0.001", "--blocks", "2")) == 2
     err = capsys.readouterr().err
@@ -270,7 +280,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp
     assert best["pretrain"]["epoch"] == 1
     kept = load_generator(run / "generator.keras")
     assert all(np.all(np.isfinite(w)) for w in kept.get_weights())
-    assert flow.backup_epoch(run / "backup" / "pretrain") == 1  # the bad epoch was not backed up
+    assert training.saved_epoch(run / "backup" / "pretrain") == (1, 0)  # the bad epoch was not backed up
     assert not (run / "pretrain.done").exists() and not (run / "gan.done").exists()
     assert [r["phase"] for r in history(run)] == ["pretrain", "pretrain"]  # the NaN epoch is on record
     assert history(run)[1]["loss"] == "nan"
@@ -299,17 +309,18 @@ def test_mirrored_strategy_on_two_logical_cpu_devices(tiny_dataset, tmp_path):
 
 
 def test_strategy_choice():
-    assert flow.resolve_strategy_name("mirrored") == "mirrored"
-    assert flow.resolve_strategy_name("auto") == "default"  # no GPU here
+    assert runtime.resolve_strategy_name("mirrored") == "mirrored"
+    assert runtime.resolve_strategy_name("auto") == "default"  # no GPU here
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
                                           "task": {"type": "worker", "index": 1}})
     try:
-        assert flow.resolve_strategy_name("auto") == "multiworker"
-        assert not flow.is_chief()
-        assert flow.worker_run_path(Path("runs/x"), "multiworker") == Path("runs/x/workers/worker-1")
+        assert runtime.resolve_strategy_name("auto") == "multiworker"
+        assert not runtime.is_chief()
+        worker_path = flow.worker_run_path(Path("runs/x"), "multiworker")
+        assert worker_path.name == "worker-1" and Path("runs/x").resolve() not in worker_path.resolve().parents
     finally:
         del os.environ["TF_CONFIG"]
-    assert flow.is_chief() and flow.worker_run_path(Path("runs/x"), "default") == Path("runs/x")
+    assert runtime.is_chief() and flow.worker_run_path(Path("runs/x"), "default") == Path("runs/x")
 
 
 # ---------------------------------------------------------------- input pipelines
@@ -326,20 +337,20 @@ def assert_aligned(lr_batch, hr_batch, scale=4):
 
 def test_pydataset_batches_are_aligned_seeded_and_vary_by_epoch():
     lrs, hrs = nearest_pairs()
-    batches = flow.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, workers=1)
+    batches = training.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, workers=1)
     assert len(batches) == 4
     lr, hr = batches[2]
     assert lr.shape == (3, 4, 4, 3) and hr.shape == (3, 16, 16, 3) and lr.dtype == np.float32
     assert_aligned(lr, hr)
-    again = flow.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, workers=1)
+    again = training.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, workers=1)
     np.testing.assert_array_equal(again[2][1], hr)
     batches.on_epoch_end()
     assert not np.array_equal(batches[2][1], hr)
-    resumed = flow.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, start_epoch=1,
+    resumed = training.PairBatches(lrs, hrs, batch_size=3, steps=4, scale=4, patch_size=16, seed=7, start_epoch=1,
                                workers=1)
     np.testing.assert_array_equal(resumed[2][1], batches[2][1])
     # whole non-square images: only half turns, so shapes stay batchable
-    whole = flow.PairBatches(lrs, hrs, batch_size=5, steps=3, scale=4, seed=1, workers=1)
+    whole = training.PairBatches(lrs, hrs, batch_size=5, steps=3, scale=4, seed=1, workers=1)
     for i in range(3):
         lr, hr = whole[i]
         assert lr.shape == (5, 5, 6, 3)
@@ -354,26 +365,26 @@ def test_tf_data_batches_are_aligned_seeded_and_resumable(tmp_path):
         Image.fromarray(hr).save(ds / "train" / "hr" / f"img-{i:03d}.png")
     splits, scale = create_dataset.check_dataset(ds)
     for cache in (True, False):
-        data = flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache)
+        data = training.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache)
         batches = [(lr.numpy(), hr.numpy()) for lr, hr in data.take(4)]
         for lr, hr in batches:
             assert lr.shape == (3, 4, 4, 3) and hr.shape == (3, 16, 16, 3)
             assert_aligned(np.round(lr * 255), np.round(hr * 255))
-        again = [hr.numpy() for _, hr in flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16,
+        again = [hr.numpy() for _, hr in training.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16,
                                                               seed=3, cache=cache).take(4)]
         np.testing.assert_array_equal(again[3], batches[3][1])
-        skipped = flow.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache,
+        skipped = training.tf_pair_dataset(splits["train"], batch_size=3, scale=4, patch_size=16, seed=3, cache=cache,
                                        skip_batches=2)
         np.testing.assert_array_equal(next(iter(skipped))[1].numpy(), batches[2][1])
-    whole = next(iter(flow.tf_pair_dataset(splits["train"], batch_size=2, scale=4)))
+    whole = next(iter(training.tf_pair_dataset(splits["train"], batch_size=2, scale=4)))
     assert whole[0].shape == (2, 6, 6, 3) and whole[1].shape == (2, 24, 24, 3)
 
 
 @pytest.mark.slow
 def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp_path, capsys, monkeypatch):
-    """The lead's GPU machine has Keras 3 + JAX only. Forced here: flow behaves as if TensorFlow were absent."""
-    monkeypatch.setattr(flow, "use_tensorflow", lambda: False)
-    monkeypatch.setattr(flow, "tensorflow_available", lambda: False)
+    """Other backends have no tf.data, tf.distribute or TensorBoard: flow behaves as if the backend were not TF."""
+    monkeypatch.setattr(runtime, "use_tensorflow", lambda: False)
+    monkeypatch.setattr(runtime, "tensorboard_available", lambda: False)
     run = tmp_path / "run"
     assert flow.main(train_args(tiny_dataset, run, 2, 0)) == 0
     out = capsys.readouterr().out
@@ -390,21 +401,35 @@ def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp
         assert message in capsys.readouterr().err
 
 
-def test_the_pydataset_input_can_be_forced_on_tensorflow(tiny_dataset, tmp_path, monkeypatch):
-    monkeypatch.setenv("SRGAN_INPUT_PIPELINE", "pydataset")
-    assert flow.parse_args(train_args(tiny_dataset, tmp_path)).input_pipeline == "pydataset"
+@pytest.mark.slow
+def test_the_pydataset_input_can_be_forced_on_tensorflow(tiny_dataset, tmp_path, monkeypatch, capsys):
+    made = []
+
+    class CountedPairBatches(training.PairBatches):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(training, "PairBatches", CountedPairBatches)
+    args = flow.parse_args(train_args(tiny_dataset, tmp_path / "run", 1, 0, "--input-pipeline", "pydataset"))
+    assert flow.train(args) == 0
+    assert "input pydataset" in capsys.readouterr().out
+    assert len(made) == 1  # the run was fed by it
 
 
-def test_tensorflow_is_imported_only_inside_functions():
-    """No module-level TensorFlow import in flow.py or the modules it imports at its top."""
-    import ast
-
-    for name in ("flow.py", "generator.py", "resizer.py"):
-        tree = ast.parse((ROOT / name).read_text())
-        for node in tree.body:
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                assert not any(n.split(".")[0] == "tensorflow" for n in names), f"{name}: {ast.unparse(node)}"
+def test_help_and_usage_errors_answer_without_keras():
+    """`flow.py --help` and a bad argument are answered before Keras (and TensorFlow) are imported."""
+    code = ("import sys, flow\n"
+            "for argv in (['--help'], ['train', '--data', 'd', '--out', 'o', '--batch-size', '0']):\n"
+            "    try:\n"
+            "        flow.parse_args(argv)\n"
+            "    except SystemExit as e:\n"
+            "        print('exit', e.code)\n"
+            "print('loaded:', sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "exit 0" in done.stdout and "exit 2" in done.stdout and "loaded: []" in done.stdout
+    assert "--batch-size must be >= 1" in done.stderr
 
 
 # ---------------------------------------------------------------- evaluate
@@ -441,8 +466,8 @@ def test_evaluate_a_folder_model_against_bicubic(tmp_path, capsys):
     import upscale
 
     sr = upscale.upscale_array(load_generator(model_path), lr)
-    assert float(rows[0]["model_psnr"]) == pytest.approx(flow.calculate_psnr(sr, hr, 4))
-    assert float(rows[0]["bicubic_ssim"]) == pytest.approx(flow.calculate_ssim(flow.bicubic_upscale(lr, 4), hr, 4))
+    assert float(rows[0]["model_psnr"]) == pytest.approx(metrics.calculate_psnr(sr, hr, 4))
+    assert float(rows[0]["bicubic_ssim"]) == pytest.approx(metrics.calculate_ssim(metrics.bicubic_upscale(lr, 4), hr, 4))
     assert float(rows[2]["model_ssim"]) == pytest.approx(np.mean([float(r["model_ssim"]) for r in rows[:2]]))
     md = (tmp_path / "eval" / "run-generator_photos_x4.md").read_text()
     assert "| image | size | bicubic_psnr | bicubic_ssim | model_psnr | model_ssim |" in md and "| mean |" in md
@@ -454,7 +479,7 @@ def test_evaluate_a_folder_model_against_bicubic(tmp_path, capsys):
     assert "upscales x4" in capsys.readouterr().err
 
 
-def test_evaluate_a_dataset_test_split_and_bicubic_only(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_evaluate_a_dataset_test_split_with_its_own_lr(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "eval"
     assert flow.main(["evaluate", "--model", "bicubic", "--data", str(tiny_dataset), "--out", str(out)]) == 0
     rows = read_csv(out / "bicubic_dataset_x4.csv")
@@ -462,15 +487,18 @@ def test_evaluate_a_dataset_test_split_and_bicubic_only(tiny_dataset, tmp_path, 
     assert "model_psnr" not in rows[0]
     lr = resizer.load_image(tiny_dataset / "test" / "lr" / "img-000.png")  # the DATASET's own LR
     hr = resizer.load_image(tiny_dataset / "test" / "hr" / "img-000.png")
-    assert float(rows[0]["bicubic_psnr"]) == pytest.approx(flow.calculate_psnr(flow.bicubic_upscale(lr, 4), hr, 4))
+    assert float(rows[0]["bicubic_psnr"]) == pytest.approx(metrics.calculate_psnr(metrics.bicubic_upscale(lr, 4), hr, 4))
 
-    # without upscale.py, evaluate says so and runs the model on whole images
+    # a model on a DATASET's test split upscales the DATASET's own LR images
     model_path = tmp_path / "g.keras"
-    build_generator(4, filters=8, blocks=1).save(model_path)
-    monkeypatch.setitem(sys.modules, "upscale", None)
+    model = build_generator(4, filters=8, blocks=1)
+    model.save(model_path)
     assert flow.main(["evaluate", "--model", str(model_path), "--data", str(tiny_dataset), "--out", str(out)]) == 0
-    assert "upscale.py not found" in capsys.readouterr().err
-    assert len(read_csv(out / f"{tmp_path.name}-g_dataset_x4.csv")) == 3
+    rows = read_csv(out / f"{tmp_path.name}-g_dataset_x4.csv")
+    import upscale
+
+    sr = upscale.upscale_array(load_generator(model_path), lr)
+    assert float(rows[0]["model_psnr"]) == pytest.approx(metrics.calculate_psnr(sr, hr, 4))
     assert flow.main(["evaluate", "--model", "bicubic", "--data", str(tiny_dataset), "--scale", "2"]) == 2
 
 

@@ -1,0 +1,55 @@
+"""The named choices of the models and their training, as plain values.
+
+Importable without Keras, so every command line can list them in --help and reject a wrong name at once.
+generator.py, gan.py, discriminator.py, flow.py and upscale.py all read them from here.
+"""
+
+from pathlib import Path
+
+SCALES = (2, 3, 4, 8)
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+# Generator architectures. The paper's SRResNet is the default everywhere a preset is not named.
+GENERATOR_PRESETS = {
+    # The paper's SRResNet: 16 residual blocks of 64 filters with batch norm, no interpolation skip.
+    "srresnet": dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None),
+    # Light enough for CPUs and video. Measured on a 2-core CPU, 180x320 -> 720x1280 x4 under XLA: 16x64+BN
+    # 2.8 s/frame, 8x48 1.8 s, 8x32 0.89 s, 6x32 0.87 s, 4x32 0.84 s: the x2 stages at high resolution dominate
+    # and scale with filters^2, so width is what costs and depth is nearly free -> 8 blocks of 32. BN is dropped: at
+    # inference it is only an affine op, but in training with small batches it costs time and adds noise;
+    # the bilinear skip makes the net learn a residual over interpolation, so it starts at bilinear quality.
+    "fast": dict(filters=32, blocks=8, batch_norm=False, interpolation_skip="bilinear"),
+}
+DEFAULT_PRESET = "srresnet"
+ARCHITECTURE_KEYS = ("filters", "blocks", "batch_norm", "interpolation_skip")
+
+# Training losses.
+PIXEL_LOSSES = ("l1", "mse")
+CONTENT_LOSSES = ("mse", "l1", "vgg54", "vgg22")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+# The models that ship in weights/, by the short names upscale.py --model accepts.
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+SHIPPED_MODELS = {
+    "psnr": WEIGHTS / "srresnet_x4_psnr.keras",
+    "gan": WEIGHTS / "srgan_x4.keras",
+}
+DEFAULT_MODEL = "psnr"
+
+
+def resolve_architecture(preset=None, **overrides):
+    """Generator settings (filters, blocks, batch_norm, interpolation_skip): the preset's (the paper's SRResNet
+    when None), then every override that is not None. interpolation_skip "none" means no skip."""
+    name = DEFAULT_PRESET if preset is None else preset
+    if name not in GENERATOR_PRESETS:
+        raise ValueError(f"unknown generator preset {preset!r}; choose from {', '.join(GENERATOR_PRESETS)}")
+    unknown = set(overrides) - set(ARCHITECTURE_KEYS)
+    if unknown:
+        raise TypeError(f"unknown generator settings: {', '.join(sorted(unknown))}")
+    settings = {**GENERATOR_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    if settings["interpolation_skip"] == "none":
+        settings["interpolation_skip"] = None
+    skip = settings["interpolation_skip"]
+    if skip is not None and skip not in INTERPOLATIONS:
+        raise ValueError(f"interpolation_skip must be one of {INTERPOLATIONS} or None, got {skip!r}")
+    return settings

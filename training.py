@@ -1,0 +1,480 @@
+"""What Keras calls during a flow.py training run: the input batches, the callbacks, and the crash-safe state.
+
+Input: `tf_pair_dataset` (tf.data over a split's PNG files) or `PairBatches` (a PyDataset over images held in
+memory, for the JAX and PyTorch backends). Both draw the same kind of aligned random crops, flips and turns, keyed
+on (seed, position), so a resumed run sees the batches an uninterrupted one would have.
+
+Callbacks, in the order a run uses them (flow.phase_callbacks):
+    Guard               stops on non-finite losses or weights, and after the current step on SIGINT/SIGTERM
+    ValidationMetrics   PSNR/SSIM of the whole validation split, and of bicubic, into the logs; sample grids
+    ExportBest          generator_<phase>.keras / generator.keras (best val SSIM), generator_last.keras
+    HistoryCSV          history.csv, one whole row per epoch
+    StateBackup         the training state (weights, both optimizers, epoch, step) after every epoch
+
+Every file is written to a temporary name, flushed to disk and renamed (resizer.atomic_output), so a crash at any
+instant leaves each file whole or absent. The state keeps its last two versions: an unreadable newest one falls
+back to the one before.
+"""
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import runtime  # noqa: F401  (first: Keras starts without TensorFlow's C++ log lines)
+
+# isort: split
+import keras
+import numpy as np
+from PIL import Image, ImageDraw
+
+import resizer
+from metrics import bicubic_upscale, measure_pairs
+
+STATE_FILE = "state.weights.h5"  # model weights and both optimizers' variables
+STATE_META = "state.json"  # {"epoch": finished epochs (global), "step": steps done in the next epoch}
+STATES_KEPT = 2  # the newest state and the one before it, to fall back on
+GRID_COLUMNS = ("LR (nearest)", "bicubic", "SR", "HR")
+GRID_HEADER = 14  # pixels of the sample grids' title row
+
+
+# ----------------------------------------------------------------------------- input
+def random_pair_transform(lr, hr, scale, lr_patch, rng):
+    """Numpy: the same random aligned crop (lr_patch LR pixels, or whole), flip and 90-degree turn of LR and HR."""
+    if lr_patch:
+        y, x = rng.integers(0, lr.shape[0] - lr_patch + 1), rng.integers(0, lr.shape[1] - lr_patch + 1)
+        lr = lr[y:y + lr_patch, x:x + lr_patch]
+        hr = hr[y * scale:(y + lr_patch) * scale, x * scale:(x + lr_patch) * scale]
+    turns = int(rng.integers(0, 4)) if lr.shape[0] == lr.shape[1] else 2 * int(rng.integers(0, 2))
+    lr, hr = np.rot90(lr, turns), np.rot90(hr, turns)
+    if rng.integers(0, 2):
+        lr, hr = lr[:, ::-1], hr[:, ::-1]
+    return lr, hr
+
+
+class PairBatches(keras.utils.PyDataset):
+    """Training batches from a split held in memory, without TensorFlow (for the JAX and PyTorch backends).
+
+    Batch `index` of epoch `e` depends only on (seed, e, index): the same seed gives the same batches, and a
+    resumed run (start_epoch, first_step) sees what an uninterrupted one would have.
+    """
+
+    def __init__(self, lr_images, hr_images, *, batch_size, steps, scale, patch_size=None, seed=0,
+                 start_epoch=0, first_step=0, workers=2):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        self.lr_images, self.hr_images = lr_images, hr_images
+        self.batch_size, self.steps, self.scale, self.seed = batch_size, steps, scale, seed
+        self.lr_patch = patch_size // scale if patch_size else None
+        self.epoch, self.first_step = start_epoch, first_step
+
+    def __len__(self):
+        return self.steps - self.first_step
+
+    def _epoch_order(self, epoch):
+        """Image indices for the whole epoch: fresh permutations of the split, end to end."""
+        n, needed = len(self.lr_images), self.steps * self.batch_size
+        perms = [np.random.default_rng([self.seed, epoch, k]).permutation(n) for k in range(-(-needed // n))]
+        return np.concatenate(perms)
+
+    def __getitem__(self, index):
+        epoch, index = self.epoch, index + self.first_step
+        order = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        rng = np.random.default_rng([self.seed, epoch, 1_000_003, index])
+        pairs = [random_pair_transform(self.lr_images[i], self.hr_images[i], self.scale, self.lr_patch, rng)
+                 for i in order]
+        lr = np.stack([p[0] for p in pairs]).astype(np.float32) / 255.0
+        hr = np.stack([p[1] for p in pairs]).astype(np.float32) / 255.0
+        return lr, hr
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.first_step = 0
+
+
+def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_batches=0, cache=None,
+                    cache_fraction=0.25):
+    """tf.data training input: PNG decode, (cache), seeded shuffle, repeat, aligned random crop, flips and
+    turns, batch (drop_remainder: static shapes for XLA and replicas), prefetch.
+
+    Randomness is stateless, keyed on (seed, element index), so it is the same for the same seed whatever the
+    parallelism; skip_batches fast-forwards a resumed run to where the interrupted one was. cache None: decoded
+    images are cached when they fit in cache_fraction of the memory available.
+    """
+    import tensorflow as tf
+
+    n, autotune = len(split), tf.data.AUTOTUNE
+    if cache is None:
+        cache = split.decoded_bytes <= cache_fraction * resizer.available_memory_bytes()
+    lr_patch = patch_size // scale if patch_size else None
+    if lr_patch:
+        lr_shape, hr_shape = (lr_patch, lr_patch, 3), (lr_patch * scale, lr_patch * scale, 3)
+    else:
+        w, h = split.lr_size
+        lr_shape, hr_shape = (h, w, 3), (h * scale, w * scale, 3)
+    square = lr_shape[0] == lr_shape[1]
+
+    def decode(lr_path, hr_path):
+        lr = tf.io.decode_png(tf.io.read_file(lr_path), channels=3)
+        hr = tf.io.decode_png(tf.io.read_file(hr_path), channels=3)
+        return lr, hr
+
+    def augment(index, lr, hr):
+        r = tf.random.stateless_uniform([4], seed=tf.stack([tf.constant(seed, tf.int64), index]),
+                                        minval=0, maxval=2**31 - 1, dtype=tf.int64)
+        if lr_patch:
+            shape = tf.shape(lr, out_type=tf.int64)
+            y, x = r[0] % (shape[0] - lr_patch + 1), r[1] % (shape[1] - lr_patch + 1)
+            lr = lr[y:y + lr_patch, x:x + lr_patch]
+            hr = hr[y * scale:(y + lr_patch) * scale, x * scale:(x + lr_patch) * scale]
+        turns = tf.cast(r[2] % 4 if square else 2 * (r[2] % 2), tf.int32)
+        lr, hr = tf.image.rot90(lr, turns), tf.image.rot90(hr, turns)
+        flip = r[3] % 2 == 1
+        lr = tf.cond(flip, lambda: tf.reverse(lr, [1]), lambda: lr)
+        hr = tf.cond(flip, lambda: tf.reverse(hr, [1]), lambda: hr)
+        lr, hr = tf.ensure_shape(lr, lr_shape), tf.ensure_shape(hr, hr_shape)
+        return tf.cast(lr, tf.float32) / 255.0, tf.cast(hr, tf.float32) / 255.0
+
+    paths = tf.data.Dataset.from_tensor_slices(([str(p) for p in split.lr_paths], [str(p) for p in split.hr_paths]))
+    if cache:  # decode once, then shuffle decoded images
+        ds = paths.map(decode, num_parallel_calls=autotune).cache()
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+        ds = ds.skip(skip_batches * batch_size).map(lambda i, p: augment(i, *p), num_parallel_calls=autotune)
+    else:  # shuffle paths, decode in parallel as they come
+        ds = paths.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
+        ds = ds.skip(skip_batches * batch_size)
+        ds = ds.map(lambda i, p: augment(i, *decode(*p)), num_parallel_calls=autotune)
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(autotune)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+# ----------------------------------------------------------------------------- crash-safe training state
+class StateError(ValueError):
+    """No readable training state in a backup folder that has some."""
+
+
+def build_for_state(model):
+    """Create every optimizer variable the state file holds, so loading restores them all (Keras builds
+    optimizers lazily, at the first step). SRGAN builds its two in compile."""
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+
+
+def save_state(model, folder, epoch, step=0):
+    """Write the model's training state (weights and optimizer variables) as folder/epoch-EEEE[-step-SSSSSS]/.
+
+    The state is written into a hidden temporary folder, flushed to disk and renamed into place, so a crash at
+    any instant leaves it whole or absent; then all but the newest STATES_KEPT states are removed.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:04d}" + (f"-step-{step:06d}" if step else "")
+    tmp = folder / f".{name}{resizer.TEMP_MARK}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_weights(tmp / STATE_FILE)
+    resizer.fsync_path(tmp / STATE_FILE)
+    resizer.write_json(tmp / STATE_META, {"epoch": epoch, "step": step})
+    resizer.fsync_path(tmp)
+    final = folder / name
+    if final.exists():  # the same point reached again (a redone epoch): the older copy goes
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    resizer.fsync_path(folder)
+    for old in list_states(folder)[STATES_KEPT:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_states(folder):
+    """The complete states in a backup folder, newest first (temporary leftovers of a crash are not listed)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    states = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("epoch-")]
+    return sorted(states, key=lambda p: p.name, reverse=True)
+
+
+def restore_state(model, folder):
+    """Load the newest readable state of folder into model; (epoch, step) to resume at, (0, 0) when none.
+
+    An unreadable state (cut short, corrupt) is reported in one line and the previous one is tried; when none
+    can be read, StateError says what to do.
+    """
+    states = list_states(folder)
+    for path in states:
+        try:
+            meta = json.loads((path / STATE_META).read_text())
+            build_for_state(model)
+            model.load_weights(path / STATE_FILE)
+            return int(meta["epoch"]), int(meta["step"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            reason = " ".join(str(err).split())[:160]
+            print(f"warning: training state {path} is unreadable ({type(err).__name__}: {reason}); "
+                  "trying the one before", file=sys.stderr)
+    if states:
+        raise StateError(f"{folder}: none of its {len(states)} saved training states can be read. Delete that "
+                         "folder to redo this phase from its start (finished phases and exported generators "
+                         "are kept), or start a new run with --init-generator.")
+    return 0, 0
+
+
+def saved_epoch(folder):
+    """The (epoch, step) of the newest state in folder, without loading it; (0, 0) when there is none."""
+    for path in list_states(folder):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            meta = json.loads((path / STATE_META).read_text())
+            return int(meta["epoch"]), int(meta["step"])
+    return 0, 0
+
+
+# ----------------------------------------------------------------------------- callbacks
+class Guard(keras.callbacks.Callback):
+    """Stops a run cleanly, without letting a bad or partial epoch into the exports, history or state:
+
+    - non-finite losses (checked after every batch) or weights (after every epoch): TerminateOnNaN that also
+      keeps the bad epoch out;
+    - SIGINT (Ctrl-C) or SIGTERM: stop after the current step and save the state there (save_to), so the same
+      command continues from that step. A second signal interrupts at once.
+    The epoch-end callbacks ask `epoch_is_good()` before they write anything.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, save_to=None, steps_done=0):
+        super().__init__()
+        self.save_to, self.steps_done = save_to, steps_done  # steps of the current epoch done before this fit
+        self.tripped = None  # (epoch, batch, what) once non-finite values were seen
+        self.signalled = None  # (signal name, epoch, step) once a stop was asked for
+        self._epoch, self._previous = 0, {}
+
+    def epoch_is_good(self):
+        """False once the run has been stopped inside the epoch (a bad value, or a signal)."""
+        return self.tripped is None and self.signalled is None
+
+    def on_train_begin(self, logs=None):
+        self._pending = None
+        if self.save_to is not None and _in_main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def on_train_end(self, logs=None):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum, frame):
+        self._pending = signal.Signals(signum).name
+        for sig, handler in self._previous.items():  # a second signal acts at once
+            signal.signal(sig, handler)
+        print(f"\n{self._pending}: stopping after the current step (send it again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        bad = [k for k, v in (logs or {}).items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+        if bad and self.tripped is None:
+            self.tripped = (self._epoch, batch, ", ".join(bad))
+            self.model.stop_training = True
+        elif self._pending and self.signalled is None:
+            step = self.steps_done + batch + 1
+            save_state(self.model, self.save_to, self._epoch, step)
+            self.signalled = (self._pending, self._epoch, step)
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps_done = 0
+        if self.epoch_is_good() and not all(np.all(np.isfinite(w)) for w in self.model.get_weights()):
+            self.tripped = (epoch, None, "weights")
+            self.model.stop_training = True
+
+
+def _in_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class StateBackup(keras.callbacks.Callback):
+    """The training state after every good epoch (save_state), for a rerun of the same command to resume."""
+
+    def __init__(self, folder, guard):
+        super().__init__()
+        self.folder, self.guard = Path(folder), guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.epoch_is_good():
+            save_state(self.model, self.folder, epoch + 1)
+
+
+def predict_images(generator, lr_images, batch=16):
+    """uint8 SR images for a list of uint8 LR images: batches of same-sized images, made uint8 batch by batch
+    (a large validation split never sits in memory as float SR)."""
+    out = [None] * len(lr_images)
+    by_shape = {}
+    for i, im in enumerate(lr_images):
+        by_shape.setdefault(im.shape, []).append(i)
+    for indices in by_shape.values():
+        for start in range(0, len(indices), batch):
+            chunk = indices[start:start + batch]
+            x = np.stack([lr_images[i] for i in chunk]).astype(np.float32) / 255.0
+            sr = resizer.to_uint8(np.asarray(generator.predict(x, batch_size=batch, verbose=0), np.float32))
+            for i, image in zip(chunk, sr, strict=True):
+                out[i] = image
+    return out
+
+
+def sample_grid(lr, bicubic, sr, hr, names=None):
+    """A labelled grid: a header row naming the columns (LR nearest | bicubic | SR | HR), then one row per
+    image, its name on the left; 2-pixel white gutters."""
+    rows = []
+    for lo, bi, s, h in zip(lr, bicubic, sr, hr, strict=True):
+        scale = h.shape[0] // lo.shape[0]
+        nearest = np.repeat(np.repeat(lo, scale, axis=0), scale, axis=1)
+        gutter = np.full((h.shape[0], 2, 3), 255, np.uint8)
+        rows.append(np.concatenate([nearest, gutter, bi, gutter, s, gutter, h], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    body = np.concatenate(rows, axis=0)
+    names = list(names) if names is not None else [""] * len(rows)
+    label_width = 8 + 6 * max((len(n) for n in names), default=0) if any(names) else 0
+    canvas = Image.new("RGB", (label_width + body.shape[1], GRID_HEADER + body.shape[0]), "white")
+    canvas.paste(Image.fromarray(body), (label_width, GRID_HEADER))
+    draw = ImageDraw.Draw(canvas)
+    column = hr[0].shape[1] + 2
+    for k, title in enumerate(GRID_COLUMNS):
+        draw.text((label_width + k * column + 2, 2), title, fill="black")
+    top = GRID_HEADER
+    for name, row in zip(names, rows, strict=True):
+        draw.text((2, top + row.shape[0] // 2 - 5), name, fill="black")
+        top += row.shape[0]
+    return np.asarray(canvas)
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """Every epoch: PSNR/SSIM (Y, border = scale) of the generator on the whole validation split and of bicubic
+    on the same images, into the logs (progress bar, history.csv, TensorBoard); sample grids to PNG and TB."""
+
+    def __init__(self, generator, val_lr, val_hr, scale, run, guard, count=4, names=None, tensorboard=False):
+        super().__init__()
+        self.generator, self.val_lr, self.val_hr, self.scale = generator, val_lr, val_hr, scale
+        self.run, self.guard, self.count = Path(run), guard, count
+        self.names = [Path(n).stem for n in names[:count]] if names is not None else None
+        self.bicubic = [bicubic_upscale(lr, scale) for lr in val_lr]
+        psnr, ssim = measure_pairs(self.bicubic, val_hr, scale)
+        self.bicubic_psnr, self.bicubic_ssim = float(psnr.mean()), float(ssim.mean())
+        self.writer = None
+        if tensorboard:
+            import tensorflow as tf
+
+            self.writer = tf.summary.create_file_writer(str(self.run / "tensorboard" / "samples"))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.guard.epoch_is_good():
+            return
+        logs = logs if logs is not None else {}
+        sr = predict_images(self.generator, self.val_lr)
+        psnr, ssim = measure_pairs(sr, self.val_hr, self.scale)
+        logs.update(val_psnr=float(psnr.mean()), val_ssim=float(ssim.mean()),
+                    bicubic_psnr=self.bicubic_psnr, bicubic_ssim=self.bicubic_ssim)
+        with contextlib.suppress(AttributeError, TypeError):
+            logs["learning_rate"] = float(np.asarray(self._optimizer().learning_rate))
+        k = self.count
+        grid = sample_grid(self.val_lr[:k], self.bicubic[:k], sr[:k], self.val_hr[:k], self.names)
+        resizer.save_image(self.run / "samples" / f"epoch-{epoch + 1:03d}.png", grid)
+        if self.writer is not None:
+            import tensorflow as tf
+
+            with self.writer.as_default():
+                tf.summary.image("LR | bicubic | SR | HR", grid[None], step=epoch)  # as Keras' scalars
+            self.writer.flush()
+
+    def _optimizer(self):
+        return getattr(self.model, "g_optimizer", None) or self.model.optimizer
+
+
+class ExportBest(keras.callbacks.Callback):
+    """The best generator of a phase by val_ssim as generator_<phase>.keras and generator.keras (atomic), and
+    the latest good one as generator_last.keras (for a GAN, the best-SSIM epoch is often its least adversarial).
+
+    The best score survives restarts in best.json, so a resumed run keeps comparing against it.
+    """
+
+    def __init__(self, generator, export, run, phase, guard):
+        super().__init__()
+        self.generator, self.export, self.run, self.phase, self.guard = generator, export, Path(run), phase, guard
+        self.path = self.run / "best.json"
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        score = logs.get("val_ssim")
+        if not self.guard.epoch_is_good() or score is None or not np.isfinite(score):
+            return
+        self.export(self.generator, self.run / "generator_last.keras")
+        best = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        if score <= best.get(self.phase, {}).get("val_ssim", -np.inf):
+            return
+        phase_file = self.run / f"generator_{self.phase}.keras"
+        self.export(self.generator, phase_file)
+        with resizer.atomic_output(self.run / "generator.keras") as tmp:
+            shutil.copyfile(phase_file, tmp)
+        best[self.phase] = {"epoch": epoch + 1, **{k: float(logs[k]) for k in
+                                                    ("val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim")}}
+        best["latest"] = self.phase
+        resizer.write_json(self.path, best)
+
+
+class HistoryCSV(keras.callbacks.Callback):
+    """history.csv with one row per epoch (1-based) of both phases, rewritten atomically. An epoch stopped on
+    non-finite values is on record (with its nan); one stopped by a signal is not, until it is finished.
+
+    Why not keras.callbacks.CSVLogger: in append mode it repeats a row when an epoch is redone after a kill,
+    and it cannot add the GAN's columns to the header it wrote in phase 1.
+    """
+
+    def __init__(self, path, phase, guard):
+        super().__init__()
+        self.path, self.phase, self.guard = Path(path), phase, guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.signalled is not None:  # a part-done epoch: its row comes when it is finished
+            return
+        rows = [r for r in read_history(self.path) if int(r["epoch"]) != epoch + 1]
+        rows.append({"epoch": epoch + 1, "phase": self.phase,
+                     **{k: float(np.asarray(v)) for k, v in (logs or {}).items()}})
+        write_history(self.path, rows)
+
+
+def read_history(path):
+    """history.csv rows as dicts (empty list when there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_history(path, rows):
+    """history.csv from rows, sorted by epoch, written atomically."""
+    rows = sorted(rows, key=lambda r: int(r["epoch"]))
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["epoch", "phase"]
+    with resizer.atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def truncate_history(path, last_epoch):
+    """Drop the rows after last_epoch: a resumed run redoes those epochs and writes their rows again."""
+    rows = read_history(path)
+    kept = [r for r in rows if int(r["epoch"]) <= last_epoch]
+    if len(kept) != len(rows):
+        write_history(path, kept)
