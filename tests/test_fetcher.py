@@ -403,9 +403,10 @@ def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) 
     return buf.getvalue()
 
 
-def make_tar(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+def make_tar(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None,
+             compression: str = "gz") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -510,13 +511,150 @@ def test_dataset_limit_keeps_the_archive_for_a_full_run(server, raw, retry, monk
     assert len(server.requests("/tiny_HR.tar.gz")) == 1
 
 
-def test_registry_entries_are_well_formed(capsys):
-    assert {"div2k-train", "div2k-valid", "flickr2k", "bsds500", "dtd"} <= set(fetcher.DATASETS)
-    for entry in fetcher.DATASETS.values():
-        assert entry["url"].startswith(("https://", "http://")) and entry["root"].endswith("/")
-        assert entry["sha256"] is None or len(entry["sha256"]) == 64
-    assert fetcher.main(["dataset"]) == 0
-    assert "div2k-valid" in capsys.readouterr().out
+def test_registry_entries_are_well_formed():
+    assert {"div2k-train", "div2k-valid", "flickr2k", "bsds500", "dtd", "set5", "set14", "bsd100", "urban100",
+            "openimages-valid", "places365-val"} <= set(fetcher.DATASETS)
+    for name, entry in fetcher.DATASETS.items():
+        assert entry["url"].startswith(("https://", "http://")), name
+        assert entry["root"] == "" or entry["root"].endswith("/"), name  # "" keeps every image member
+        assert entry["sha256"] is None or len(entry["sha256"]) == 64, name
+        assert entry.get("md5") is None or len(entry["md5"]) == 32, name
+        assert entry["license"] and entry["images"] > 0, name
+    for name in ("set5", "set14", "bsd100", "urban100"):  # a flat HR folder, as flow.py evaluate reads it
+        assert fetcher.DATASETS[name]["root"].endswith("_HR/")
+
+
+def test_dataset_list_prints_the_registry_as_a_table(capsys):
+    assert fetcher.main(["dataset", "--list"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["NAME", "IMAGES", "SIZE", "CHECKSUM"] and header.rstrip().endswith("URL")
+    by_name = {row.split()[0]: row for row in rows}
+    assert set(by_name) == set(fetcher.DATASETS)
+    for name, entry in fetcher.DATASETS.items():
+        row = by_name[name]
+        assert row.endswith(entry["url"]) and entry["license"] in row and f" {entry['images']} " in row
+    assert " 449.0 MB " in by_name["div2k-valid"] and " sha256 " in by_name["div2k-valid"]
+    assert " md5 " in by_name["urban100"] and " none " in by_name["set5"] and " ? " in by_name["set5"]
+    assert fetcher.main(["dataset"]) == 0 and capsys.readouterr().out.splitlines()[0] == header
+
+
+def stand_in_archive(name: str, images: dict[str, bytes]) -> tuple[str, bytes]:
+    """(file name, bytes) of a small archive laid out like the registry entry's: images under its root,
+    a text file, and (where the entry has a root) an LR image outside it: both must be left out."""
+    entry = fetcher.DATASETS[name]
+    filename = entry["url"].rsplit("/", 1)[1]
+    members = {entry["root"] + n: body for n, body in images.items()}
+    if entry["root"]:
+        members["LR_bicubic/X4/" + next(iter(images))] = image_bytes(999, fmt="PNG")
+    members["README.txt"] = b"stand-in"
+    if filename.endswith(".zip"):
+        return filename, make_zip(members)
+    return filename, make_tar(members, compression="gz" if filename.endswith("gz") else "")
+
+
+@pytest.mark.parametrize("name", ["set5", "set14", "bsd100", "urban100", "openimages-valid", "places365-val"])
+def test_registry_dataset_downloads_and_extracts_through_a_mirror(server, raw, retry, monkeypatch, name):
+    images = {f"img_{i:03d}.png": image_bytes(200 + i, fmt="PNG") for i in range(3)}
+    filename, data = stand_in_archive(name, images)
+    server.add(f"/mirror/{filename}", data, "application/octet-stream")
+    check = "md5" if fetcher.DATASETS[name].get("md5") else "sha256"
+    patched = {**fetcher.DATASETS[name], "sha256": None, "md5": None,
+               check: getattr(hashlib, check)(data).hexdigest()}
+    monkeypatch.setitem(fetcher.DATASETS, name, patched)
+
+    summary = fetcher.fetch_dataset(name, raw, base_url=server.url("/mirror/"), retry=retry, progress=False)
+
+    assert summary.ok and summary.fetched == 3
+    folder = raw / name
+    root = fetcher.DATASETS[name]["root"]
+    if root:  # the images lie flat in RAW/NAME: the folder is flow.py evaluate --data input as it is
+        assert sorted(p.name for p in folder.iterdir()) == sorted(images)
+    for member, body in images.items():
+        assert (folder / member).read_bytes() == body
+    for entry in manifest_lines(raw):
+        assert (entry["source"], entry["dataset"], entry["license"]) == ("archive", name, patched["license"])
+    record = json.loads((raw / ".downloads" / f"{filename}.done.json").read_text())
+    assert (record["sha256"], record["verified_by"]) == (sha(data), check)
+    assert not (raw / ".downloads" / filename).exists()
+
+
+def test_benchmark_folder_is_evaluate_input(server, raw, retry, monkeypatch):
+    flow = pytest.importorskip("flow")
+    images = {f"{n}.png": image_bytes(210 + i, size=(48, 40), fmt="PNG") for i, n in enumerate(["baby", "bird"])}
+    filename, data = stand_in_archive("set5", images)
+    server.add(f"/{filename}", data)
+    monkeypatch.setitem(fetcher.DATASETS, "set5", {**fetcher.DATASETS["set5"], "sha256": sha(data)})
+    assert fetcher.main(["dataset", "set5", "--out", str(raw), "--base-url", server.url("/"), "-q"]) == 0
+    pairs, scale, failed = flow.evaluation_pairs(raw / "set5", 4)
+    assert [name for name, _, _ in pairs] == ["baby.png", "bird.png"] and scale == 4 and not failed
+
+
+def test_registry_hash_mismatch_is_a_clear_error_and_leaves_nothing(server, raw, retry, monkeypatch, caplog):
+    filename, data = stand_in_archive("set14", {"a.png": image_bytes(220, fmt="PNG")})
+    server.add(f"/{filename}", data)
+    monkeypatch.setitem(fetcher.DATASETS, "set14", {**fetcher.DATASETS["set14"], "sha256": "ab" * 32})
+    status = fetcher.main(["dataset", "set14", "--out", str(raw), "--base-url", server.url("/"), "-q"])
+    assert status == 1
+    assert f"sha256 mismatch for {filename} (expected {'ab' * 32}, got {sha(data)}); the download was deleted" \
+        in caplog.text
+    assert not [p for p in raw.rglob("*") if p.is_file()]  # no archive, no part, no images, no manifest
+
+    monkeypatch.setitem(fetcher.DATASETS, "urban100", {**fetcher.DATASETS["urban100"], "md5": "0" * 32})
+    filename, data = stand_in_archive("urban100", {"a.png": image_bytes(221, fmt="PNG")})
+    server.add(f"/{filename}", data)
+    summary = fetcher.fetch_dataset("urban100", raw, base_url=server.url("/"), retry=retry, progress=False)
+    assert summary.fetched == 0 and summary.failed[0][1].startswith(f"md5 mismatch for {filename}")
+    assert not [p for p in raw.rglob("*") if p.is_file()]
+
+
+def test_unpublished_checksum_is_reported_as_not_verified(server, raw, retry, monkeypatch, caplog):
+    filename, data = stand_in_archive("bsd100", {"3096.png": image_bytes(230, fmt="PNG")})
+    server.add(f"/{filename}", data)
+    assert fetcher.DATASETS["bsd100"]["sha256"] is None
+    with caplog.at_level(logging.WARNING, logger="fetcher"):
+        summary = fetcher.fetch_dataset("bsd100", raw, base_url=server.url("/"), retry=retry, progress=False)
+    assert summary.fetched == 1
+    assert f"{filename}: sha256 {sha(data)} (not verified" in caplog.text
+    record = json.loads((raw / ".downloads" / f"{filename}.done.json").read_text())
+    assert (record["sha256"], record["verified_by"]) == (sha(data), None)
+
+
+def test_registry_download_cut_short_extracts_nothing_and_resumes(server, raw, retry, monkeypatch):
+    images = {f"n{i}.png": noise_png(240 + i) for i in range(2)}
+    filename, data = stand_in_archive("set5", images)
+    server.add(f"/{filename}", data)
+    monkeypatch.setitem(fetcher.DATASETS, "set5", {**fetcher.DATASETS["set5"], "sha256": sha(data)})
+    server.fault(f"/{filename}", {"drop_after": len(data) // 3})
+    once = fetcher.RetryPolicy(retries=0, sleep=retry.sleep)
+    cut = fetcher.fetch_dataset("set5", raw, base_url=server.url("/"), retry=once, progress=False)
+    assert cut.fetched == 0 and "gave up after 1 try" in cut.failed[0][1]
+    assert not (raw / "set5").exists() and not (raw / "manifest.jsonl").exists()  # nothing half-extracted
+    kept = (raw / ".downloads" / f"{filename}.part").stat().st_size
+    assert kept == len(data) // 3
+
+    whole = fetcher.fetch_dataset("set5", raw, base_url=server.url("/"), retry=retry, progress=False)
+    assert whole.ok and whole.fetched == 2
+    assert server.requests(f"/{filename}")[-1]["headers"]["Range"] == f"bytes={kept}-"
+    assert sorted(p.name for p in (raw / "set5").iterdir()) == sorted(images)
+
+
+def test_oversized_members_are_refused(server, raw, retry):
+    big, small = noise_png(250), image_bytes(251, fmt="PNG")
+    server.add("/mixed.tar.gz", make_tar({"mixed/big.png": big, "mixed/small.png": small}))
+    summary = fetcher.fetch_archive(server.url("/mixed.tar.gz"), raw, retry=retry, progress=False,
+                                    max_member_bytes=len(big) - 1)
+    assert summary.fetched == 1
+    assert [(item, reason.split(" (")[0]) for item, reason in summary.failed] == [("mixed/big.png",
+                                                                                   "member too large")]
+    assert sorted(p.name for p in (raw / "mixed/mixed").iterdir()) == ["small.png"]
+
+
+def test_extraction_stops_before_the_disk_fills(server, raw, retry, monkeypatch):
+    server.add("/set.zip", make_zip({f"{i}.png": image_bytes(260 + i, fmt="PNG") for i in range(3)}))
+    monkeypatch.setattr(fetcher, "DISK_RESERVE_BYTES", shutil.disk_usage(raw.parent).free * 4)
+    summary = fetcher.fetch_archive(server.url("/set.zip"), raw, retry=retry, progress=False)
+    assert summary.fetched == 0 and len(summary.failed) == 1 and "disk nearly full" in summary.failed[0][1]
+    assert not (raw / ".downloads/set.zip.done.json").exists()  # incomplete: the next run extracts again
 
 
 def test_safe_member_path():
@@ -579,8 +717,19 @@ def test_local_rerun_reads_nothing_and_new_files_are_picked_up(wallpapers, raw, 
 
 def test_local_ignores_the_output_folder_inside_the_source(wallpapers):
     raw = wallpapers / "raw"
-    fetcher.fetch_local(wallpapers, raw, progress=False)
-    assert fetcher.fetch_local(wallpapers, raw, progress=False).skipped == 4
+    first = fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert (first.fetched, first.duplicates, len(first.failed)) == (3, 1, 1)
+    paths = sorted(e["path"] for e in manifest_lines(raw))
+    assert paths == ["local/backgrounds/nature/hd/forest.JPG", "local/backgrounds/nature/lake.png",
+                     "local/backgrounds/sky.jpg"]  # nothing from backgrounds/raw/ itself
+    assert not [e for e in manifest_lines(raw) if Path(e["origin"]).is_relative_to(raw)]
+
+    lines_before = (raw / "manifest.jsonl").read_text()
+    again = fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert (again.fetched, again.duplicates, again.skipped) == (0, 0, 4)  # 3 copies + the known duplicate
+    assert [Path(item).name for item, _ in again.failed] == ["broken.jpg"]  # the copies in raw/ are not sources
+    assert (raw / "manifest.jsonl").read_text() == lines_before
+    assert not (raw / "local/backgrounds/raw").exists()
 
 
 def test_local_cli_and_missing_folder(wallpapers, raw, tmp_path, capsys):
