@@ -28,6 +28,7 @@ is usable from a notebook and returns a Summary.
 import argparse
 import contextlib
 import email.utils
+import fnmatch
 import hashlib
 import json
 import logging
@@ -35,10 +36,13 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -50,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urljoin, urlsplit
 
+import numpy as np
 import requests
 import urllib3
 from PIL import Image
@@ -1318,6 +1323,336 @@ def _human_bytes(size: int | None) -> str:
 
 
 # -----------------------------------------------------------------------------
+# source: Debian packages
+
+DEBIAN_RESERVED = {"ukui-wallpapers": "reserved for evaluation"}  # refused without allow_eval
+PHOTO_MIN_SIDE = 512  # --photos-only leaves out images with a shorter side than this
+DRAWN_MAX_COLOUR_SHARE = 0.10  # unique colours per pixel of a 128 px thumbnail below this: flat, drawn
+DRAWN_MAX_DETAIL = 1.5  # mean |Laplacian| (grey levels) of that thumbnail below this: smooth, rendered
+VECTOR_SUFFIXES = (".svg", ".svgz")
+APT_TIMEOUT = 600  # seconds for one `apt-get download`
+_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[A-Za-z0-9.+~:-]+)?")
+_AR_MAGIC = b"!<arch>\n"
+
+
+def fetch_debian(packages: Iterable[str] = (), out_dir: str | Path = OUT_DIR, *, debs: Iterable[str | Path] = (),
+                 photos_only: bool = False, include: Iterable[str] = (), allow_eval: bool = False,
+                 apt_get: Iterable[str] = ("apt-get",), min_side: int = PHOTO_MIN_SIDE, limit: int | None = None,
+                 progress: bool = True, verify: bool = False) -> Summary:
+    """Images from Debian packages into out_dir/debian/PACKAGE/, each with its package, version and licence.
+
+    Packages are downloaded with `apt-get download` (apt_get: the command, e.g. for a test double) into a
+    temporary folder; debs are .deb files already on disk. Only image members of data.tar are extracted
+    (optionally only those matching an include glob); each gets the License: of the DEP-5 copyright
+    paragraph that covers it (else the header's) and a "kind": photo or drawn. photos_only leaves out
+    drawn images and images with a side shorter than min_side; vector images are always left out. A
+    package without images, or whose licence cannot be stated, is reported and skipped before anything
+    of it is written. Packages reserved for evaluation are refused unless allow_eval.
+    """
+    started = time.monotonic()
+    packages, include = list(packages), list(include)
+    for package in packages:
+        _check_package_name(package)
+        _check_allowed(package.split(":")[0].split("=")[0], allow_eval)
+    out = Path(out_dir)
+    (out / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    with tempfile.TemporaryDirectory(prefix="debian-", dir=out / DOWNLOADS) as tmp:
+        deb_files = [Path(deb) for deb in debs]
+        for package in packages:
+            try:
+                deb_files.append(apt_download(package, Path(tmp), apt_get))
+            except FetchError as exc:
+                summary.failed.append((package, str(exc)))
+        for deb in deb_files:
+            try:
+                summary.add(extract_deb_images(deb, out, photos_only=photos_only, include=include,
+                                               allow_eval=allow_eval, min_side=min_side, limit=limit,
+                                               progress=progress, verify=verify, work_dir=Path(tmp)))
+            except FetchError as exc:
+                summary.failed.append((deb.name, str(exc)))  # reported; nothing of it was written
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _check_package_name(package: str) -> None:
+    """Refuse anything but a Debian package name (optionally :arch and =version): no options for apt-get."""
+    if not _PACKAGE_NAME.fullmatch(package):
+        raise FetchError(f"{package!r} is not a Debian package name")
+
+
+def _check_allowed(package: str, allow_eval: bool) -> None:
+    if package in DEBIAN_RESERVED and not allow_eval:
+        raise FetchError(f"{package} is {DEBIAN_RESERVED[package]}: it is not fetched for training "
+                         "(pass --allow-eval to fetch it for evaluation)")
+
+
+def apt_download(package: str, folder: Path, apt_get: Iterable[str] = ("apt-get",)) -> Path:
+    """Download PACKAGE's .deb with `apt-get download` into folder; its path, or FetchError."""
+    _check_package_name(package)
+    command = [*apt_get, "download", package]
+    try:
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=APT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FetchError(f"apt-get download {package}: {exc}") from None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise FetchError(f"apt-get download {package} failed: {lines[-1]}")
+    name = package.split(":")[0].split("=")[0]
+    found = sorted(folder.glob(f"{name}_*.deb"))
+    if not found:
+        raise FetchError(f"apt-get download {package} left no {name}_*.deb")
+    return found[-1]
+
+
+def read_ar(path: Path) -> dict[str, tuple[int, int]]:
+    """The members of an ar archive (a .deb): name -> (offset of its data, size)."""
+    members = {}
+    with open(path, "rb") as f:
+        if f.read(len(_AR_MAGIC)) != _AR_MAGIC:
+            raise FetchError(f"{path.name}: not a .deb (no ar archive header)")
+        while header := f.read(60):
+            if len(header) < 60 or header[58:60] != b"`\n":
+                raise FetchError(f"{path.name}: damaged ar member header")
+            name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+            try:
+                size = int(header[48:58].decode("ascii").strip())
+            except ValueError:
+                raise FetchError(f"{path.name}: damaged ar member size") from None
+            members[name] = (f.tell(), size)
+            f.seek(size + size % 2, os.SEEK_CUR)  # members are aligned to even offsets
+    if members.get("debian-binary") is None:
+        raise FetchError(f"{path.name}: not a .deb (no debian-binary member)")
+    return members
+
+
+def _ar_member_to_file(deb: Path, members: dict[str, tuple[int, int]], name: str, dest: Path) -> Path:
+    offset, size = members[name]
+    with open(deb, "rb") as src, open(dest, "wb") as dst:
+        src.seek(offset)
+        remaining = size
+        while remaining and (chunk := src.read(min(CHUNK_BYTES, remaining))):
+            dst.write(chunk)
+            remaining -= len(chunk)
+    if remaining:
+        raise FetchError(f"{deb.name}: {name} is cut short")
+    return dest
+
+
+def _deb_tar(deb: Path, members: dict[str, tuple[int, int]], stem: str, work_dir: Path) -> Path:
+    """control.tar.* or data.tar.* of a .deb as a file tarfile can read (zstd through dpkg-deb)."""
+    name = next((n for n in members if n == stem or n.startswith(stem + ".")), None)
+    if name is None:
+        raise FetchError(f"{deb.name}: no {stem} member")
+    dest = Path(tempfile.mkstemp(prefix=f"{stem}-", dir=work_dir)[1])
+    if not name.endswith(".zst"):
+        return _ar_member_to_file(deb, members, name, dest)
+    if stem != "data.tar" or not shutil.which("dpkg-deb"):
+        dest.unlink(missing_ok=True)
+        raise FetchError(f"{deb.name}: {name} is zstd-compressed, which needs dpkg-deb")
+    with open(dest, "wb") as f:
+        result = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=f, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        dest.unlink(missing_ok=True)
+        raise FetchError(f"{deb.name}: dpkg-deb --fsys-tarfile failed: {result.stderr.decode().strip()[:200]}")
+    return dest
+
+
+def _rfc822_paragraphs(text: str) -> list[dict[str, str]]:
+    """Paragraphs of a Debian control-style file: lower-cased field -> value (continuation lines joined)."""
+    paragraphs, current, key = [], {}, None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+            current, key = {}, None
+        elif line.startswith("#"):
+            continue
+        elif line[0] in " \t":
+            if key:
+                current[key] += "\n" + ("" if line.strip() == "." else line.strip())
+        else:
+            name, sep, value = line.partition(":")
+            if sep:
+                key = name.strip().lower()
+                current[key] = value.strip()
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+@dataclass
+class Dep5:
+    """A machine-readable (DEP-5) debian/copyright: the header and the Files paragraphs, in order."""
+
+    header: dict[str, str]
+    files: list[tuple[list[str], dict[str, str]]]
+
+    @classmethod
+    def parse(cls, text: str) -> "Dep5":
+        """Parse a copyright file; FetchError when it is not in the machine-readable format."""
+        paragraphs = _rfc822_paragraphs(text)
+        if not paragraphs or "format" not in paragraphs[0] or "files" in paragraphs[0]:
+            raise FetchError("the copyright file is not machine-readable (no DEP-5 Format: header)")
+        files = [(p["files"].split(), p) for p in paragraphs[1:] if "files" in p]
+        return cls(paragraphs[0], files)
+
+    def licence_for(self, installed: str) -> tuple[str, str | None, str] | None:
+        """(licence, copyright, "files" or "header") for an installed file, or None when nothing says.
+
+        Files: patterns are relative to the source tree, so they are matched against every tail of the
+        installed path (usr/share/backgrounds/x.jpg, share/backgrounds/x.jpg, backgrounds/x.jpg, x.jpg);
+        as in DEP-5, the last paragraph that matches wins.
+        """
+        parts = PurePosixPath(installed).parts
+        tails = ["/".join(parts[i:]) for i in range(len(parts))]
+        for patterns, paragraph in reversed(self.files):
+            if any(_dep5_match(pattern, tail) for pattern in patterns for tail in tails):
+                licence = _short_licence(paragraph.get("license", ""))
+                if licence:
+                    return licence, paragraph.get("copyright"), "files"
+                break
+        licence = _short_licence(self.header.get("license", ""))
+        return (licence, self.header.get("copyright"), "header") if licence else None
+
+
+def _dep5_match(pattern: str, path: str) -> bool:
+    """DEP-5 glob: * matches any characters (also /), ? one; nothing else is special."""
+    regex = re.escape(pattern.strip("./") if pattern not in ("*", ".") else pattern)
+    return re.fullmatch(regex.replace(r"\*", ".*").replace(r"\?", "."), path) is not None
+
+
+def _short_licence(value: str) -> str:
+    """The short licence name: the first line of a License: field."""
+    return value.split("\n", 1)[0].strip()
+
+
+def image_kind(path: Path) -> str:
+    """"drawn" for flat or smooth images (few colours for its kind, or little fine detail, in a 128 px
+    thumbnail: vector art, gradients, logos), else "photo". A heuristic: it reads the pixels only."""
+    with Image.open(path) as im:
+        im.draft("RGB", (256, 256))  # JPEGs decode at a fraction of their size
+        rgb = im.convert("RGB")
+    rgb.thumbnail((128, 128))
+    a = np.asarray(rgb, dtype=np.int32)
+    colours = np.unique((a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]).size
+    grey = a.mean(axis=2)
+    is_grey = bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+    possible = min(grey.size, 256) if is_grey else grey.size  # a grey photo has at most 256 levels
+    laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    detail = float(np.abs(laplacian).mean()) if laplacian.size else 0.0
+    flat = colours / possible < DRAWN_MAX_COLOUR_SHARE or detail < DRAWN_MAX_DETAIL
+    return "drawn" if flat else "photo"
+
+
+def extract_deb_images(deb: str | Path, out_dir: str | Path, *, photos_only: bool = False,
+                       include: Iterable[str] = (), allow_eval: bool = False, min_side: int = PHOTO_MIN_SIDE,
+                       limit: int | None = None, progress: bool = True, verify: bool = False,
+                       work_dir: Path | None = None) -> Summary:
+    """Extract the images of one .deb into out_dir/debian/PACKAGE/ (see fetch_debian); FetchError when the
+    package is refused (reserved, no images, no statable licence) before anything is written."""
+    deb, out = Path(deb), Path(out_dir)
+    members = read_ar(deb)
+    with tempfile.TemporaryDirectory(prefix="deb-", dir=work_dir) as tmp:
+        with tarfile.open(_deb_tar(deb, members, "control.tar", Path(tmp)), "r:*") as tf:
+            control = _deb_control(tf, deb)
+        package, version = control.get("package", ""), control.get("version", "")
+        if not package:
+            raise FetchError(f"{deb.name}: its control file names no Package")
+        _check_allowed(package, allow_eval)
+        data_tar = _deb_tar(deb, members, "data.tar", Path(tmp))
+        with tarfile.open(data_tar, "r:*") as tf:
+            copyright_text, wanted = _scan_data_tar(tf, package, list(include))
+        if copyright_text is None:
+            raise FetchError(f"licence cannot be stated (no usr/share/doc/{package}/copyright file)")
+        try:
+            licences = Dep5.parse(copyright_text)
+        except FetchError as exc:
+            raise FetchError(f"licence cannot be stated ({exc})") from None
+        if not any(not n.lower().endswith(VECTOR_SUFFIXES) for n in wanted):
+            raise FetchError("no raster images" + (" matching --include" if include else "") + f" in {package}")
+        base = {"source": "debian", "package": package, "version": version, "deb": deb.name}
+        if package in DEBIAN_RESERVED:
+            base["reserved"] = DEBIAN_RESERVED[package]
+        with tarfile.open(data_tar, "r:*") as tf:
+            return _extract_deb_members(tf, wanted, out, package, base, licences, photos_only=photos_only,
+                                        min_side=min_side, limit=limit, progress=progress, verify=verify)
+
+
+def _deb_control(tf: tarfile.TarFile, deb: Path) -> dict[str, str]:
+    for member in tf:
+        if member.isfile() and member.name.removeprefix("./") == "control":
+            text = tf.extractfile(member).read().decode("utf-8", "replace")
+            return (_rfc822_paragraphs(text) or [{}])[0]
+    raise FetchError(f"{deb.name}: no control file in control.tar")
+
+
+def _scan_data_tar(tf: tarfile.TarFile, package: str, include: list[str]) -> tuple[str | None, set[str]]:
+    """The package's copyright text (None if absent or a link) and the names of its image members."""
+    copyright_path = f"usr/share/doc/{package}/copyright"
+    copyright_text, wanted = None, set()
+    for member in tf:
+        path = member.name.removeprefix("./")
+        if path == copyright_path and member.isfile():
+            copyright_text = tf.extractfile(member).read().decode("utf-8", "replace")
+        elif (member.isfile() and path.lower().endswith(IMAGE_SUFFIXES + VECTOR_SUFFIXES)
+              and (not include or any(fnmatch.fnmatchcase(path, glob.lstrip("/")) for glob in include))):
+            wanted.add(member.name)
+    return copyright_text, wanted
+
+
+def _extract_deb_members(tf: tarfile.TarFile, wanted: set[str], out: Path, package: str, base: dict,
+                         licences: Dep5, *, photos_only: bool, min_side: int, limit: int | None, progress: bool,
+                         verify: bool) -> Summary:
+    """Extract the wanted image members of an open data.tar through the job runner."""
+    manifest = Manifest(out)
+    runner = JobRunner(manifest, desc=f"debian {package}", total=len(wanted), progress=progress)
+
+    def screen(tmp: Path, info: tuple[str, int, int], job: Job) -> str | None:
+        kind = job.meta["kind"] = image_kind(tmp)
+        if photos_only and kind != "photo":
+            return "drawn (few colours or little fine detail)"
+        if photos_only and min(info[1], info[2]) < min_side:
+            return f"small ({info[1]}x{info[2]}; photos need a {min_side} px short side)"
+        return None
+
+    taken = 0
+    try:
+        for name, _, size, opener in _tar_members(tf):
+            if name not in wanted:
+                continue
+            if limit is not None and taken >= limit:
+                break
+            taken += 1
+            try:
+                rel_member = safe_member_path(name)
+            except FetchError as exc:
+                runner.record(name, REJECTED, str(exc))
+                continue
+            if name.lower().endswith(VECTOR_SUFFIXES):
+                runner.record(name, LEFT_OUT, "vector image")
+                continue
+            rel = f"debian/{package}/{rel_member.as_posix()}"
+            licence = licences.licence_for(rel_member.as_posix())
+            if licence is None:
+                runner.record(name, REJECTED, "licence cannot be stated (no copyright paragraph covers it)")
+            elif manifest.is_whole(rel, verify=verify):
+                runner.skip(rel)
+            else:
+                meta = {**base, "license": licence[0], "license_from": licence[2], "attribution": licence[1],
+                        "member": rel_member.as_posix()}
+                job = Job(rel=rel, key=f"debian:{package}={base['version']}:{name}", size=size, meta=meta)
+                try:
+                    runner.record(name, *_extract_one(opener, job, manifest, MAX_MEMBER_BYTES, screen))
+                except DiskFull as exc:
+                    runner.record(name, FAILED, str(exc))
+                    break
+    finally:
+        summary = runner.finish()
+    return summary
+
+
+# -----------------------------------------------------------------------------
 # source: a local folder
 
 
@@ -1424,7 +1759,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("-v", "--verbose", action="store_true", help="log every retry and failure")
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      epilog="Re-running a command skips what is already there and whole.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -1458,6 +1793,20 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("name", nargs="?", help=", ".join(DATASETS))
     ds.add_argument("--list", action="store_true", help="print the registry: name, size, licence, URL")
     ds.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting it")
+
+    db = sub.add_parser("debian", parents=[common], help="images of Debian packages (apt-get download), with "
+                        "package, version and licence in the manifest")
+    db.add_argument("packages", nargs="*", metavar="PACKAGE", help="package names for apt-get download")
+    db.add_argument("--deb", type=Path, action="append", default=[], metavar="FILE",
+                    help="a .deb file already on disk (repeatable; no apt, no network)")
+    db.add_argument("--photos-only", action="store_true",
+                    help=f"leave out drawn/rendered images and images under {PHOTO_MIN_SIDE} px on the short side")
+    db.add_argument("--include", action="append", default=[], metavar="GLOB",
+                    help="only members matching this glob, e.g. 'usr/share/backgrounds/*' (repeatable)")
+    db.add_argument("--min-side", type=int, default=PHOTO_MIN_SIDE, help="short side a photo needs (--photos-only)")
+    db.add_argument("--allow-eval", action="store_true",
+                    help=f"allow packages reserved for evaluation ({', '.join(DEBIAN_RESERVED)})")
+    db.add_argument("--apt-get", default="apt-get", help="the apt-get command to run (default apt-get)")
 
     lo = sub.add_parser("local", parents=[common], help="copy the images of a folder, recursively")
     lo.add_argument("dir", type=Path)
@@ -1516,6 +1865,13 @@ def _run_source(args, common: dict) -> Summary | None:
             return None
         return fetch_dataset(args.name, args.out, base_url=args.base_url, limit=args.limit,
                              keep_archive=args.keep_archive, **common)
+    if args.source == "debian":
+        if not args.packages and not args.deb:
+            raise FetchError("debian: name at least one PACKAGE or --deb FILE")
+        return fetch_debian(args.packages, args.out, debs=args.deb, photos_only=args.photos_only,
+                            include=args.include, allow_eval=args.allow_eval, apt_get=shlex.split(args.apt_get),
+                            min_side=args.min_side, limit=args.limit, progress=common["progress"],
+                            verify=common["verify"])
     common.pop("retry")
     return fetch_local(args.dir, args.out, name=args.name, limit=args.limit, workers=args.workers, **common)
 
