@@ -1533,12 +1533,14 @@ def image_kind(path: Path) -> str:
     with Image.open(path) as im:
         im.draft("RGB", (256, 256))  # JPEGs decode at a fraction of their size
         rgb = im.convert("RGB")
+    size = (min(128, rgb.width), min(128, rgb.height))
+    # colours of a nearest-neighbour sample: averaging would invent in-between shades at every edge
+    sample = np.asarray(rgb.resize(size, Image.Resampling.NEAREST), dtype=np.int32)
+    colours = np.unique((sample[..., 0] << 16) | (sample[..., 1] << 8) | sample[..., 2]).size
+    is_grey = bool((sample[..., 0] == sample[..., 1]).all() and (sample[..., 1] == sample[..., 2]).all())
+    possible = min(size[0] * size[1], 256 if is_grey else size[0] * size[1])  # grey: at most 256 levels
     rgb.thumbnail((128, 128))
-    a = np.asarray(rgb, dtype=np.int32)
-    colours = np.unique((a[..., 0] << 16) | (a[..., 1] << 8) | a[..., 2]).size
-    grey = a.mean(axis=2)
-    is_grey = bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
-    possible = min(grey.size, 256) if is_grey else grey.size  # a grey photo has at most 256 levels
+    grey = np.asarray(rgb, dtype=np.float64).mean(axis=2)
     laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
     detail = float(np.abs(laplacian).mean()) if laplacian.size else 0.0
     flat = colours / possible < DRAWN_MAX_COLOUR_SHARE or detail < DRAWN_MAX_DETAIL

@@ -15,8 +15,10 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fakeserver import FakePixabay, FakeServer, image_bytes, noise_png
+from PIL import Image
 
 import fetcher
 
@@ -770,3 +772,211 @@ def test_manifest_appends_after_a_torn_line(tmp_path):
     fetcher._append_jsonl(tmp_path / "manifest.jsonl", {"path": "c.jpg", "sha256": "cc", "bytes": 1})
     assert [e["path"] for e in fetcher.read_manifest(tmp_path)] == ["a.jpg", "c.jpg"]
     assert os.path.getsize(tmp_path / "manifest.jsonl") > 0
+
+
+# ----------------------------------------------------------------------------- Debian packages
+
+
+def photo_bytes(seed: int, size: tuple[int, int], fmt: str = "JPEG", grey: bool = False) -> bytes:
+    """A photo-like image: many colours and fine detail at every scale."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (size[1] // 4, size[0] // 4, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    (img.convert("L") if grey else img).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def drawn_bytes(size: tuple[int, int], gradient: bool = False) -> bytes:
+    """A rendered image: flat shapes in three colours, or a smooth gradient."""
+    if gradient:
+        x = np.linspace(0, 255, size[0])[None, :, None]
+        y = np.linspace(0, 255, size[1])[:, None, None]
+        pixels = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2).astype(np.uint8)
+    else:
+        pixels = np.full((size[1], size[0], 3), (20, 60, 140), np.uint8)
+        pixels[size[1] // 4: size[1] // 2, size[0] // 5: size[0] // 2] = (250, 200, 0)
+        pixels[size[1] // 2:, size[0] // 2:] = (240, 240, 240)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: test-backgrounds
+License: GPL-2+
+
+Files: *
+Copyright: 2019 Test Artists
+License: GPL-2+
+ This program is free software; you can redistribute it ...
+ .
+ On Debian systems, see /usr/share/common-licenses/GPL-2.
+
+Files: backgrounds/photos/*
+Copyright: 2020 Jane Photographer
+License: CC-BY-SA-4.0
+ Attribution-ShareAlike 4.0 International
+"""
+
+
+def ar_archive(members: dict[str, bytes]) -> bytes:
+    """An ar archive (the container of a .deb), built here byte by byte."""
+    out = bytearray(b"!<arch>\n")
+    for name, data in members.items():
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    return bytes(out)
+
+
+def tar_bytes(members: dict[str, bytes], compression: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_deb(path: Path, package: str, files: dict[str, bytes], *, copyright: str | None = DEP5,
+             version: str = "1.2-3", compression: str = "xz") -> Path:
+    """A tiny .deb: debian-binary, control.tar.gz (control), data.tar.xz/.gz (files and copyright)."""
+    control = (f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: T <t@example.org>\n"
+               f"Description: test images\n").encode()
+    data = {f"./{name}": body for name, body in files.items()}
+    if copyright is not None:
+        data[f"./usr/share/doc/{package}/copyright"] = copyright.encode()
+    path.write_bytes(ar_archive({"debian-binary": b"2.0\n",
+                                 "control.tar.gz": tar_bytes({"./control": control}, "gz"),
+                                 f"data.tar.{compression}": tar_bytes(data, compression)}))
+    return path
+
+
+@pytest.fixture
+def deb_files():
+    """The images of a wallpaper-like package: a photo, two drawings, a small photo, a vector, a text file."""
+    return {"usr/share/backgrounds/photos/lake.jpg": photo_bytes(1, (640, 560)),
+            "usr/share/backgrounds/art/shapes.png": drawn_bytes((800, 600)),
+            "usr/share/backgrounds/art/gradient.png": drawn_bytes((800, 600), gradient=True),
+            "usr/share/pixmaps/small.jpg": photo_bytes(2, (300, 200)),
+            "usr/share/backgrounds/art/logo.svg": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            "usr/share/doc/test-backgrounds/README": b"hello"}
+
+
+def test_debian_deb_images_with_package_version_and_licence(tmp_path, raw, deb_files, capsys):
+    deb = make_deb(tmp_path / "test-backgrounds_1.2-3_all.deb", "test-backgrounds", deb_files)
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(raw), "-q"]) == 0
+    assert "fetched 4" in capsys.readouterr().out
+    entries = {e["path"].removeprefix("debian/test-backgrounds/"): e for e in manifest_lines(raw)}
+    assert set(entries) == {n for n in deb_files if n.endswith((".jpg", ".png"))}  # no SVG, no README
+    for member, entry in entries.items():
+        assert (entry["source"], entry["package"], entry["version"]) == ("debian", "test-backgrounds", "1.2-3")
+        assert entry["sha256"] == sha(deb_files[member]) and entry["bytes"] == len(deb_files[member])
+        assert (raw / entry["path"]).read_bytes() == deb_files[member]
+    lake = entries["usr/share/backgrounds/photos/lake.jpg"]
+    assert (lake["license"], lake["attribution"], lake["license_from"]) == ("CC-BY-SA-4.0", "2020 Jane Photographer",
+                                                                           "files")
+    assert entries["usr/share/pixmaps/small.jpg"]["license"] == "GPL-2+"
+    assert {m: e["kind"] for m, e in entries.items()} == {
+        "usr/share/backgrounds/photos/lake.jpg": "photo", "usr/share/backgrounds/art/shapes.png": "drawn",
+        "usr/share/backgrounds/art/gradient.png": "drawn", "usr/share/pixmaps/small.jpg": "photo"}
+
+    again = fetcher.fetch_debian(debs=[deb], out_dir=raw, progress=False)
+    assert (again.fetched, again.skipped, again.left_out, again.ok) == (0, 4, 1, True)  # the SVG, again
+    assert len(manifest_lines(raw)) == 4
+
+
+def test_debian_photos_only_and_include(tmp_path, raw, deb_files):
+    deb = make_deb(tmp_path / "bg.deb", "test-backgrounds", deb_files, compression="gz")
+    summary = fetcher.fetch_debian(debs=[deb], out_dir=raw, photos_only=True, progress=False)
+    assert (summary.fetched, summary.left_out, summary.ok) == (1, 4, True)  # shapes, gradient, small, svg
+    assert [e["path"] for e in manifest_lines(raw)] == ["debian/test-backgrounds/usr/share/backgrounds/photos/lake.jpg"]
+
+    other = tmp_path / "raw2"
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(other), "--include", "usr/share/pixmaps/*",
+                         "-q"]) == 0
+    assert [e["path"] for e in manifest_lines(other)] == ["debian/test-backgrounds/usr/share/pixmaps/small.jpg"]
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(other), "--include", "usr/share/pixmaps/*",
+                         "--photos-only", "--min-side", "200", "-q"]) == 0  # small is a photo of 300x200
+
+
+def test_debian_reserved_package_needs_allow_eval(tmp_path, raw, deb_files, caplog):
+    never = [sys.executable, "-c", "raise SystemExit('apt-get must not run')"]
+    assert fetcher.main(["debian", "ukui-wallpapers", "--out", str(raw), "--apt-get", " ".join(never)]) == 1
+    assert "ukui-wallpapers is reserved for evaluation" in caplog.text and "--allow-eval" in caplog.text
+    assert "must not run" not in caplog.text
+
+    deb = make_deb(tmp_path / "renamed.deb", "ukui-wallpapers", deb_files)  # the control file says who it is
+    refused = fetcher.fetch_debian(debs=[deb], out_dir=raw, progress=False)
+    assert refused.fetched == 0 and "reserved for evaluation" in refused.failed[0][1]
+    assert not (raw / "debian").exists() and not (raw / "manifest.jsonl").exists()
+
+    allowed = fetcher.fetch_debian(debs=[deb], out_dir=raw, allow_eval=True, progress=False)
+    assert allowed.fetched == 4 and {e["reserved"] for e in manifest_lines(raw)} == {"reserved for evaluation"}
+
+
+@pytest.mark.parametrize("copyright_text, reason", [
+    (None, "licence cannot be stated (no usr/share/doc/pkg/copyright file)"),
+    ("This package was debianized by someone.\nIt is GPL.\n",
+     "licence cannot be stated (the copyright file is not machine-readable (no DEP-5 Format: header))")])
+def test_debian_package_without_a_statable_licence_is_skipped(tmp_path, raw, deb_files, copyright_text, reason):
+    deb = make_deb(tmp_path / "pkg.deb", "pkg", deb_files, copyright=copyright_text, compression="gz")
+    good = make_deb(tmp_path / "good.deb", "good", {"usr/share/backgrounds/photos/a.jpg": photo_bytes(5, (600, 600))})
+    summary = fetcher.fetch_debian(debs=[deb, good], out_dir=raw, progress=False)
+    assert summary.failed == [("pkg.deb", reason)] and summary.fetched == 1
+    assert not (raw / "debian/pkg").exists()  # nothing of the refused package was written
+    assert not [p for p in raw.rglob("*.part")]
+
+
+def test_debian_package_without_images_is_reported(tmp_path, raw, capsys):
+    deb = make_deb(tmp_path / "fonts.deb", "fonts-x", {"usr/share/fonts/x.ttf": b"\0\1\0\0",
+                                                         "usr/share/icons/x.svg": b"<svg/>"})
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(raw), "-q"]) == 1
+    assert "failed 1 (no raster images in fonts-x: 1)" in capsys.readouterr().out
+    assert not (raw / "debian").exists()
+
+
+def test_debian_download_through_apt_get(tmp_path, raw, deb_files):
+    deb = make_deb(tmp_path / "built.deb", "test-backgrounds", deb_files)
+    fake = tmp_path / "fake-apt-get.py"  # stands in for apt-get: `download NAME` leaves NAME_VERSION_all.deb
+    fake.write_text("import shutil, sys\nassert sys.argv[1] == 'download'\n"
+                    f"if sys.argv[2] != 'test-backgrounds':\n    sys.exit('E: Unable to locate package ' + sys.argv[2])\n"
+                    f"shutil.copy({str(deb)!r}, sys.argv[2] + '_1.2-3_all.deb')\n")
+    apt = [sys.executable, str(fake)]
+    summary = fetcher.fetch_debian(["test-backgrounds", "no-such-pkg"], raw, apt_get=apt, progress=False)
+    assert summary.fetched == 4
+    assert summary.failed == [("no-such-pkg", "apt-get download no-such-pkg failed: E: Unable to locate package "
+                                              "no-such-pkg")]
+    assert {e["deb"] for e in manifest_lines(raw)} == {"test-backgrounds_1.2-3_all.deb"}
+    assert not list((raw / ".downloads").iterdir())  # the downloaded .deb and its unpacked tars are gone
+    with pytest.raises(fetcher.FetchError, match="not a Debian package name"):
+        fetcher.fetch_debian(["-oAPT::Get::Something=1"], raw, apt_get=apt, progress=False)
+
+
+def test_debian_not_a_deb_is_a_clear_error(tmp_path, raw):
+    junk = tmp_path / "junk.deb"
+    junk.write_bytes(b"PK\3\4 not an ar archive")
+    summary = fetcher.fetch_debian(debs=[junk], out_dir=raw, progress=False)
+    assert summary.failed == [("junk.deb", "junk.deb: not a .deb (no ar archive header)")]
+
+
+def test_dep5_licence_lookup():
+    dep5 = fetcher.Dep5.parse(DEP5 + "\nFiles: debian/*\nLicence-note: x\nLicense: MIT\n")
+    assert dep5.licence_for("usr/share/backgrounds/photos/lake.jpg") == ("CC-BY-SA-4.0", "2020 Jane Photographer",
+                                                                        "files")
+    assert dep5.licence_for("usr/share/pixmaps/a.png")[::2] == ("GPL-2+", "files")
+    only_header = fetcher.Dep5.parse("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+                                     "License: CC0-1.0\n\nFiles: src/*\nCopyright: x\nLicense: MIT\n")
+    assert only_header.licence_for("usr/share/backgrounds/a.jpg") == ("CC0-1.0", None, "header")
+    assert only_header.licence_for("usr/share/doc/src/a.jpg")[0] == "MIT"  # a tail matches src/*
+
+
+def test_image_kind_tells_photos_from_drawings(tmp_path):
+    cases = {"photo.jpg": (photo_bytes(3, (640, 480)), "photo"),
+             "grey-photo.jpg": (photo_bytes(4, (640, 480), grey=True), "photo"),
+             "shapes.png": (drawn_bytes((640, 480)), "drawn"),
+             "gradient.png": (drawn_bytes((640, 480), gradient=True), "drawn")}
+    for name, (body, kind) in cases.items():
+        (tmp_path / name).write_bytes(body)
+        assert fetcher.image_kind(tmp_path / name) == kind, name
