@@ -104,8 +104,9 @@ DISK_RESERVE_BYTES = 1 << 30  # extraction stops before the disk holding RAW has
 # verified, and its computed sha256 is printed and kept in RAW/.downloads/NAME.done.json.
 #   div2k, dtd, places365-val: sha256 and bytes from TensorFlow Datasets' url_checksums (div2k.txt,
 #   dtd.txt, places365_small.txt); openimages-valid: from open_images_v4.txt (the same object over http).
-#   urban100: the archive's md5 as published with deepinv's Urban100 loader. set5, set14, bsd100,
-#   flickr2k, bsds500: no published checksum found.
+#   places365-val also has the md5 of the Places download page (as torchvision's Places365 loader
+#   quotes it); both are checked. urban100: the archive's md5 as published in deepinv's Urban100
+#   examples. set5, set14, bsd100, flickr2k, bsds500: no published checksum found.
 _HF_SR = "https://huggingface.co/datasets/eugenesiow/{0}/resolve/main/data/{0}_HR.tar.gz"
 _SR_ABOUT = "HR PNGs of the {} super-resolution benchmark (the folder is flow.py evaluate --data input)"
 DATASETS = {
@@ -156,7 +157,7 @@ DATASETS = {
                              about="Open Images validation split (V4-V7 share these 41,620 images), JPEGs"),
     "places365-val": dict(url="http://data.csail.mit.edu/places/places365/val_256.tar", root="val_256/",
                           sha256="24b4e639ef12a0012af525bc4cb443e4ab4aaea8369a1fb009b70e4a4aad5d48",
-                          bytes=525158400, images=36500, homepage="http://places2.csail.mit.edu/download.html",
+                          md5="e27b17d8d44f4af9a78502beb927f808", bytes=525158400, images=36500, homepage="http://places2.csail.mit.edu/download.html",
                           license="non-commercial research and education; cite Zhou et al., TPAMI 2017",
                           about="Places365 validation images at 256x256 (Places205 has no validation archive "
                                 "of its own)"),
@@ -1059,7 +1060,7 @@ def fetch_archive(url: str, out_dir: str | Path = OUT_DIR, *, sha256: str | None
         else:
             summary.add(result.summary)
             if result.complete:
-                verified = "sha256" if sha256 else "md5" if md5 else None
+                verified = "+".join(name for name, value in (("sha256", sha256), ("md5", md5)) if value) or None
                 resizer.write_json(record_path, {"url": url, "sha256": digest, "verified_by": verified,
                                                  "limit": limit, "files": result.files,
                                                  "rejected": result.rejected})
@@ -1301,7 +1302,7 @@ def dataset_table() -> str:
     """The registry as a text table: name, images, archive size, checksum, licence / citation, URL."""
     rows = [("NAME", "IMAGES", "SIZE", "CHECKSUM", "LICENCE / CITATION", "URL")]
     for name, entry in DATASETS.items():
-        check = "sha256" if entry.get("sha256") else "md5" if entry.get("md5") else "none"
+        check = "+".join(name for name in ("sha256", "md5") if entry.get(name)) or "none"
         rows.append((name, str(entry["images"]), _human_bytes(entry.get("bytes")), check,
                      entry.get("license", "?"), entry["url"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
@@ -1382,6 +1383,7 @@ def _check_package_name(package: str) -> None:
 
 
 def _check_allowed(package: str, allow_eval: bool) -> None:
+    """Refuse a package reserved for evaluation unless allow_eval."""
     if package in DEBIAN_RESERVED and not allow_eval:
         raise FetchError(f"{package} is {DEBIAN_RESERVED[package]}: it is not fetched for training "
                          "(pass --allow-eval to fetch it for evaluation)")
@@ -1427,6 +1429,7 @@ def read_ar(path: Path) -> dict[str, tuple[int, int]]:
 
 
 def _ar_member_to_file(deb: Path, members: dict[str, tuple[int, int]], name: str, dest: Path) -> Path:
+    """Copy one member of an ar archive to dest."""
     offset, size = members[name]
     with open(deb, "rb") as src, open(dest, "wb") as dst:
         src.seek(offset)
@@ -1582,6 +1585,7 @@ def extract_deb_images(deb: str | Path, out_dir: str | Path, *, photos_only: boo
 
 
 def _deb_control(tf: tarfile.TarFile, deb: Path) -> dict[str, str]:
+    """The fields of control.tar's control file (package, version, ...)."""
     for member in tf:
         if member.isfile() and member.name.removeprefix("./") == "control":
             text = tf.extractfile(member).read().decode("utf-8", "replace")

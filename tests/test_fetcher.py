@@ -980,3 +980,14 @@ def test_image_kind_tells_photos_from_drawings(tmp_path):
     for name, (body, kind) in cases.items():
         (tmp_path / name).write_bytes(body)
         assert fetcher.image_kind(tmp_path / name) == kind, name
+
+
+def test_check_archive_checks_every_published_digest(tmp_path):
+    archive = tmp_path / "val_256.tar"
+    archive.write_bytes(b"stand-in archive bytes")
+    data = archive.read_bytes()
+    md5 = hashlib.md5(data).hexdigest()
+    assert fetcher.check_archive(archive, sha256=sha(data), md5=md5) == sha(data)
+    with pytest.raises(fetcher.FetchError, match=f"md5 mismatch for val_256.tar \\(expected {'0' * 32}, got {md5}\\)"):
+        fetcher.check_archive(archive, sha256=sha(data), md5="0" * 32)
+    assert not archive.exists()  # a download that fails its check is not kept
