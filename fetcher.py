@@ -1521,7 +1521,7 @@ class Dep5:
 
 def _dep5_match(pattern: str, path: str) -> bool:
     """DEP-5 glob: * matches any characters (also /), ? one; nothing else is special."""
-    regex = re.escape(pattern.strip("./") if pattern not in ("*", ".") else pattern)
+    regex = re.escape(pattern.removeprefix("./"))
     return re.fullmatch(regex.replace(r"\*", ".*").replace(r"\?", "."), path) is not None
 
 
