@@ -1,21 +1,34 @@
-"""Fetch lots of images into a RAW folder: Pixabay, URL lists, archives, a dataset registry, local folders.
+"""Fetch lots of images into a RAW folder: Pixabay, URL lists, archives, a dataset registry, Debian packages,
+local folders.
 
     python fetcher.py pixabay "mountain lake" --limit 300 --out data/raw      # key in PIXABAY_API_KEY
     python fetcher.py urls urls.txt --out data/raw
     python fetcher.py archive https://example.org/photos.tar.gz --sha256 HEX --out data/raw
-    python fetcher.py dataset div2k-valid --out data/raw                      # `dataset` alone lists them
+    python fetcher.py dataset --list                                          # the registry, as a table
+    python fetcher.py dataset set5 --out data/raw                             # then: flow.py evaluate --data data/raw/set5
+    python fetcher.py debian mate-backgrounds --out data/raw --photos-only
     python fetcher.py local /usr/share/backgrounds --out data/raw
 
-RAW/ receives image files and RAW/manifest.jsonl, one JSON object a line (path, sha256, bytes, source, url,
-attribution), as ../shared/DESIGN.md describes; create_dataset.py reads it. Downloads run on concurrent
-workers with retries (exponential backoff with jitter, Retry-After honoured), resume partial files
-(NAME.part) with HTTP Range requests, are checked to really be images, de-duplicated by sha256 and renamed
-into place atomically. Re-running a fetch skips what is already there and whole, so an interrupted fetch
-continues where it stopped. Every function here is usable from a notebook and returns a Summary.
+The RAW folder contract (create_dataset.py reads it):
+  RAW/ holds the image files, in one sub-folder per source (urls/, pixabay/, local/NAME/, debian/PACKAGE/,
+  a dataset's or archive's NAME/), and RAW/manifest.jsonl: one JSON object a line, one line per file, with
+  path (relative to RAW, "/" separators), sha256, bytes, width, height, source (url, pixabay, archive,
+  debian, local), url where the file was downloaded, and attribution and licence fields where the source
+  gives them (pixabay: user, pageURL, license; debian: package, version, license, attribution; datasets:
+  dataset, homepage, license). Files are checked to really be images, de-duplicated by sha256 and renamed
+  into place atomically, so a file listed in the manifest is whole. Re-running a command skips what is
+  already there and whole, so an interrupted fetch continues where it stopped.
+
+Downloads run on concurrent workers with retries (exponential backoff with jitter, Retry-After honoured)
+and resume partial files (NAME.part) with HTTP Range requests. Archives are extracted safely: absolute
+paths, `..`, links and special files are refused, and oversized members are refused. Every function here
+is usable from a notebook and returns a Summary.
 """
 
 import argparse
+import contextlib
 import email.utils
+import fnmatch
 import hashlib
 import json
 import logging
@@ -23,10 +36,13 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import zipfile
@@ -38,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urljoin, urlsplit
 
+import numpy as np
 import requests
 import urllib3
 from PIL import Image
@@ -78,28 +95,72 @@ PIXABAY_CATEGORIES = ("backgrounds", "fashion", "nature", "science", "education"
                       "travel", "buildings", "business", "music")
 PIXABAY_SIZES = {"web": "webformatURL", "large": "largeImageURL", "fullhd": "fullHDURL", "original": "imageURL"}
 
-# Datasets named in the proposal. `root`: only image members under it are kept, with the prefix removed.
-# sha256 and bytes: from TensorFlow Datasets' url_checksums (div2k.txt, dtd.txt); None where not known for sure.
+MAX_MEMBER_BYTES = 1 << 30  # an archive member larger than this is refused (no photo is 1 GiB; a bomb may be)
+DISK_RESERVE_BYTES = 1 << 30  # extraction stops before the disk holding RAW has less than this left
+
+# The dataset registry. `root`: only image members under it are kept, with the prefix removed, so
+# RAW/NAME/ is a flat folder of the images where the archive has one ("" keeps every image member).
+# Checksums: `sha256` (or `md5`) where a source publishes one, else None: the download is then not
+# verified, and its computed sha256 is printed and kept in RAW/.downloads/NAME.done.json.
+#   div2k, dtd, places365-val: sha256 and bytes from TensorFlow Datasets' url_checksums (div2k.txt,
+#   dtd.txt, places365_small.txt); openimages-valid: from open_images_v4.txt (the same object over http).
+#   places365-val also has the md5 of the Places download page (as torchvision's Places365 loader
+#   quotes it); both are checked. urban100: the archive's md5 as published in deepinv's Urban100
+#   examples. set5, set14, bsd100, flickr2k, bsds500: no published checksum found.
+_HF_SR = "https://huggingface.co/datasets/eugenesiow/{0}/resolve/main/data/{0}_HR.tar.gz"
+_SR_ABOUT = "HR PNGs of the {} super-resolution benchmark (the folder is flow.py evaluate --data input)"
 DATASETS = {
     "div2k-train": dict(url="https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_train_HR.zip", root="DIV2K_train_HR/",
                         sha256="9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335",
                         bytes=3530603713, images=800, homepage="https://data.vision.ee.ethz.ch/cvl/DIV2K/",
-                        about="DIV2K training set, 2K-resolution HR PNGs (academic research use)"),
+                        license="academic research use; cite Agustsson & Timofte, CVPRW 2017",
+                        about="DIV2K training set, 2K-resolution HR PNGs"),
     "div2k-valid": dict(url="https://data.vision.ee.ethz.ch/cvl/DIV2K/DIV2K_valid_HR.zip", root="DIV2K_valid_HR/",
                         sha256="20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc",
                         bytes=448993893, images=100, homepage="https://data.vision.ee.ethz.ch/cvl/DIV2K/",
-                        about="DIV2K validation set, 2K-resolution HR PNGs (academic research use)"),
+                        license="academic research use; cite Agustsson & Timofte, CVPRW 2017",
+                        about="DIV2K validation set, 2K-resolution HR PNGs"),
     "flickr2k": dict(url="https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar", root="Flickr2K/Flickr2K_HR/",
                      sha256=None, bytes=None, images=2650, homepage="https://github.com/sanghyun-son/EDSR-PyTorch",
+                     license="research use (Flickr photos); cite Lim et al., CVPRW 2017",
                      about="Flickr2K HR PNGs collected for EDSR (the LR folders are left out)"),
     "bsds500": dict(url="http://www.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/BSR/BSR_bsds500.tgz",
                     root="BSR/BSDS500/data/images/", sha256=None, bytes=None, images=500,
                     homepage="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/resources.html",
+                    license="research use; cite Arbelaez et al., TPAMI 2011",
                     about="Berkeley segmentation dataset, 481x321 JPEGs (train/val/test folders)"),
     "dtd": dict(url="https://www.robots.ox.ac.uk/~vgg/data/dtd/download/dtd-r1.0.1.tar.gz", root="dtd/images/",
                 sha256="e42855a52a4950a3b59612834602aa253914755c95b0cff9ead6d07395f8e205", bytes=625239812,
                 images=5640, homepage="https://www.robots.ox.ac.uk/~vgg/data/dtd/",
-                about="Describable Textures Dataset, 47 texture categories (research use)"),
+                license="research use; cite Cimpoi et al., CVPR 2014",
+                about="Describable Textures Dataset, 47 texture categories"),
+    "set5": dict(url=_HF_SR.format("Set5"), root="Set5_HR/", sha256=None, bytes=None, images=5,
+                 homepage="http://people.rennes.inria.fr/Aline.Roumy/results/SR_BMVC12.html",
+                 license="research use; cite Bevilacqua et al., BMVC 2012", about=_SR_ABOUT.format("Set5")),
+    "set14": dict(url=_HF_SR.format("Set14"), root="Set14_HR/", sha256=None, bytes=None, images=14,
+                  homepage="https://sites.google.com/site/romanzeyde/research-interests",
+                  license="research use; cite Zeyde et al., Curves and Surfaces 2010",
+                  about=_SR_ABOUT.format("Set14")),
+    "bsd100": dict(url=_HF_SR.format("BSD100"), root="BSD100_HR/", sha256=None, bytes=None, images=100,
+                   homepage="https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/bsds/",
+                   license="research use; cite Martin et al., ICCV 2001", about=_SR_ABOUT.format("BSD100")),
+    "urban100": dict(url=_HF_SR.format("Urban100"), root="Urban100_HR/", sha256=None,
+                     md5="65d9d84a34b72c6f7ca1e26a12df1e4c", bytes=None, images=100,
+                     homepage="https://github.com/jbhuang0604/SelfExSR",
+                     license="research use; cite Huang et al., CVPR 2015", about=_SR_ABOUT.format("Urban100")),
+    "openimages-valid": dict(url="https://open-images-dataset.s3.amazonaws.com/tar/validation.tar.gz", root="",
+                             sha256="515fefdf310e17e204cfe84bb3d05e53d8a6b5465ef3b9a3164383082b506df3",
+                             bytes=12844530798, images=41620,
+                             homepage="https://storage.googleapis.com/openimages/web/index.html",
+                             license="CC BY 2.0 per image (authors in the image list); "
+                                     "cite Kuznetsova et al., IJCV 2020",
+                             about="Open Images validation split (V4-V7 share these 41,620 images), JPEGs"),
+    "places365-val": dict(url="http://data.csail.mit.edu/places/places365/val_256.tar", root="val_256/",
+                          sha256="24b4e639ef12a0012af525bc4cb443e4ab4aaea8369a1fb009b70e4a4aad5d48",
+                          md5="e27b17d8d44f4af9a78502beb927f808", bytes=525158400, images=36500, homepage="http://places2.csail.mit.edu/download.html",
+                          license="non-commercial research and education; cite Zhou et al., TPAMI 2017",
+                          about="Places365 validation images at 256x256 (Places205 has no validation archive "
+                                "of its own)"),
 }
 # -----------------------------------------------------------------------------
 
@@ -107,6 +168,13 @@ log = logging.getLogger("fetcher")
 _STOP = threading.Event()  # set on Ctrl-C so workers stop between chunks and leave their .part files
 _SECRETS: set[str] = set()
 _thread = threading.local()
+
+# the outcome of one job, the same words for every source
+FETCHED = "fetched"  # the file is in place and recorded
+DUPLICATE = "duplicate"  # its bytes are already held by another file; not kept
+LEFT_OUT = "left out"  # a readable image a filter does not want (e.g. a drawing with --photos-only)
+REJECTED = "rejected"  # refused for good: unsafe member, not an image, HTTP 404, wrong sha256
+FAILED = "failed"  # not finished this time (retries used up, interrupted, disk error): a re-run tries again
 
 
 class FetchError(Exception):
@@ -156,6 +224,7 @@ class Summary:
     fetched: int = 0
     skipped: int = 0
     duplicates: int = 0
+    left_out: int = 0  # readable images a filter did not want
     failed: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
     bytes: int = 0
     seconds: float = 0.0
@@ -170,6 +239,7 @@ class Summary:
         self.fetched += other.fetched
         self.skipped += other.skipped
         self.duplicates += other.duplicates
+        self.left_out += other.left_out
         self.failed += other.failed
         self.bytes += other.bytes
         return self
@@ -177,7 +247,10 @@ class Summary:
     def line(self) -> str:
         """One line for the end of a run: fetched, skipped, duplicates, failed with reasons, time."""
         text = f"fetched {self.fetched} ({self.bytes / 1e6:.1f} MB), skipped {self.skipped}"
-        text += f", duplicates {self.duplicates}, failed {len(self.failed)}"
+        text += f", duplicates {self.duplicates}"
+        if self.left_out:
+            text += f", left out {self.left_out}"
+        text += f", failed {len(self.failed)}"
         if self.failed:
             kinds = Counter(_reason_kind(reason) for _, reason in self.failed)
             text += " (" + ", ".join(f"{kind}: {n}" for kind, n in kinds.most_common()) + ")"
@@ -337,7 +410,7 @@ class Manifest:
     def commit(self, tmp: Path, job: Job, sha256: str, info: tuple[str, int, int]) -> tuple[str, str]:
         """Move a finished temporary file into place and record it, unless its bytes are already here.
 
-        Returns ("fetched", rel) or ("duplicate", rel of the file that holds the same bytes).
+        Returns (FETCHED, rel) or (DUPLICATE, rel of the file that holds the same bytes).
         """
         size = tmp.stat().st_size
         rel = _with_image_suffix(job.rel, info[0])
@@ -355,7 +428,7 @@ class Manifest:
                 _append_jsonl(self.path, entry)
                 self.untidy |= previous is not None
             self._index(entry)
-            return "fetched", rel
+            return FETCHED, rel
 
     def tidy(self) -> None:
         """Rewrite manifest.jsonl (atomically) with one line per path when lines were superseded or torn."""
@@ -368,12 +441,12 @@ class Manifest:
             self.untidy = False
 
     def note_duplicate(self, job: Job, sha256: str, size: int, other: str) -> tuple[str, str]:
-        """Record that a job's bytes are already held by `other`, so re-runs skip it; ("duplicate", other)."""
+        """Record that a job's bytes are already held by `other`, so re-runs skip it; (DUPLICATE, other)."""
         record = {"key": job.key, "sha256": sha256, "bytes": size, "duplicate_of": other}
         with self.lock:
             _append_jsonl(self.root / DUPLICATES, record)
             self.duplicates[job.key] = record
-        return "duplicate", other
+        return DUPLICATE, other
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict], int]:
@@ -570,60 +643,119 @@ def _start_body(response: requests.Response, part: Path, have: int, retry: Retry
 
 
 # -----------------------------------------------------------------------------
-# running jobs on workers
+# running jobs: one runner for every source
+
+
+class JobRunner:
+    """Brings jobs into a RAW folder with one progress bar, one Summary and one set of statuses.
+
+    Work functions return (status, detail): detail is the file's path in RAW for FETCHED, the path of the
+    file holding the same bytes for DUPLICATE, and a reason otherwise. Used serially (archive members,
+    which must be read in order) or on a thread pool (downloads, local copies).
+    """
+
+    def __init__(self, manifest: "Manifest", *, desc: str, total: int | None = None, progress: bool = True):
+        self.manifest = manifest
+        self.summary = Summary()
+        self.files: list[str] = []  # RAW paths fetched or already whole
+        self.rejected: list[tuple[str, str]] = []  # (item, reason) refused for good
+        self.incomplete = False  # something FAILED: a completion record must not be written
+        self.started = time.monotonic()
+        self.bar = tqdm(total=total, unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
+        _STOP.clear()
+
+    def pending(self, jobs: list[Job], *, verify: bool = False) -> list[Job]:
+        """The jobs that need work; the others (whole in the manifest, known duplicates) count as skipped."""
+        todo = []
+        for job in jobs:
+            if self.manifest.is_done(job, verify=verify):
+                self.skip(job.rel)
+            else:
+                todo.append(job)
+        return todo
+
+    def skip(self, rel: str) -> None:
+        """Count a file that is already there and whole."""
+        self.summary.skipped += 1
+        self.files.append(rel)
+        self.bar.update()
+
+    def record(self, item: str, status: str, detail: str) -> None:
+        """Count one finished item (item: how a person recognises it in a failure report)."""
+        if status == FETCHED:
+            self.summary.fetched += 1
+            self.summary.bytes += self.manifest.entries[detail]["bytes"]
+            self.files.append(detail)
+        elif status == DUPLICATE:
+            self.summary.duplicates += 1
+            log.debug("%s: same bytes as %s; not kept", item, detail)
+        elif status == LEFT_OUT:
+            self.summary.left_out += 1
+            log.debug("left out: %s: %s", item, detail)
+        else:
+            self.summary.failed.append((item, detail))
+            if status == REJECTED:
+                self.rejected.append((item, detail))
+            else:
+                self.incomplete = True
+            log.debug("%s: %s: %s", status, item, detail)
+        self.bar.update()
+
+    def map(self, work: Callable[[Job], object], jobs: list[Job], workers: int) -> Iterable[tuple[Job, object]]:
+        """(job, work(job)) in job order, the work done on a pool of workers; Ctrl-C stops them cleanly."""
+        with _worker_pool(workers) as pool:
+            yield from zip(jobs, pool.map(work, jobs), strict=True)
+
+    def run(self, jobs: list[Job], work: Callable[[Job], tuple[str, str]], workers: int) -> None:
+        """Do work(job) for every job on a pool of workers, recording each result as it finishes."""
+        with _worker_pool(workers) as pool:
+            futures = {pool.submit(work, job): job for job in jobs}
+            for future in as_completed(futures):
+                self.record(futures[future].label, *future.result())
+
+    def finish(self) -> Summary:
+        """Close the bar, tidy the manifest and return the Summary (with the time taken)."""
+        self.bar.close()
+        self.manifest.tidy()
+        self.summary.seconds = time.monotonic() - self.started
+        return self.summary
+
+
+@contextlib.contextmanager
+def _worker_pool(workers: int):
+    """A thread pool; on Ctrl-C the workers stop between chunks (their .part files are resumed next time)."""
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch")
+    try:
+        yield pool
+    except KeyboardInterrupt:
+        _STOP.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def run_jobs(jobs: list[Job], out_dir: str | Path, *, workers: int = WORKERS, retry: RetryPolicy | None = None,
              progress: bool = True, verify: bool = False, desc: str = "fetch",
              manifest: "Manifest | None" = None) -> Summary:
-    """Bring every job's image into out_dir on a pool of workers; returns the Summary.
+    """Download every job's image into out_dir on a pool of workers; returns the Summary.
 
     Jobs already whole in the manifest (or known duplicates) are skipped without touching the network.
     """
-    started = time.monotonic()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     retry = retry or RetryPolicy()
     manifest = manifest or Manifest(out)
-    summary = Summary()
-    todo = [job for job in jobs if not manifest.is_done(job, verify=verify)]
-    summary.skipped = len(jobs) - len(todo)
-    _STOP.clear()
-    bar = tqdm(total=len(jobs), initial=summary.skipped, unit="img", desc=desc, disable=not progress,
-               dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="fetch")
+    runner = JobRunner(manifest, desc=desc, total=len(jobs), progress=progress)
     try:
-        futures = {pool.submit(_run_job, job, manifest, retry): job for job in todo}
-        for future in as_completed(futures):
-            _record(summary, futures[future], future.result(), manifest)
-            bar.update()
-    except KeyboardInterrupt:
-        _STOP.set()  # workers stop between chunks; their .part files are resumed next time
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
+        runner.run(runner.pending(jobs, verify=verify), lambda job: _run_job(job, manifest, retry), workers)
     finally:
-        pool.shutdown(wait=True)
-        bar.close()
-        manifest.tidy()
-    summary.seconds = time.monotonic() - started
+        summary = runner.finish()
     return summary
 
 
-def _record(summary: Summary, job: Job, result: tuple[str, str], manifest: Manifest) -> None:
-    status, detail = result
-    if status == "fetched":
-        summary.fetched += 1
-        summary.bytes += manifest.entries[detail]["bytes"]
-    elif status == "duplicate":
-        summary.duplicates += 1
-        log.debug("%s: same bytes as %s; not kept", job.label, detail)
-    else:
-        summary.failed.append((job.label, detail))
-        log.debug("failed: %s: %s", job.label, detail)
-
-
 def _run_job(job: Job, manifest: Manifest, retry: RetryPolicy) -> tuple[str, str]:
-    """Do one job on a worker thread: ("fetched", rel) / ("duplicate", rel) / ("failed", reason)."""
+    """Download one job on a worker thread, check it and move it into place."""
     dest = manifest.root / job.rel
     tmp = _part_path(dest)
     try:
@@ -633,21 +765,30 @@ def _run_job(job: Job, manifest: Manifest, retry: RetryPolicy) -> tuple[str, str
             download_file(job.url, tmp, retry=retry)
         return _check_and_commit(tmp, job, manifest)
     except (GaveUp, Interrupted) as exc:
-        return "failed", str(exc)  # the .part stays: the next run resumes it with a Range request
+        return FAILED, str(exc)  # the .part stays: the next run resumes it with a Range request
     except FetchError as exc:
         if tmp != dest:
             tmp.unlink(missing_ok=True)  # refused bytes (404 page, not an image, wrong sha256): start afresh
-        return "failed", str(exc)
+        return REJECTED, str(exc)
     except OSError as exc:
-        return "failed", redact(f"{type(exc).__name__}: {exc}")
+        return FAILED, redact(f"{type(exc).__name__}: {exc}")
 
 
-def _check_and_commit(tmp: Path, job: Job, manifest: Manifest) -> tuple[str, str]:
-    """Verify a finished temporary file (image? expected sha256?) and move it into place."""
+def _check_and_commit(tmp: Path, job: Job, manifest: Manifest,
+                      screen: Callable[[Path, tuple[str, int, int], Job], str | None] | None = None) -> tuple[str, str]:
+    """Verify a finished temporary file (image? expected sha256? wanted by screen?) and move it into place.
+
+    screen(tmp, (format, width, height), job) may add manifest fields to job.meta and returns a reason to
+    leave the image out, or None to keep it.
+    """
     info = verify_image(tmp)
     sha = file_sha256(tmp)
     if job.sha256 and sha != job.sha256:
         raise FetchError(f"sha256 mismatch (expected {job.sha256}, got {sha})")
+    reason = screen(tmp, info, job) if screen else None
+    if reason:
+        tmp.unlink(missing_ok=True)
+        return LEFT_OUT, reason
     return manifest.commit(tmp, job, sha, info)
 
 
@@ -883,16 +1024,18 @@ def fetch_urls(urls: str | Path | Iterable[str], out_dir: str | Path = OUT_DIR, 
 # sources: archives and the dataset registry
 
 
-def fetch_archive(url: str, out_dir: str | Path = OUT_DIR, *, sha256: str | None = None, name: str | None = None,
-                  root: str = "", limit: int | None = None, keep_archive: bool = False,
+def fetch_archive(url: str, out_dir: str | Path = OUT_DIR, *, sha256: str | None = None, md5: str | None = None,
+                  name: str | None = None, root: str = "", limit: int | None = None, keep_archive: bool = False,
                   retry: RetryPolicy | None = None, progress: bool = True, verify: bool = False,
-                  extra_meta: dict | None = None) -> Summary:
+                  extra_meta: dict | None = None, max_member_bytes: int = MAX_MEMBER_BYTES) -> Summary:
     """Download a zip/tar archive (streamed, resumable, checksum-verified) and extract its images safely.
 
-    Images land in out_dir/NAME/ (NAME: the archive's stem); members that are links, special files or
-    escape the folder (`..`, absolute paths) are refused and reported; non-image members are left out.
-    A completion record in out_dir/.downloads/ lets a re-run skip the download; the archive itself is
-    deleted after a complete extraction unless keep_archive (or a limit) says otherwise.
+    Images land in out_dir/NAME/ (NAME: the archive's stem); members that are links, special files,
+    larger than max_member_bytes or escape the folder (`..`, absolute paths) are refused and reported;
+    non-image members are left out. The archive is checked against sha256 (else md5) when given; a
+    mismatch deletes it. Without a checksum its computed sha256 is logged as not verified. A completion
+    record in out_dir/.downloads/ lets a re-run skip the download; the archive itself is deleted after a
+    complete extraction unless keep_archive (or a limit) says otherwise.
     """
     started = time.monotonic()
     out = Path(out_dir)
@@ -906,10 +1049,10 @@ def fetch_archive(url: str, out_dir: str | Path = OUT_DIR, *, sha256: str | None
         meta = {"source": "archive", "url": url, "archive": filename, **(extra_meta or {})}
         try:
             if not archive.exists():
-                _download_archive(url, archive, sha256, retry or RetryPolicy(), progress)
-            elif sha256:
-                _check_sha256(archive, sha256)
-            result = extract_images(archive, out, name, root=root, limit=limit, meta=meta, progress=progress)
+                _download_archive(url, archive, retry or RetryPolicy(), progress)
+            digest = check_archive(archive, sha256=sha256, md5=md5)
+            result = extract_images(archive, out, name, root=root, limit=limit, meta=meta, progress=progress,
+                                    max_member_bytes=max_member_bytes)
         except FetchError as exc:
             summary.failed.append((redact(url), str(exc)))
         except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
@@ -917,8 +1060,10 @@ def fetch_archive(url: str, out_dir: str | Path = OUT_DIR, *, sha256: str | None
         else:
             summary.add(result.summary)
             if result.complete:
-                resizer.write_json(record_path, {"url": url, "sha256": sha256, "limit": limit,
-                                                 "files": result.files, "rejected": result.rejected})
+                verified = "+".join(name for name, value in (("sha256", sha256), ("md5", md5)) if value) or None
+                resizer.write_json(record_path, {"url": url, "sha256": digest, "verified_by": verified,
+                                                 "limit": limit, "files": result.files,
+                                                 "rejected": result.rejected})
                 if not keep_archive and limit is None:
                     archive.unlink(missing_ok=True)
     summary.seconds = time.monotonic() - started
@@ -946,37 +1091,59 @@ def _summary_from_record(record_path: Path, manifest: Manifest, url: str, limit,
     return Summary(skipped=len(files), failed=[tuple(item) for item in record.get("rejected", [])])
 
 
-def _download_archive(url: str, archive: Path, sha256: str | None, retry: RetryPolicy, progress: bool) -> None:
-    """Download an archive to archive (via archive.part, resumable) and check its sha256 if known."""
+def _download_archive(url: str, archive: Path, retry: RetryPolicy, progress: bool) -> None:
+    """Download an archive to archive via archive.part (resumable), renamed once complete."""
     part = _part_path(archive)
     have = part.stat().st_size if part.exists() else 0
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, initial=have, desc=archive.name,
               disable=not progress, dynamic_ncols=True) as bar:
         download_file(url, part, retry=retry, progress=bar.update)
-    if sha256:
-        try:
-            _check_sha256(part, sha256)
-        except FetchError:
-            part.unlink(missing_ok=True)  # corrupt or changed upstream: start afresh next time
-            raise
     os.replace(part, archive)
 
 
-def _check_sha256(path: Path, expected: str) -> None:
-    actual = file_sha256(path)
-    if actual != expected.lower():
-        raise FetchError(f"sha256 mismatch for {path.name} (expected {expected}, got {actual})")
+def file_digests(path: Path, algorithms: Iterable[str]) -> dict[str, str]:
+    """Hex digests of a file's bytes for several algorithms, reading the file once."""
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
+
+
+def check_archive(path: Path, *, sha256: str | None = None, md5: str | None = None) -> str:
+    """The archive's sha256, after checking it against the expected sha256 and/or md5.
+
+    A mismatch deletes the file (corrupt, or changed upstream: the next run starts afresh) and raises
+    FetchError. With nothing to compare with, the computed sha256 is logged as not verified.
+    """
+    digests = file_digests(path, ("sha256", "md5") if md5 else ("sha256",))
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected and digests[algorithm] != expected.lower():
+            path.unlink(missing_ok=True)
+            raise FetchError(f"{algorithm} mismatch for {path.name} (expected {expected}, got "
+                             f"{digests[algorithm]}); the download was deleted")
+    if not sha256 and not md5:
+        log.warning("%s: sha256 %s (not verified: no published checksum to compare it with)",
+                    path.name, digests["sha256"])
+    elif not sha256:
+        log.info("%s: md5 verified; sha256 %s", path.name, digests["sha256"])
+    return digests["sha256"]
 
 
 @dataclass
 class Extraction:
     """What extract_images did: its summary, the files written or already there, the members rejected
-    for good (unsafe, not an image), and whether it ran to the end without a read or write error."""
+    for good (unsafe, too large, not an image), and whether it ran to the end without a read or write error."""
 
     summary: Summary
     files: list[str]
     rejected: list[tuple[str, str]]
     complete: bool
+
+
+class DiskFull(FetchError):
+    """The disk holding RAW is nearly full: extraction stops rather than fill it."""
 
 
 def safe_member_path(name: str) -> PurePosixPath:
@@ -993,25 +1160,29 @@ def safe_member_path(name: str) -> PurePosixPath:
 
 
 def extract_images(archive: Path, out_dir: Path, name: str, *, root: str = "", limit: int | None = None,
-                   meta: dict | None = None, progress: bool = True) -> Extraction:
+                   meta: dict | None = None, progress: bool = True,
+                   max_member_bytes: int = MAX_MEMBER_BYTES) -> Extraction:
     """Extract the image members of a zip or tar archive under root into out_dir/name/, recording each.
 
-    Refuses (and reports) symlinks, hard links, special files, absolute paths and `..` members; skips
-    members already whole in the manifest; each image is verified, hashed and de-duplicated like a download.
+    Refuses (and reports) symlinks, hard links, special files, absolute paths, `..` members and members
+    larger than max_member_bytes; stops when the disk would be left with less than DISK_RESERVE_BYTES;
+    skips members already whole in the manifest; each image is verified, hashed and de-duplicated like
+    a download.
     """
     meta = meta or {}
     manifest = Manifest(out_dir)
     target = (out_dir / name).resolve()
     root_path = PurePosixPath(root.strip("/")) if root.strip("/") else None
-    summary, files, rejected, complete, taken = Summary(), [], [], True, 0
-    with tqdm(unit="img", desc=f"extract {name}", disable=not progress, dynamic_ncols=True) as bar:
-        for member, kind, opener in _archive_members(archive):
+    runner = JobRunner(manifest, desc=f"extract {name}", progress=progress)
+    taken = 0
+    try:
+        for member, kind, size, opener in _archive_members(archive):
             try:
                 rel_member = safe_member_path(member)
                 if kind in ("symlink", "hardlink", "special"):
                     raise FetchError(f"unsafe member ({kind} refused): {member!r}")
             except FetchError as exc:
-                rejected.append((member, str(exc)))
+                runner.record(member, REJECTED, str(exc))
                 continue
             if kind != "file" or not _is_wanted_member(rel_member, root_path):
                 continue
@@ -1020,31 +1191,22 @@ def extract_images(archive: Path, out_dir: Path, name: str, *, root: str = "", l
             taken += 1
             rel = f"{name}/{(rel_member.relative_to(root_path) if root_path else rel_member).as_posix()}"
             if not (out_dir / rel).resolve().is_relative_to(target):  # e.g. a symlinked folder in the target
-                rejected.append((member, f"unsafe member (resolves outside {name}/): {member!r}"))
-                continue
-            if manifest.is_whole(rel):
-                summary.skipped += 1
-                files.append(rel)
+                runner.record(member, REJECTED, f"unsafe member (resolves outside {name}/): {member!r}")
+            elif manifest.is_whole(rel):
+                runner.skip(rel)
             else:
-                job = Job(rel=rel, key=f"{meta.get('url', archive.name)}#{member}", meta={**meta, "member": member})
-                status, detail = _extract_one(opener, job, manifest)
-                if status == "fetched":
-                    summary.fetched += 1
-                    summary.bytes += manifest.entries[detail]["bytes"]
-                    files.append(detail)
-                elif status == "duplicate":
-                    summary.duplicates += 1
-                elif status == "rejected":
-                    rejected.append((member, detail))
-                else:
-                    complete = False
-                    summary.failed.append((member, detail))
-            bar.update()
-    summary.failed += rejected
-    manifest.tidy()
+                job = Job(rel=rel, key=f"{meta.get('url', archive.name)}#{member}", size=size,
+                          meta={**meta, "member": member})
+                try:
+                    runner.record(member, *_extract_one(opener, job, manifest, max_member_bytes))
+                except DiskFull as exc:
+                    runner.record(member, FAILED, str(exc))
+                    break
+    finally:
+        summary = runner.finish()
     if taken == 0:
         log.warning("%s: no image members%s", archive.name, f" under {root}" if root else "")
-    return Extraction(summary, files, rejected, complete)
+    return Extraction(summary, runner.files, runner.rejected, not runner.incomplete)
 
 
 def _is_wanted_member(path: PurePosixPath, root: PurePosixPath | None) -> bool:
@@ -1056,24 +1218,41 @@ def _is_wanted_member(path: PurePosixPath, root: PurePosixPath | None) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _extract_one(opener: Callable, job: Job, manifest: Manifest) -> tuple[str, str]:
-    """Extract one member through NAME.part: fetched/duplicate, "rejected" (bad bytes) or "failed" (I/O)."""
+def _extract_one(opener: Callable, job: Job, manifest: Manifest, max_bytes: int = MAX_MEMBER_BYTES,
+                 screen: Callable[[Path, tuple[str, int, int], Job], str | None] | None = None) -> tuple[str, str]:
+    """Extract one member through NAME.part: FETCHED/DUPLICATE, LEFT_OUT (screened out), REJECTED (bad or
+    oversized bytes) or FAILED (I/O). Raises DiskFull when the disk would be left nearly full."""
+    if job.size is not None and job.size > max_bytes:
+        return REJECTED, f"member too large ({job.size} bytes, the cap is {max_bytes})"
+    free = shutil.disk_usage(manifest.root).free
+    if free - (job.size or 0) < DISK_RESERVE_BYTES:
+        raise DiskFull(f"disk nearly full ({free / 1e9:.1f} GB free, {DISK_RESERVE_BYTES / 1e9:.1f} GB kept free)")
     tmp = _part_path(manifest.root / job.rel)
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         with opener() as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK_BYTES)
-        return _check_and_commit(tmp, job, manifest)
+            _copy_capped(src, dst, max_bytes)
+        return _check_and_commit(tmp, job, manifest, screen)
     except FetchError as exc:
         tmp.unlink(missing_ok=True)
-        return "rejected", str(exc)
+        return REJECTED, str(exc)
     except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError) as exc:
         tmp.unlink(missing_ok=True)
-        return "failed", f"cannot extract ({type(exc).__name__}: {exc})"
+        return FAILED, f"cannot extract ({type(exc).__name__}: {exc})"
 
 
-def _archive_members(archive: Path) -> Iterable[tuple[str, str, Callable]]:
-    """(name, kind, opener) per member of a zip or tar; kind: file, dir, symlink, hardlink or special."""
+def _copy_capped(src, dst, max_bytes: int) -> None:
+    """Copy a stream, refusing it once it passes max_bytes (a member may be bigger than its header says)."""
+    copied = 0
+    while chunk := src.read(CHUNK_BYTES):
+        copied += len(chunk)
+        if copied > max_bytes:
+            raise FetchError(f"member too large (more than {max_bytes} bytes)")
+        dst.write(chunk)
+
+
+def _archive_members(archive: Path) -> Iterable[tuple[str, str, int | None, Callable]]:
+    """(name, kind, size, opener) per member of a zip or tar; kind: file, dir, symlink, hardlink or special."""
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -1086,15 +1265,20 @@ def _archive_members(archive: Path) -> Iterable[tuple[str, str, Callable]]:
                     kind = "file"
                 else:
                     kind = "special"
-                yield info.filename, kind, (lambda info=info: zf.open(info))
+                yield info.filename, kind, info.file_size, (lambda info=info: zf.open(info))
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
-            for member in tf:  # in order, so compressed tars are read once, front to back
-                kind = ("file" if member.isfile() else "dir" if member.isdir() else
-                        "symlink" if member.issym() else "hardlink" if member.islnk() else "special")
-                yield member.name, kind, (lambda member=member: tf.extractfile(member))
+            yield from _tar_members(tf)
     else:
         raise FetchError(f"{archive.name} is neither a zip nor a tar archive")
+
+
+def _tar_members(tf: tarfile.TarFile) -> Iterable[tuple[str, str, int | None, Callable]]:
+    """(name, kind, size, opener) per member of an open tar, in order (a compressed tar is read once)."""
+    for member in tf:
+        kind = ("file" if member.isfile() else "dir" if member.isdir() else
+                "symlink" if member.issym() else "hardlink" if member.islnk() else "special")
+        yield member.name, kind, member.size, (lambda member=member: tf.extractfile(member))
 
 
 def fetch_dataset(name: str, out_dir: str | Path = OUT_DIR, *, base_url: str | None = None,
@@ -1108,20 +1292,370 @@ def fetch_dataset(name: str, out_dir: str | Path = OUT_DIR, *, base_url: str | N
     url = entry["url"]
     if base_url:  # a mirror holding the same file name
         url = urljoin(base_url.rstrip("/") + "/", PurePosixPath(urlsplit(url).path).name)
-    meta = {"dataset": key, "homepage": entry.get("homepage")}
-    return fetch_archive(url, out_dir, sha256=entry.get("sha256"), name=key, root=entry.get("root", ""),
-                         limit=limit, keep_archive=keep_archive, retry=retry, progress=progress, verify=verify,
-                         extra_meta=meta)
+    meta = {"dataset": key, "homepage": entry.get("homepage"), "license": entry.get("license")}
+    return fetch_archive(url, out_dir, sha256=entry.get("sha256"), md5=entry.get("md5"), name=key,
+                         root=entry.get("root", ""), limit=limit, keep_archive=keep_archive, retry=retry,
+                         progress=progress, verify=verify, extra_meta=meta)
 
 
 def dataset_table() -> str:
-    """The registry as text, one dataset a line."""
-    lines = []
+    """The registry as a text table: name, images, archive size, checksum, licence / citation, URL."""
+    rows = [("NAME", "IMAGES", "SIZE", "CHECKSUM", "LICENCE / CITATION", "URL")]
     for name, entry in DATASETS.items():
-        size = f"{entry['bytes'] / 1e9:.2f} GB" if entry.get("bytes") else "size ?"
-        check = "sha256" if entry.get("sha256") else "no checksum"
-        lines.append(f"{name:12s} {entry['images']:>5} images  {size:>9s}  {check:11s}  {entry['about']}")
+        check = "+".join(name for name in ("sha256", "md5") if entry.get(name)) or "none"
+        rows.append((name, str(entry["images"]), _human_bytes(entry.get("bytes")), check,
+                     entry.get("license", "?"), entry["url"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(width) if i in (1, 2) else cell.ljust(width)
+                 for i, (cell, width) in enumerate(zip(row, widths, strict=False))]
+        lines.append("  ".join([*cells, row[-1]]))
     return "\n".join(lines)
+
+
+def _human_bytes(size: int | None) -> str:
+    if not size:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+# -----------------------------------------------------------------------------
+# source: Debian packages
+
+DEBIAN_RESERVED = {"ukui-wallpapers": "reserved for evaluation"}  # refused without allow_eval
+PHOTO_MIN_SIDE = 512  # --photos-only leaves out images with a shorter side than this
+DRAWN_MAX_COLOUR_SHARE = 0.10  # unique colours per pixel of a 128 px thumbnail below this: flat, drawn
+DRAWN_MAX_DETAIL = 1.5  # mean |Laplacian| (grey levels) of that thumbnail below this: smooth, rendered
+VECTOR_SUFFIXES = (".svg", ".svgz")
+APT_TIMEOUT = 600  # seconds for one `apt-get download`
+_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(?::[a-z0-9-]+)?(?:=[A-Za-z0-9.+~:-]+)?")
+_AR_MAGIC = b"!<arch>\n"
+
+
+def fetch_debian(packages: Iterable[str] = (), out_dir: str | Path = OUT_DIR, *, debs: Iterable[str | Path] = (),
+                 photos_only: bool = False, include: Iterable[str] = (), allow_eval: bool = False,
+                 apt_get: Iterable[str] = ("apt-get",), min_side: int = PHOTO_MIN_SIDE, limit: int | None = None,
+                 progress: bool = True, verify: bool = False) -> Summary:
+    """Images from Debian packages into out_dir/debian/PACKAGE/, each with its package, version and licence.
+
+    Packages are downloaded with `apt-get download` (apt_get: the command, e.g. for a test double) into a
+    temporary folder; debs are .deb files already on disk. Only image members of data.tar are extracted
+    (optionally only those matching an include glob); each gets the License: of the DEP-5 copyright
+    paragraph that covers it (else the header's) and a "kind": photo or drawn. photos_only leaves out
+    drawn images and images with a side shorter than min_side; vector images are always left out. A
+    package without images, or whose licence cannot be stated, is reported and skipped before anything
+    of it is written. Packages reserved for evaluation are refused unless allow_eval.
+    """
+    started = time.monotonic()
+    packages, include = list(packages), list(include)
+    for package in packages:
+        _check_package_name(package)
+        _check_allowed(package.split(":")[0].split("=")[0], allow_eval)
+    out = Path(out_dir)
+    (out / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    summary = Summary()
+    with tempfile.TemporaryDirectory(prefix="debian-", dir=out / DOWNLOADS) as tmp:
+        deb_files = [Path(deb) for deb in debs]
+        for package in packages:
+            try:
+                deb_files.append(apt_download(package, Path(tmp), apt_get))
+            except FetchError as exc:
+                summary.failed.append((package, str(exc)))
+        for deb in deb_files:
+            try:
+                summary.add(extract_deb_images(deb, out, photos_only=photos_only, include=include,
+                                               allow_eval=allow_eval, min_side=min_side, limit=limit,
+                                               progress=progress, verify=verify, work_dir=Path(tmp)))
+            except FetchError as exc:
+                summary.failed.append((deb.name, str(exc)))  # reported; nothing of it was written
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _check_package_name(package: str) -> None:
+    """Refuse anything but a Debian package name (optionally :arch and =version): no options for apt-get."""
+    if not _PACKAGE_NAME.fullmatch(package):
+        raise FetchError(f"{package!r} is not a Debian package name")
+
+
+def _check_allowed(package: str, allow_eval: bool) -> None:
+    """Refuse a package reserved for evaluation unless allow_eval."""
+    if package in DEBIAN_RESERVED and not allow_eval:
+        raise FetchError(f"{package} is {DEBIAN_RESERVED[package]}: it is not fetched for training "
+                         "(pass --allow-eval to fetch it for evaluation)")
+
+
+def apt_download(package: str, folder: Path, apt_get: Iterable[str] = ("apt-get",)) -> Path:
+    """Download PACKAGE's .deb with `apt-get download` into folder; its path, or FetchError."""
+    _check_package_name(package)
+    command = [*apt_get, "download", package]
+    try:
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=APT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FetchError(f"apt-get download {package}: {exc}") from None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or [f"exit status {result.returncode}"]
+        raise FetchError(f"apt-get download {package} failed: {lines[-1]}")
+    name = package.split(":")[0].split("=")[0]
+    found = sorted(folder.glob(f"{name}_*.deb"))
+    if not found:
+        raise FetchError(f"apt-get download {package} left no {name}_*.deb")
+    return found[-1]
+
+
+def read_ar(path: Path) -> dict[str, tuple[int, int]]:
+    """The members of an ar archive (a .deb): name -> (offset of its data, size)."""
+    members = {}
+    with open(path, "rb") as f:
+        if f.read(len(_AR_MAGIC)) != _AR_MAGIC:
+            raise FetchError(f"{path.name}: not a .deb (no ar archive header)")
+        while header := f.read(60):
+            if len(header) < 60 or header[58:60] != b"`\n":
+                raise FetchError(f"{path.name}: damaged ar member header")
+            name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+            try:
+                size = int(header[48:58].decode("ascii").strip())
+            except ValueError:
+                raise FetchError(f"{path.name}: damaged ar member size") from None
+            members[name] = (f.tell(), size)
+            f.seek(size + size % 2, os.SEEK_CUR)  # members are aligned to even offsets
+    if members.get("debian-binary") is None:
+        raise FetchError(f"{path.name}: not a .deb (no debian-binary member)")
+    return members
+
+
+def _ar_member_to_file(deb: Path, members: dict[str, tuple[int, int]], name: str, dest: Path) -> Path:
+    """Copy one member of an ar archive to dest."""
+    offset, size = members[name]
+    with open(deb, "rb") as src, open(dest, "wb") as dst:
+        src.seek(offset)
+        remaining = size
+        while remaining and (chunk := src.read(min(CHUNK_BYTES, remaining))):
+            dst.write(chunk)
+            remaining -= len(chunk)
+    if remaining:
+        raise FetchError(f"{deb.name}: {name} is cut short")
+    return dest
+
+
+def _deb_tar(deb: Path, members: dict[str, tuple[int, int]], stem: str, work_dir: Path) -> Path:
+    """control.tar.* or data.tar.* of a .deb as a file tarfile can read (zstd through dpkg-deb)."""
+    name = next((n for n in members if n == stem or n.startswith(stem + ".")), None)
+    if name is None:
+        raise FetchError(f"{deb.name}: no {stem} member")
+    dest = Path(tempfile.mkstemp(prefix=f"{stem}-", dir=work_dir)[1])
+    if not name.endswith(".zst"):
+        return _ar_member_to_file(deb, members, name, dest)
+    if stem != "data.tar" or not shutil.which("dpkg-deb"):
+        dest.unlink(missing_ok=True)
+        raise FetchError(f"{deb.name}: {name} is zstd-compressed, which needs dpkg-deb")
+    with open(dest, "wb") as f:
+        result = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=f, stderr=subprocess.PIPE)
+    if result.returncode != 0:
+        dest.unlink(missing_ok=True)
+        raise FetchError(f"{deb.name}: dpkg-deb --fsys-tarfile failed: {result.stderr.decode().strip()[:200]}")
+    return dest
+
+
+def _rfc822_paragraphs(text: str) -> list[dict[str, str]]:
+    """Paragraphs of a Debian control-style file: lower-cased field -> value (continuation lines joined)."""
+    paragraphs, current, key = [], {}, None
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                paragraphs.append(current)
+            current, key = {}, None
+        elif line.startswith("#"):
+            continue
+        elif line[0] in " \t":
+            if key:
+                current[key] += "\n" + ("" if line.strip() == "." else line.strip())
+        else:
+            name, sep, value = line.partition(":")
+            if sep:
+                key = name.strip().lower()
+                current[key] = value.strip()
+    if current:
+        paragraphs.append(current)
+    return paragraphs
+
+
+@dataclass
+class Dep5:
+    """A machine-readable (DEP-5) debian/copyright: the header and the Files paragraphs, in order."""
+
+    header: dict[str, str]
+    files: list[tuple[list[str], dict[str, str]]]
+
+    @classmethod
+    def parse(cls, text: str) -> "Dep5":
+        """Parse a copyright file; FetchError when it is not in the machine-readable format."""
+        paragraphs = _rfc822_paragraphs(text)
+        if not paragraphs or "format" not in paragraphs[0] or "files" in paragraphs[0]:
+            raise FetchError("the copyright file is not machine-readable (no DEP-5 Format: header)")
+        files = [(p["files"].split(), p) for p in paragraphs[1:] if "files" in p]
+        return cls(paragraphs[0], files)
+
+    def licence_for(self, installed: str) -> tuple[str, str | None, str] | None:
+        """(licence, copyright, "files" or "header") for an installed file, or None when nothing says.
+
+        Files: patterns are relative to the source tree, so they are matched against every tail of the
+        installed path (usr/share/backgrounds/x.jpg, share/backgrounds/x.jpg, backgrounds/x.jpg, x.jpg);
+        as in DEP-5, the last paragraph that matches wins.
+        """
+        parts = PurePosixPath(installed).parts
+        tails = ["/".join(parts[i:]) for i in range(len(parts))]
+        for patterns, paragraph in reversed(self.files):
+            if any(_dep5_match(pattern, tail) for pattern in patterns for tail in tails):
+                licence = _short_licence(paragraph.get("license", ""))
+                if licence:
+                    return licence, paragraph.get("copyright"), "files"
+                break
+        licence = _short_licence(self.header.get("license", ""))
+        return (licence, self.header.get("copyright"), "header") if licence else None
+
+
+def _dep5_match(pattern: str, path: str) -> bool:
+    """DEP-5 glob: * matches any characters (also /), ? one; nothing else is special."""
+    regex = re.escape(pattern.removeprefix("./"))
+    return re.fullmatch(regex.replace(r"\*", ".*").replace(r"\?", "."), path) is not None
+
+
+def _short_licence(value: str) -> str:
+    """The short licence name: the first line of a License: field."""
+    return value.split("\n", 1)[0].strip()
+
+
+def image_kind(path: Path) -> str:
+    """"drawn" for flat or smooth images (few colours for its kind, or little fine detail, in a 128 px
+    thumbnail: vector art, gradients, logos), else "photo". A heuristic: it reads the pixels only."""
+    with Image.open(path) as im:
+        im.draft("RGB", (256, 256))  # JPEGs decode at a fraction of their size
+        rgb = im.convert("RGB")
+    size = (min(128, rgb.width), min(128, rgb.height))
+    # colours of a nearest-neighbour sample: averaging would invent in-between shades at every edge
+    sample = np.asarray(rgb.resize(size, Image.Resampling.NEAREST), dtype=np.int32)
+    colours = np.unique((sample[..., 0] << 16) | (sample[..., 1] << 8) | sample[..., 2]).size
+    is_grey = bool((sample[..., 0] == sample[..., 1]).all() and (sample[..., 1] == sample[..., 2]).all())
+    possible = min(size[0] * size[1], 256 if is_grey else size[0] * size[1])  # grey: at most 256 levels
+    rgb.thumbnail((128, 128))
+    grey = np.asarray(rgb, dtype=np.float64).mean(axis=2)
+    laplacian = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
+    detail = float(np.abs(laplacian).mean()) if laplacian.size else 0.0
+    flat = colours / possible < DRAWN_MAX_COLOUR_SHARE or detail < DRAWN_MAX_DETAIL
+    return "drawn" if flat else "photo"
+
+
+def extract_deb_images(deb: str | Path, out_dir: str | Path, *, photos_only: bool = False,
+                       include: Iterable[str] = (), allow_eval: bool = False, min_side: int = PHOTO_MIN_SIDE,
+                       limit: int | None = None, progress: bool = True, verify: bool = False,
+                       work_dir: Path | None = None) -> Summary:
+    """Extract the images of one .deb into out_dir/debian/PACKAGE/ (see fetch_debian); FetchError when the
+    package is refused (reserved, no images, no statable licence) before anything is written."""
+    deb, out = Path(deb), Path(out_dir)
+    members = read_ar(deb)
+    with tempfile.TemporaryDirectory(prefix="deb-", dir=work_dir) as tmp:
+        with tarfile.open(_deb_tar(deb, members, "control.tar", Path(tmp)), "r:*") as tf:
+            control = _deb_control(tf, deb)
+        package, version = control.get("package", ""), control.get("version", "")
+        if not package:
+            raise FetchError(f"{deb.name}: its control file names no Package")
+        _check_allowed(package, allow_eval)
+        data_tar = _deb_tar(deb, members, "data.tar", Path(tmp))
+        with tarfile.open(data_tar, "r:*") as tf:
+            copyright_text, wanted = _scan_data_tar(tf, package, list(include))
+        if copyright_text is None:
+            raise FetchError(f"licence cannot be stated (no usr/share/doc/{package}/copyright file)")
+        try:
+            licences = Dep5.parse(copyright_text)
+        except FetchError as exc:
+            raise FetchError(f"licence cannot be stated ({exc})") from None
+        if not any(not n.lower().endswith(VECTOR_SUFFIXES) for n in wanted):
+            raise FetchError("no raster images" + (" matching --include" if include else "") + f" in {package}")
+        base = {"source": "debian", "package": package, "version": version, "deb": deb.name}
+        if package in DEBIAN_RESERVED:
+            base["reserved"] = DEBIAN_RESERVED[package]
+        with tarfile.open(data_tar, "r:*") as tf:
+            return _extract_deb_members(tf, wanted, out, package, base, licences, photos_only=photos_only,
+                                        min_side=min_side, limit=limit, progress=progress, verify=verify)
+
+
+def _deb_control(tf: tarfile.TarFile, deb: Path) -> dict[str, str]:
+    """The fields of control.tar's control file (package, version, ...)."""
+    for member in tf:
+        if member.isfile() and member.name.removeprefix("./") == "control":
+            text = tf.extractfile(member).read().decode("utf-8", "replace")
+            return (_rfc822_paragraphs(text) or [{}])[0]
+    raise FetchError(f"{deb.name}: no control file in control.tar")
+
+
+def _scan_data_tar(tf: tarfile.TarFile, package: str, include: list[str]) -> tuple[str | None, set[str]]:
+    """The package's copyright text (None if absent or a link) and the names of its image members."""
+    copyright_path = f"usr/share/doc/{package}/copyright"
+    copyright_text, wanted = None, set()
+    for member in tf:
+        path = member.name.removeprefix("./")
+        if path == copyright_path and member.isfile():
+            copyright_text = tf.extractfile(member).read().decode("utf-8", "replace")
+        elif (member.isfile() and path.lower().endswith(IMAGE_SUFFIXES + VECTOR_SUFFIXES)
+              and (not include or any(fnmatch.fnmatchcase(path, glob.lstrip("/")) for glob in include))):
+            wanted.add(member.name)
+    return copyright_text, wanted
+
+
+def _extract_deb_members(tf: tarfile.TarFile, wanted: set[str], out: Path, package: str, base: dict,
+                         licences: Dep5, *, photos_only: bool, min_side: int, limit: int | None, progress: bool,
+                         verify: bool) -> Summary:
+    """Extract the wanted image members of an open data.tar through the job runner."""
+    manifest = Manifest(out)
+    runner = JobRunner(manifest, desc=f"debian {package}", total=len(wanted), progress=progress)
+
+    def screen(tmp: Path, info: tuple[str, int, int], job: Job) -> str | None:
+        kind = job.meta["kind"] = image_kind(tmp)
+        if photos_only and kind != "photo":
+            return "drawn (few colours or little fine detail)"
+        if photos_only and min(info[1], info[2]) < min_side:
+            return f"small ({info[1]}x{info[2]}; photos need a {min_side} px short side)"
+        return None
+
+    taken = 0
+    try:
+        for name, _, size, opener in _tar_members(tf):
+            if name not in wanted:
+                continue
+            if limit is not None and taken >= limit:
+                break
+            taken += 1
+            try:
+                rel_member = safe_member_path(name)
+            except FetchError as exc:
+                runner.record(name, REJECTED, str(exc))
+                continue
+            if name.lower().endswith(VECTOR_SUFFIXES):
+                runner.record(name, LEFT_OUT, "vector image")
+                continue
+            rel = f"debian/{package}/{rel_member.as_posix()}"
+            licence = licences.licence_for(rel_member.as_posix())
+            if licence is None:
+                runner.record(name, REJECTED, "licence cannot be stated (no copyright paragraph covers it)")
+            elif manifest.is_whole(rel, verify=verify):
+                runner.skip(rel)
+            else:
+                meta = {**base, "license": licence[0], "license_from": licence[2], "attribution": licence[1],
+                        "member": rel_member.as_posix()}
+                job = Job(rel=rel, key=f"debian:{package}={base['version']}:{name}", size=size, meta=meta)
+                try:
+                    runner.record(name, *_extract_one(opener, job, manifest, MAX_MEMBER_BYTES, screen))
+                except DiskFull as exc:
+                    runner.record(name, FAILED, str(exc))
+                    break
+    finally:
+        summary = runner.finish()
+    return summary
 
 
 # -----------------------------------------------------------------------------
@@ -1160,63 +1694,58 @@ def fetch_local(src_dir: str | Path, out_dir: str | Path = OUT_DIR, *, name: str
     always keeps the same copy), then copied kernel-side. Files already copied and whole are skipped
     without being read.
     """
-    started = time.monotonic()
     src, out = Path(src_dir).expanduser(), Path(out_dir)
     if not src.is_dir():
         raise FetchError(f"{src}: not a folder")
-    jobs = local_jobs(src, out, name or src.resolve().name or "root", limit)
+    name = name or src.resolve().name or "root"
+    jobs = local_jobs(src, out, name, limit)
     if not jobs:
         log.warning("%s: no image files (%s)", src, " ".join(IMAGE_SUFFIXES))
     out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(out)
-    todo = [job for job in jobs if not manifest.is_done(job, verify=verify)]
-    summary = Summary(skipped=len(jobs) - len(todo))
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="local") as pool:
-        checked = list(tqdm(pool.map(_check_local, todo), total=len(todo), unit="img", desc="local: check",
-                            disable=not progress or not todo, dynamic_ncols=True))
-        copies, claimed = [], {}
-        for job, result in zip(todo, checked, strict=True):
-            if isinstance(result, str):
-                _record(summary, job, ("failed", result), manifest)
+    runner = JobRunner(manifest, desc=f"local {name}", total=len(jobs), progress=progress)
+    try:
+        todo = runner.pending(jobs, verify=verify)
+        copies, claimed, infos = [], {}, {}
+        for job, result in runner.map(_check_local, todo, workers):  # in folder order: the first copy is kept
+            if isinstance(result[1], str):
+                runner.record(job.label, *result)
                 continue
             sha, info = result
             other = claimed.get(sha) or manifest.holder(sha, job.rel)
             if other:
-                _record(summary, job, manifest.note_duplicate(job, sha, job.size, other), manifest)
+                runner.record(job.label, *manifest.note_duplicate(job, sha, job.size, other))
             else:
                 claimed[sha] = job.rel
-                copies.append((job, sha, info))
-        for job, result in zip((c[0] for c in copies),
-                               tqdm(pool.map(lambda c: _copy_local(*c, manifest), copies), total=len(copies),
-                                    unit="img", desc="local: copy", disable=not progress or not copies,
-                                    dynamic_ncols=True), strict=True):
-            _record(summary, job, result, manifest)
-    manifest.tidy()
-    summary.seconds = time.monotonic() - started
+                job.sha256, infos[job.key] = sha, info
+                copies.append(job)
+        runner.run(copies, lambda job: _copy_local(job, infos[job.key], manifest), workers)
+    finally:
+        summary = runner.finish()
     return summary
 
 
-def _check_local(job: Job) -> tuple[str, tuple[str, int, int]] | str:
-    """(sha256, image info) of a local file, or the reason it is refused."""
+def _check_local(job: Job) -> tuple[str, tuple[str, int, int]] | tuple[str, str]:
+    """(sha256, image info) of a local file, or (REJECTED / FAILED, the reason it is refused)."""
     try:
         info = verify_image(job.src)
         return file_sha256(job.src), info
     except FetchError as exc:
-        return str(exc)
+        return REJECTED, str(exc)
     except OSError as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return FAILED, f"{type(exc).__name__}: {exc}"
 
 
-def _copy_local(job: Job, sha: str, info: tuple[str, int, int], manifest: Manifest) -> tuple[str, str]:
-    """Copy a checked local file in through NAME.part and record it."""
+def _copy_local(job: Job, info: tuple[str, int, int], manifest: Manifest) -> tuple[str, str]:
+    """Copy a checked local file (its sha256 in job.sha256) in through NAME.part and record it."""
     tmp = _part_path(manifest.root / job.rel)
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(job.src, tmp)
-        return manifest.commit(tmp, job, sha, info)
+        return manifest.commit(tmp, job, job.sha256, info)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        return "failed", f"{type(exc).__name__}: {exc}"
+        return FAILED, f"{type(exc).__name__}: {exc}"
 
 
 # -----------------------------------------------------------------------------
@@ -1236,7 +1765,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     common.add_argument("-v", "--verbose", action="store_true", help="log every retry and failure")
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__,
                                      epilog="Re-running a command skips what is already there and whole.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -1261,13 +1790,29 @@ def build_parser() -> argparse.ArgumentParser:
     ar = sub.add_parser("archive", parents=[common], help="download a zip/tar and extract its images")
     ar.add_argument("url")
     ar.add_argument("--sha256", help="expected sha256 of the archive")
+    ar.add_argument("--md5", help="expected md5 of the archive (where that is all the source publishes)")
     ar.add_argument("--name", help="folder under RAW (default: the archive's stem)")
     ar.add_argument("--root", default="", help="keep only members under this folder of the archive")
     ar.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting it")
 
-    ds = sub.add_parser("dataset", parents=[common], help="a dataset from the registry (no NAME: list them)")
+    ds = sub.add_parser("dataset", parents=[common], help="a dataset from the registry (--list: the registry)")
     ds.add_argument("name", nargs="?", help=", ".join(DATASETS))
+    ds.add_argument("--list", action="store_true", help="print the registry: name, size, licence, URL")
     ds.add_argument("--keep-archive", action="store_true", help="keep the archive after extracting it")
+
+    db = sub.add_parser("debian", parents=[common], help="images of Debian packages (apt-get download), with "
+                        "package, version and licence in the manifest")
+    db.add_argument("packages", nargs="*", metavar="PACKAGE", help="package names for apt-get download")
+    db.add_argument("--deb", type=Path, action="append", default=[], metavar="FILE",
+                    help="a .deb file already on disk (repeatable; no apt, no network)")
+    db.add_argument("--photos-only", action="store_true",
+                    help=f"leave out drawn/rendered images and images under {PHOTO_MIN_SIDE} px on the short side")
+    db.add_argument("--include", action="append", default=[], metavar="GLOB",
+                    help="only members matching this glob, e.g. 'usr/share/backgrounds/*' (repeatable)")
+    db.add_argument("--min-side", type=int, default=PHOTO_MIN_SIDE, help="short side a photo needs (--photos-only)")
+    db.add_argument("--allow-eval", action="store_true",
+                    help=f"allow packages reserved for evaluation ({', '.join(DEBIAN_RESERVED)})")
+    db.add_argument("--apt-get", default="apt-get", help="the apt-get command to run (default apt-get)")
 
     lo = sub.add_parser("local", parents=[common], help="copy the images of a folder, recursively")
     lo.add_argument("dir", type=Path)
@@ -1318,14 +1863,21 @@ def _run_source(args, common: dict) -> Summary | None:
                           **common)
     if args.source == "archive":
         url = urljoin(args.base_url, args.url) if args.base_url else args.url
-        return fetch_archive(url, args.out, sha256=args.sha256, name=args.name, root=args.root, limit=args.limit,
-                             keep_archive=args.keep_archive, **common)
+        return fetch_archive(url, args.out, sha256=args.sha256, md5=args.md5, name=args.name, root=args.root,
+                             limit=args.limit, keep_archive=args.keep_archive, **common)
     if args.source == "dataset":
-        if not args.name:
+        if args.list or not args.name:
             print(dataset_table())
             return None
         return fetch_dataset(args.name, args.out, base_url=args.base_url, limit=args.limit,
                              keep_archive=args.keep_archive, **common)
+    if args.source == "debian":
+        if not args.packages and not args.deb:
+            raise FetchError("debian: name at least one PACKAGE or --deb FILE")
+        return fetch_debian(args.packages, args.out, debs=args.deb, photos_only=args.photos_only,
+                            include=args.include, allow_eval=args.allow_eval, apt_get=shlex.split(args.apt_get),
+                            min_side=args.min_side, limit=args.limit, progress=common["progress"],
+                            verify=common["verify"])
     common.pop("retry")
     return fetch_local(args.dir, args.out, name=args.name, limit=args.limit, workers=args.workers, **common)
 

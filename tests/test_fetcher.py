@@ -15,8 +15,10 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fakeserver import FakePixabay, FakeServer, image_bytes, noise_png
+from PIL import Image
 
 import fetcher
 
@@ -403,9 +405,10 @@ def make_zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None) 
     return buf.getvalue()
 
 
-def make_tar(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+def make_tar(members: dict[str, bytes], links: dict[str, tuple[bytes, str]] | None = None,
+             compression: str = "gz") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -510,13 +513,150 @@ def test_dataset_limit_keeps_the_archive_for_a_full_run(server, raw, retry, monk
     assert len(server.requests("/tiny_HR.tar.gz")) == 1
 
 
-def test_registry_entries_are_well_formed(capsys):
-    assert {"div2k-train", "div2k-valid", "flickr2k", "bsds500", "dtd"} <= set(fetcher.DATASETS)
-    for entry in fetcher.DATASETS.values():
-        assert entry["url"].startswith(("https://", "http://")) and entry["root"].endswith("/")
-        assert entry["sha256"] is None or len(entry["sha256"]) == 64
-    assert fetcher.main(["dataset"]) == 0
-    assert "div2k-valid" in capsys.readouterr().out
+def test_registry_entries_are_well_formed():
+    assert {"div2k-train", "div2k-valid", "flickr2k", "bsds500", "dtd", "set5", "set14", "bsd100", "urban100",
+            "openimages-valid", "places365-val"} <= set(fetcher.DATASETS)
+    for name, entry in fetcher.DATASETS.items():
+        assert entry["url"].startswith(("https://", "http://")), name
+        assert entry["root"] == "" or entry["root"].endswith("/"), name  # "" keeps every image member
+        assert entry["sha256"] is None or len(entry["sha256"]) == 64, name
+        assert entry.get("md5") is None or len(entry["md5"]) == 32, name
+        assert entry["license"] and entry["images"] > 0, name
+    for name in ("set5", "set14", "bsd100", "urban100"):  # a flat HR folder, as flow.py evaluate reads it
+        assert fetcher.DATASETS[name]["root"].endswith("_HR/")
+
+
+def test_dataset_list_prints_the_registry_as_a_table(capsys):
+    assert fetcher.main(["dataset", "--list"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["NAME", "IMAGES", "SIZE", "CHECKSUM"] and header.rstrip().endswith("URL")
+    by_name = {row.split()[0]: row for row in rows}
+    assert set(by_name) == set(fetcher.DATASETS)
+    for name, entry in fetcher.DATASETS.items():
+        row = by_name[name]
+        assert row.endswith(entry["url"]) and entry["license"] in row and f" {entry['images']} " in row
+    assert " 449.0 MB " in by_name["div2k-valid"] and " sha256 " in by_name["div2k-valid"]
+    assert " md5 " in by_name["urban100"] and " none " in by_name["set5"] and " ? " in by_name["set5"]
+    assert fetcher.main(["dataset"]) == 0 and capsys.readouterr().out.splitlines()[0] == header
+
+
+def stand_in_archive(name: str, images: dict[str, bytes]) -> tuple[str, bytes]:
+    """(file name, bytes) of a small archive laid out like the registry entry's: images under its root,
+    a text file, and (where the entry has a root) an LR image outside it: both must be left out."""
+    entry = fetcher.DATASETS[name]
+    filename = entry["url"].rsplit("/", 1)[1]
+    members = {entry["root"] + n: body for n, body in images.items()}
+    if entry["root"]:
+        members["LR_bicubic/X4/" + next(iter(images))] = image_bytes(999, fmt="PNG")
+    members["README.txt"] = b"stand-in"
+    if filename.endswith(".zip"):
+        return filename, make_zip(members)
+    return filename, make_tar(members, compression="gz" if filename.endswith("gz") else "")
+
+
+@pytest.mark.parametrize("name", ["set5", "set14", "bsd100", "urban100", "openimages-valid", "places365-val"])
+def test_registry_dataset_downloads_and_extracts_through_a_mirror(server, raw, retry, monkeypatch, name):
+    images = {f"img_{i:03d}.png": image_bytes(200 + i, fmt="PNG") for i in range(3)}
+    filename, data = stand_in_archive(name, images)
+    server.add(f"/mirror/{filename}", data, "application/octet-stream")
+    check = "md5" if fetcher.DATASETS[name].get("md5") else "sha256"
+    patched = {**fetcher.DATASETS[name], "sha256": None, "md5": None,
+               check: getattr(hashlib, check)(data).hexdigest()}
+    monkeypatch.setitem(fetcher.DATASETS, name, patched)
+
+    summary = fetcher.fetch_dataset(name, raw, base_url=server.url("/mirror/"), retry=retry, progress=False)
+
+    assert summary.ok and summary.fetched == 3
+    folder = raw / name
+    root = fetcher.DATASETS[name]["root"]
+    if root:  # the images lie flat in RAW/NAME: the folder is flow.py evaluate --data input as it is
+        assert sorted(p.name for p in folder.iterdir()) == sorted(images)
+    for member, body in images.items():
+        assert (folder / member).read_bytes() == body
+    for entry in manifest_lines(raw):
+        assert (entry["source"], entry["dataset"], entry["license"]) == ("archive", name, patched["license"])
+    record = json.loads((raw / ".downloads" / f"{filename}.done.json").read_text())
+    assert (record["sha256"], record["verified_by"]) == (sha(data), check)
+    assert not (raw / ".downloads" / filename).exists()
+
+
+def test_benchmark_folder_is_evaluate_input(server, raw, retry, monkeypatch):
+    flow = pytest.importorskip("flow")
+    images = {f"{n}.png": image_bytes(210 + i, size=(48, 40), fmt="PNG") for i, n in enumerate(["baby", "bird"])}
+    filename, data = stand_in_archive("set5", images)
+    server.add(f"/{filename}", data)
+    monkeypatch.setitem(fetcher.DATASETS, "set5", {**fetcher.DATASETS["set5"], "sha256": sha(data)})
+    assert fetcher.main(["dataset", "set5", "--out", str(raw), "--base-url", server.url("/"), "-q"]) == 0
+    pairs, scale, failed = flow.evaluation_pairs(raw / "set5", 4)
+    assert [name for name, _, _ in pairs] == ["baby.png", "bird.png"] and scale == 4 and not failed
+
+
+def test_registry_hash_mismatch_is_a_clear_error_and_leaves_nothing(server, raw, retry, monkeypatch, caplog):
+    filename, data = stand_in_archive("set14", {"a.png": image_bytes(220, fmt="PNG")})
+    server.add(f"/{filename}", data)
+    monkeypatch.setitem(fetcher.DATASETS, "set14", {**fetcher.DATASETS["set14"], "sha256": "ab" * 32})
+    status = fetcher.main(["dataset", "set14", "--out", str(raw), "--base-url", server.url("/"), "-q"])
+    assert status == 1
+    assert f"sha256 mismatch for {filename} (expected {'ab' * 32}, got {sha(data)}); the download was deleted" \
+        in caplog.text
+    assert not [p for p in raw.rglob("*") if p.is_file()]  # no archive, no part, no images, no manifest
+
+    monkeypatch.setitem(fetcher.DATASETS, "urban100", {**fetcher.DATASETS["urban100"], "md5": "0" * 32})
+    filename, data = stand_in_archive("urban100", {"a.png": image_bytes(221, fmt="PNG")})
+    server.add(f"/{filename}", data)
+    summary = fetcher.fetch_dataset("urban100", raw, base_url=server.url("/"), retry=retry, progress=False)
+    assert summary.fetched == 0 and summary.failed[0][1].startswith(f"md5 mismatch for {filename}")
+    assert not [p for p in raw.rglob("*") if p.is_file()]
+
+
+def test_unpublished_checksum_is_reported_as_not_verified(server, raw, retry, monkeypatch, caplog):
+    filename, data = stand_in_archive("bsd100", {"3096.png": image_bytes(230, fmt="PNG")})
+    server.add(f"/{filename}", data)
+    assert fetcher.DATASETS["bsd100"]["sha256"] is None
+    with caplog.at_level(logging.WARNING, logger="fetcher"):
+        summary = fetcher.fetch_dataset("bsd100", raw, base_url=server.url("/"), retry=retry, progress=False)
+    assert summary.fetched == 1
+    assert f"{filename}: sha256 {sha(data)} (not verified" in caplog.text
+    record = json.loads((raw / ".downloads" / f"{filename}.done.json").read_text())
+    assert (record["sha256"], record["verified_by"]) == (sha(data), None)
+
+
+def test_registry_download_cut_short_extracts_nothing_and_resumes(server, raw, retry, monkeypatch):
+    images = {f"n{i}.png": noise_png(240 + i) for i in range(2)}
+    filename, data = stand_in_archive("set5", images)
+    server.add(f"/{filename}", data)
+    monkeypatch.setitem(fetcher.DATASETS, "set5", {**fetcher.DATASETS["set5"], "sha256": sha(data)})
+    server.fault(f"/{filename}", {"drop_after": len(data) // 3})
+    once = fetcher.RetryPolicy(retries=0, sleep=retry.sleep)
+    cut = fetcher.fetch_dataset("set5", raw, base_url=server.url("/"), retry=once, progress=False)
+    assert cut.fetched == 0 and "gave up after 1 try" in cut.failed[0][1]
+    assert not (raw / "set5").exists() and not (raw / "manifest.jsonl").exists()  # nothing half-extracted
+    kept = (raw / ".downloads" / f"{filename}.part").stat().st_size
+    assert kept == len(data) // 3
+
+    whole = fetcher.fetch_dataset("set5", raw, base_url=server.url("/"), retry=retry, progress=False)
+    assert whole.ok and whole.fetched == 2
+    assert server.requests(f"/{filename}")[-1]["headers"]["Range"] == f"bytes={kept}-"
+    assert sorted(p.name for p in (raw / "set5").iterdir()) == sorted(images)
+
+
+def test_oversized_members_are_refused(server, raw, retry):
+    big, small = noise_png(250), image_bytes(251, fmt="PNG")
+    server.add("/mixed.tar.gz", make_tar({"mixed/big.png": big, "mixed/small.png": small}))
+    summary = fetcher.fetch_archive(server.url("/mixed.tar.gz"), raw, retry=retry, progress=False,
+                                    max_member_bytes=len(big) - 1)
+    assert summary.fetched == 1
+    assert [(item, reason.split(" (")[0]) for item, reason in summary.failed] == [("mixed/big.png",
+                                                                                   "member too large")]
+    assert sorted(p.name for p in (raw / "mixed/mixed").iterdir()) == ["small.png"]
+
+
+def test_extraction_stops_before_the_disk_fills(server, raw, retry, monkeypatch):
+    server.add("/set.zip", make_zip({f"{i}.png": image_bytes(260 + i, fmt="PNG") for i in range(3)}))
+    monkeypatch.setattr(fetcher, "DISK_RESERVE_BYTES", shutil.disk_usage(raw.parent).free * 4)
+    summary = fetcher.fetch_archive(server.url("/set.zip"), raw, retry=retry, progress=False)
+    assert summary.fetched == 0 and len(summary.failed) == 1 and "disk nearly full" in summary.failed[0][1]
+    assert not (raw / ".downloads/set.zip.done.json").exists()  # incomplete: the next run extracts again
 
 
 def test_safe_member_path():
@@ -579,8 +719,19 @@ def test_local_rerun_reads_nothing_and_new_files_are_picked_up(wallpapers, raw, 
 
 def test_local_ignores_the_output_folder_inside_the_source(wallpapers):
     raw = wallpapers / "raw"
-    fetcher.fetch_local(wallpapers, raw, progress=False)
-    assert fetcher.fetch_local(wallpapers, raw, progress=False).skipped == 4
+    first = fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert (first.fetched, first.duplicates, len(first.failed)) == (3, 1, 1)
+    paths = sorted(e["path"] for e in manifest_lines(raw))
+    assert paths == ["local/backgrounds/nature/hd/forest.JPG", "local/backgrounds/nature/lake.png",
+                     "local/backgrounds/sky.jpg"]  # nothing from backgrounds/raw/ itself
+    assert not [e for e in manifest_lines(raw) if Path(e["origin"]).is_relative_to(raw)]
+
+    lines_before = (raw / "manifest.jsonl").read_text()
+    again = fetcher.fetch_local(wallpapers, raw, progress=False)
+    assert (again.fetched, again.duplicates, again.skipped) == (0, 0, 4)  # 3 copies + the known duplicate
+    assert [Path(item).name for item, _ in again.failed] == ["broken.jpg"]  # the copies in raw/ are not sources
+    assert (raw / "manifest.jsonl").read_text() == lines_before
+    assert not (raw / "local/backgrounds/raw").exists()
 
 
 def test_local_cli_and_missing_folder(wallpapers, raw, tmp_path, capsys):
@@ -621,3 +772,222 @@ def test_manifest_appends_after_a_torn_line(tmp_path):
     fetcher._append_jsonl(tmp_path / "manifest.jsonl", {"path": "c.jpg", "sha256": "cc", "bytes": 1})
     assert [e["path"] for e in fetcher.read_manifest(tmp_path)] == ["a.jpg", "c.jpg"]
     assert os.path.getsize(tmp_path / "manifest.jsonl") > 0
+
+
+# ----------------------------------------------------------------------------- Debian packages
+
+
+def photo_bytes(seed: int, size: tuple[int, int], fmt: str = "JPEG", grey: bool = False) -> bytes:
+    """A photo-like image: many colours and fine detail at every scale."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (size[1] // 4, size[0] // 4, 3), dtype=np.uint8)
+    img = Image.fromarray(coarse).resize(size, Image.BICUBIC)
+    buf = io.BytesIO()
+    (img.convert("L") if grey else img).save(buf, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def drawn_bytes(size: tuple[int, int], gradient: bool = False) -> bytes:
+    """A rendered image: flat shapes in three colours, or a smooth gradient."""
+    if gradient:
+        x = np.linspace(0, 255, size[0])[None, :, None]
+        y = np.linspace(0, 255, size[1])[:, None, None]
+        pixels = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2).astype(np.uint8)
+    else:
+        pixels = np.full((size[1], size[0], 3), (20, 60, 140), np.uint8)
+        pixels[size[1] // 4: size[1] // 2, size[0] // 5: size[0] // 2] = (250, 200, 0)
+        pixels[size[1] // 2:, size[0] // 2:] = (240, 240, 240)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: test-backgrounds
+License: GPL-2+
+
+Files: *
+Copyright: 2019 Test Artists
+License: GPL-2+
+ This program is free software; you can redistribute it ...
+ .
+ On Debian systems, see /usr/share/common-licenses/GPL-2.
+
+Files: backgrounds/photos/*
+Copyright: 2020 Jane Photographer
+License: CC-BY-SA-4.0
+ Attribution-ShareAlike 4.0 International
+"""
+
+
+def ar_archive(members: dict[str, bytes]) -> bytes:
+    """An ar archive (the container of a .deb), built here byte by byte."""
+    out = bytearray(b"!<arch>\n")
+    for name, data in members.items():
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        out += data + (b"\n" if len(data) % 2 else b"")
+    return bytes(out)
+
+
+def tar_bytes(members: dict[str, bytes], compression: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def make_deb(path: Path, package: str, files: dict[str, bytes], *, copyright: str | None = DEP5,
+             version: str = "1.2-3", compression: str = "xz") -> Path:
+    """A tiny .deb: debian-binary, control.tar.gz (control), data.tar.xz/.gz (files and copyright)."""
+    control = (f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: T <t@example.org>\n"
+               f"Description: test images\n").encode()
+    data = {f"./{name}": body for name, body in files.items()}
+    if copyright is not None:
+        data[f"./usr/share/doc/{package}/copyright"] = copyright.encode()
+    path.write_bytes(ar_archive({"debian-binary": b"2.0\n",
+                                 "control.tar.gz": tar_bytes({"./control": control}, "gz"),
+                                 f"data.tar.{compression}": tar_bytes(data, compression)}))
+    return path
+
+
+@pytest.fixture
+def deb_files():
+    """The images of a wallpaper-like package: a photo, two drawings, a small photo, a vector, a text file."""
+    return {"usr/share/backgrounds/photos/lake.jpg": photo_bytes(1, (640, 560)),
+            "usr/share/backgrounds/art/shapes.png": drawn_bytes((800, 600)),
+            "usr/share/backgrounds/art/gradient.png": drawn_bytes((800, 600), gradient=True),
+            "usr/share/pixmaps/small.jpg": photo_bytes(2, (300, 200)),
+            "usr/share/backgrounds/art/logo.svg": b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            "usr/share/doc/test-backgrounds/README": b"hello"}
+
+
+def test_debian_deb_images_with_package_version_and_licence(tmp_path, raw, deb_files, capsys):
+    deb = make_deb(tmp_path / "test-backgrounds_1.2-3_all.deb", "test-backgrounds", deb_files)
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(raw), "-q"]) == 0
+    assert "fetched 4" in capsys.readouterr().out
+    entries = {e["path"].removeprefix("debian/test-backgrounds/"): e for e in manifest_lines(raw)}
+    assert set(entries) == {n for n in deb_files if n.endswith((".jpg", ".png"))}  # no SVG, no README
+    for member, entry in entries.items():
+        assert (entry["source"], entry["package"], entry["version"]) == ("debian", "test-backgrounds", "1.2-3")
+        assert entry["sha256"] == sha(deb_files[member]) and entry["bytes"] == len(deb_files[member])
+        assert (raw / entry["path"]).read_bytes() == deb_files[member]
+    lake = entries["usr/share/backgrounds/photos/lake.jpg"]
+    assert (lake["license"], lake["attribution"], lake["license_from"]) == ("CC-BY-SA-4.0", "2020 Jane Photographer",
+                                                                           "files")
+    assert entries["usr/share/pixmaps/small.jpg"]["license"] == "GPL-2+"
+    assert {m: e["kind"] for m, e in entries.items()} == {
+        "usr/share/backgrounds/photos/lake.jpg": "photo", "usr/share/backgrounds/art/shapes.png": "drawn",
+        "usr/share/backgrounds/art/gradient.png": "drawn", "usr/share/pixmaps/small.jpg": "photo"}
+
+    again = fetcher.fetch_debian(debs=[deb], out_dir=raw, progress=False)
+    assert (again.fetched, again.skipped, again.left_out, again.ok) == (0, 4, 1, True)  # the SVG, again
+    assert len(manifest_lines(raw)) == 4
+
+
+def test_debian_photos_only_and_include(tmp_path, raw, deb_files):
+    deb = make_deb(tmp_path / "bg.deb", "test-backgrounds", deb_files, compression="gz")
+    summary = fetcher.fetch_debian(debs=[deb], out_dir=raw, photos_only=True, progress=False)
+    assert (summary.fetched, summary.left_out, summary.ok) == (1, 4, True)  # shapes, gradient, small, svg
+    assert [e["path"] for e in manifest_lines(raw)] == ["debian/test-backgrounds/usr/share/backgrounds/photos/lake.jpg"]
+
+    other = tmp_path / "raw2"
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(other), "--include", "usr/share/pixmaps/*",
+                         "-q"]) == 0
+    assert [e["path"] for e in manifest_lines(other)] == ["debian/test-backgrounds/usr/share/pixmaps/small.jpg"]
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(other), "--include", "usr/share/pixmaps/*",
+                         "--photos-only", "--min-side", "200", "-q"]) == 0  # small is a photo of 300x200
+
+
+def test_debian_reserved_package_needs_allow_eval(tmp_path, raw, deb_files, caplog):
+    never = [sys.executable, "-c", "raise SystemExit('apt-get must not run')"]
+    assert fetcher.main(["debian", "ukui-wallpapers", "--out", str(raw), "--apt-get", " ".join(never)]) == 1
+    assert "ukui-wallpapers is reserved for evaluation" in caplog.text and "--allow-eval" in caplog.text
+    assert "must not run" not in caplog.text
+
+    deb = make_deb(tmp_path / "renamed.deb", "ukui-wallpapers", deb_files)  # the control file says who it is
+    refused = fetcher.fetch_debian(debs=[deb], out_dir=raw, progress=False)
+    assert refused.fetched == 0 and "reserved for evaluation" in refused.failed[0][1]
+    assert not (raw / "debian").exists() and not (raw / "manifest.jsonl").exists()
+
+    allowed = fetcher.fetch_debian(debs=[deb], out_dir=raw, allow_eval=True, progress=False)
+    assert allowed.fetched == 4 and {e["reserved"] for e in manifest_lines(raw)} == {"reserved for evaluation"}
+
+
+@pytest.mark.parametrize("copyright_text, reason", [
+    (None, "licence cannot be stated (no usr/share/doc/pkg/copyright file)"),
+    ("This package was debianized by someone.\nIt is GPL.\n",
+     "licence cannot be stated (the copyright file is not machine-readable (no DEP-5 Format: header))")])
+def test_debian_package_without_a_statable_licence_is_skipped(tmp_path, raw, deb_files, copyright_text, reason):
+    deb = make_deb(tmp_path / "pkg.deb", "pkg", deb_files, copyright=copyright_text, compression="gz")
+    good = make_deb(tmp_path / "good.deb", "good", {"usr/share/backgrounds/photos/a.jpg": photo_bytes(5, (600, 600))})
+    summary = fetcher.fetch_debian(debs=[deb, good], out_dir=raw, progress=False)
+    assert summary.failed == [("pkg.deb", reason)] and summary.fetched == 1
+    assert not (raw / "debian/pkg").exists()  # nothing of the refused package was written
+    assert not [p for p in raw.rglob("*.part")]
+
+
+def test_debian_package_without_images_is_reported(tmp_path, raw, capsys):
+    deb = make_deb(tmp_path / "fonts.deb", "fonts-x", {"usr/share/fonts/x.ttf": b"\0\1\0\0",
+                                                         "usr/share/icons/x.svg": b"<svg/>"})
+    assert fetcher.main(["debian", "--deb", str(deb), "--out", str(raw), "-q"]) == 1
+    assert "failed 1 (no raster images in fonts-x: 1)" in capsys.readouterr().out
+    assert not (raw / "debian").exists()
+
+
+def test_debian_download_through_apt_get(tmp_path, raw, deb_files):
+    deb = make_deb(tmp_path / "built.deb", "test-backgrounds", deb_files)
+    fake = tmp_path / "fake-apt-get.py"  # stands in for apt-get: `download NAME` leaves NAME_VERSION_all.deb
+    fake.write_text("import shutil, sys\nassert sys.argv[1] == 'download'\n"
+                    f"if sys.argv[2] != 'test-backgrounds':\n    sys.exit('E: Unable to locate package ' + sys.argv[2])\n"
+                    f"shutil.copy({str(deb)!r}, sys.argv[2] + '_1.2-3_all.deb')\n")
+    apt = [sys.executable, str(fake)]
+    summary = fetcher.fetch_debian(["test-backgrounds", "no-such-pkg"], raw, apt_get=apt, progress=False)
+    assert summary.fetched == 4
+    assert summary.failed == [("no-such-pkg", "apt-get download no-such-pkg failed: E: Unable to locate package "
+                                              "no-such-pkg")]
+    assert {e["deb"] for e in manifest_lines(raw)} == {"test-backgrounds_1.2-3_all.deb"}
+    assert not list((raw / ".downloads").iterdir())  # the downloaded .deb and its unpacked tars are gone
+    with pytest.raises(fetcher.FetchError, match="not a Debian package name"):
+        fetcher.fetch_debian(["-oAPT::Get::Something=1"], raw, apt_get=apt, progress=False)
+
+
+def test_debian_not_a_deb_is_a_clear_error(tmp_path, raw):
+    junk = tmp_path / "junk.deb"
+    junk.write_bytes(b"PK\3\4 not an ar archive")
+    summary = fetcher.fetch_debian(debs=[junk], out_dir=raw, progress=False)
+    assert summary.failed == [("junk.deb", "junk.deb: not a .deb (no ar archive header)")]
+
+
+def test_dep5_licence_lookup():
+    dep5 = fetcher.Dep5.parse(DEP5 + "\nFiles: debian/*\nLicence-note: x\nLicense: MIT\n")
+    assert dep5.licence_for("usr/share/backgrounds/photos/lake.jpg") == ("CC-BY-SA-4.0", "2020 Jane Photographer",
+                                                                        "files")
+    assert dep5.licence_for("usr/share/pixmaps/a.png")[::2] == ("GPL-2+", "files")
+    only_header = fetcher.Dep5.parse("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+                                     "License: CC0-1.0\n\nFiles: src/*\nCopyright: x\nLicense: MIT\n")
+    assert only_header.licence_for("usr/share/backgrounds/a.jpg") == ("CC0-1.0", None, "header")
+    assert only_header.licence_for("usr/share/doc/src/a.jpg")[0] == "MIT"  # a tail matches src/*
+
+
+def test_image_kind_tells_photos_from_drawings(tmp_path):
+    cases = {"photo.jpg": (photo_bytes(3, (640, 480)), "photo"),
+             "grey-photo.jpg": (photo_bytes(4, (640, 480), grey=True), "photo"),
+             "shapes.png": (drawn_bytes((640, 480)), "drawn"),
+             "gradient.png": (drawn_bytes((640, 480), gradient=True), "drawn")}
+    for name, (body, kind) in cases.items():
+        (tmp_path / name).write_bytes(body)
+        assert fetcher.image_kind(tmp_path / name) == kind, name
+
+
+def test_check_archive_checks_every_published_digest(tmp_path):
+    archive = tmp_path / "val_256.tar"
+    archive.write_bytes(b"stand-in archive bytes")
+    data = archive.read_bytes()
+    md5 = hashlib.md5(data).hexdigest()
+    assert fetcher.check_archive(archive, sha256=sha(data), md5=md5) == sha(data)
+    with pytest.raises(fetcher.FetchError, match=f"md5 mismatch for val_256.tar \\(expected {'0' * 32}, got {md5}\\)"):
+        fetcher.check_archive(archive, sha256=sha(data), md5="0" * 32)
+    assert not archive.exists()  # a download that fails its check is not kept
