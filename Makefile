@@ -8,7 +8,7 @@ RUN := runs/demo
 SAMPLES = $$($(PY) -c "import skimage.data; print(skimage.data.data_dir)")
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test lint bench weights clean
+.PHONY: demo test lint lab bench weights clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+
+# JupyterLab on the notebooks (analyze.ipynb needs a run: `make demo` makes runs/demo).
+lab: $(VENV)/.installed
+	$(PY) -m jupyter lab analyze.ipynb dataset_preparation.ipynb
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

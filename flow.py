@@ -89,9 +89,10 @@ def train(args, extra_callbacks=()):
     if args.init_generator and not Path(args.init_generator).is_file():
         raise ValueError(f"--init-generator {args.init_generator}: no such file")
 
-    import keras
+    import runtime  # first: Keras starts quietly
 
-    import runtime
+    # isort: split
+    import keras
 
     if config["gan_epochs"] and not runtime.use_tensorflow():
         raise ValueError(f"phase 2 (--gan-epochs) needs the TensorFlow backend; backend is {runtime.backend()}")

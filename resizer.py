@@ -2,7 +2,7 @@
 
 Pixels are uint8 (H, W, 3) RGB arrays throughout; `to_float`/`to_uint8` convert to and from float32 in [0, 1],
 the models' range. LR images are made from HR by Pillow's antialiased bicubic, which matches MATLAB's
-`imresize` closely (DESIGN.md), so dataset pairs, bicubic baselines and published numbers agree.
+`imresize` closely, so dataset pairs, bicubic baselines and published numbers agree.
 
     rgb = load_image("photo.jpg")                 # EXIF orientation applied, any mode -> uint8 RGB
     thumb = load_square("photo.jpg", 256)         # centre square at 256x256, fast on big JPEGs
@@ -339,7 +339,8 @@ def resize(img, size, filter="bicubic"):
 
 
 def lr_from_hr(hr, scale, filter="bicubic"):
-    """The low-resolution image for an HR image: antialiased `filter` downscale by `scale` (DESIGN.md).
+    """The low-resolution image for an HR image: antialiased `filter` downscale by `scale` (Pillow's bicubic
+    matches MATLAB's imresize, which made the SR literature's data, closely).
 
     HR sides must be multiples of scale (use mod_crop first), so LR and HR line up pixel for pixel.
     """

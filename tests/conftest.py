@@ -65,11 +65,17 @@ def assert_committed_without_outputs(notebook: Path):
     return nb
 
 
+# how TensorFlow's C++ start-up lines begin ("I0000 00:00:...", "E0000", "WARNING: All log messages before absl")
+TENSORFLOW_NOISE = ("I0000", "W0000", "E0000", "WARNING: All log messages before absl", "To enable the following")
+
+
 def executed_outputs(nb):
-    """(stream text, PNG display outputs) of an executed notebook, after asserting no cell raised."""
+    """(stream text, PNG display outputs) of an executed notebook, after asserting no cell raised and no
+    TensorFlow start-up line (absl, oneDNN, CUDA probing) reached a cell's output."""
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert not [line for line in text.splitlines() if line.startswith(TENSORFLOW_NOISE)], text
     images = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     return text, images
 
