@@ -2,8 +2,9 @@
 and a texture measure: each method's high-frequency energy (variance of the Laplacian of Y) as a fraction of
 the original's, averaged over whole images (1.0 = as much fine detail as the original; PSNR does not see this).
 
-    python weights/make_figure.py ../shared/data/benchmarks/Set14/baboon.png ../shared/data/benchmarks/Set5/butterfly.png \
-        -o docs/comparison.png --texture ../shared/data/benchmarks/Set5 ../shared/data/benchmarks/Set14
+    python fetcher.py dataset set5 --out data/benchmarks && python fetcher.py dataset set14 --out data/benchmarks
+    python weights/make_figure.py data/benchmarks/set14/baboon.png data/benchmarks/set5/butterfly.png \
+        -o docs/comparison.png --texture data/benchmarks/set5 data/benchmarks/set14
 """
 
 import argparse

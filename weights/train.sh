@@ -41,8 +41,10 @@ ARCH="--filters 64 --blocks 16 --no-batch-norm --interpolation-skip bicubic"
 
 cp runs/psnr-x4/generator.keras weights/srresnet_x4_psnr.keras
 cp runs/gan-x4/generator_last.keras weights/srgan_x4.keras
-for set in Set5 Set14; do
+# 5. Scores on the standard benchmarks (downloaded once through fetcher.py's registry).
+for set in set5 set14; do
+  [ -d "data/benchmarks/$set" ] || "$PY" fetcher.py dataset "$set" --out data/benchmarks
   for model in weights/srresnet_x4_psnr.keras weights/srgan_x4.keras; do
-    "$PY" flow.py evaluate --model "$model" --data "../shared/data/benchmarks/$set" --out runs/weights-eval
+    "$PY" flow.py evaluate --model "$model" --data "data/benchmarks/$set" --out runs/weights-eval
   done
 done
