@@ -537,3 +537,132 @@ def test_cli_errors(tmp_path, capsys):
     (empty / "a.png").write_bytes(b"")
     assert main([str(empty), "--out", str(tmp_path / "z"), "--quiet"]) == 1
     assert "a.png: empty file" in capsys.readouterr().err and not (tmp_path / "z").exists()
+
+
+# --------------------------------------------------------------------------- tfrecord format
+
+
+def tfrecord_pairs(dataset, split, **kwargs):
+    """Every (lr, hr) of a tfrecord split as numpy arrays, in record order."""
+    files = create_dataset.tfrecord_files(dataset, split)
+    return [(lr.numpy(), hr.numpy()) for lr, hr in create_dataset.tfrecord_pair_dataset(files, **kwargs)]
+
+
+def png_pairs(dataset, split):
+    return [(resizer.load_image(dataset / split / "lr" / name), resizer.load_image(dataset / split / "hr" / name))
+            for name in pair_files(dataset)[split]]
+
+
+def pixel_set(pairs):
+    return sorted(hashlib.sha256(lr.tobytes() + hr.tobytes()).hexdigest() for lr, hr in pairs)
+
+
+def test_tfrecord_dataset_holds_the_same_pixels_as_the_png_one(photo_folder, tmp_path):
+    kwargs = {"mode": "patches", "patches": 6, "noise_sigma": 2.0, "split": (0.5, 0.25, 0.25)}
+    png = build([photo_folder], tmp_path / "png", **kwargs)
+    tfr = build([photo_folder], tmp_path / "tfr", **kwargs, format="tfrecord", shard_mb=0.02, workers=2)
+    assert tfr["counts"] == png["counts"] and tfr["parameters"]["format"] == "tfrecord"
+    assert [(s["sha256"], s["split"], s["name"], s["pairs"]) for s in tfr["sources"]] == [
+        (s["sha256"], s["split"], s["name"], s["pairs"]) for s in png["sources"]]
+    on_disk = sorted(p.name for p in (tmp_path / "tfr").iterdir())
+    listed = sorted(shard["file"] for shards in tfr["shards"].values() for shard in shards)
+    assert on_disk == sorted([*listed, "manifest.json"])  # nothing else: no PNG folders, no temporaries
+    for split in create_dataset.SPLITS:
+        shards = tfr["shards"][split]
+        assert len(shards) >= 2 and sum(s["records"] for s in shards) == tfr["counts"][split]
+        assert [s["file"] for s in shards] == [f"{split}-{i:05d}-of-{len(shards):05d}.tfrecord"
+                                               for i in range(len(shards))]
+        from_records = tfrecord_pairs(tmp_path / "tfr", split)
+        assert all(lr.dtype == np.uint8 and lr.shape == (8, 8, 3) and hr.shape == (32, 32, 3)
+                   for lr, hr in from_records)
+        assert pixel_set(from_records) == pixel_set(png_pairs(tmp_path / "png", split))
+        # sharding by file: two workers read disjoint halves that together make the whole split
+        halves = [tfrecord_pairs(tmp_path / "tfr", split, num_workers=2, worker_index=i) for i in (0, 1)]
+        assert sorted(pixel_set(halves[0]) + pixel_set(halves[1])) == pixel_set(from_records)
+        assert halves[0] and halves[1] and not set(pixel_set(halves[0])) & set(pixel_set(halves[1]))
+    with pytest.raises(DatasetError, match="tfrecord DATASET.*tfrecord_files"):
+        create_dataset.scan_split(tmp_path / "tfr", "train")
+    with pytest.raises(DatasetError, match="not a tfrecord DATASET"):
+        create_dataset.tfrecord_files(tmp_path / "png", "train")
+    with pytest.raises(DatasetError, match="cannot be shared among 9 workers"):
+        create_dataset.tfrecord_pair_dataset(create_dataset.tfrecord_files(tmp_path / "tfr", "val"), num_workers=9)
+
+
+def test_tfrecord_rerun_reuses_a_finished_dataset_and_rewrites_a_changed_or_interrupted_one(
+        photo_folder, tmp_path, monkeypatch):
+    out = tmp_path / "tfr"
+    kwargs = {"format": "tfrecord", "shard_mb": 0.01}
+    first = build([photo_folder], out, **kwargs)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")}
+    again = build([photo_folder], out, **kwargs)
+    assert again["run"]["photos_reused"] == 12 and again["run"]["photos_processed"] == 0
+    assert again["shards"] == first["shards"] and {p.name: p.stat().st_mtime_ns for p in out.glob("*.tfrecord")} == stamps
+
+    resizer.save_image(photo_folder / "new.png", photo_crops(1, seed=11)[0])
+    grown = build([photo_folder], out, **kwargs)
+    assert grown["run"]["photos_processed"] == 13 and sum(grown["counts"].values()) == 13
+    listed = {shard["file"] for shards in grown["shards"].values() for shard in shards}
+    assert {p.name for p in out.iterdir()} == listed | {"manifest.json"}  # old shards gone
+
+    real_add = create_dataset._ShardWriter.add
+    calls = {"n": 0}
+
+    def add_until_interrupted(self, result):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_add(self, result)
+
+    monkeypatch.setattr(create_dataset._ShardWriter, "add", add_until_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build([photo_folder], out, **{**kwargs, "shard_mb": 0.005})
+    monkeypatch.undo()
+    assert not (out / "manifest.json").exists()  # no manifest that could list a missing or partial shard
+    assert not [p for p in out.iterdir() if resizer.is_temp_output(p)]
+    finished = build([photo_folder], out, **{**kwargs, "shard_mb": 0.005})
+    assert finished["counts"] == grown["counts"] and finished["run"]["photos_processed"] == 13
+    listed = {shard["file"] for shards in finished["shards"].values() for shard in shards}
+    assert {p.name for p in out.iterdir()} == listed | {"manifest.json"}
+    assert sum(len(tfrecord_pairs(out, s)) for s in create_dataset.SPLITS) == 13
+
+
+def test_tfrecord_output_folder_checks_and_command_line(photo_folder, tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "thesis.tex").write_text("precious")
+    with pytest.raises(DatasetError, match="not empty and holds no manifest.json"):
+        build([photo_folder], busy, format="tfrecord")
+    build([photo_folder], tmp_path / "ds")  # a png dataset: another format is other parameters
+    with pytest.raises(DatasetError, match="other parameters.*format 'png' -> 'tfrecord'"):
+        build([photo_folder], tmp_path / "ds", format="tfrecord")
+    converted = build([photo_folder], tmp_path / "ds", format="tfrecord", overwrite=True)
+    assert not any((tmp_path / "ds" / s).exists() for s in create_dataset.SPLITS)
+    assert sum(converted["counts"].values()) == 12
+    with pytest.raises(DatasetError, match="png format writes a local folder"):
+        build([photo_folder], "gs://bucket/ds")
+
+    out = tmp_path / "cli"
+    assert main([str(photo_folder), "--out", str(out), "--format", "tfrecord", "--hr-size", "32", "--workers", "1",
+                 "--quiet"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert f"{len(manifest['shards']['train']) + 2} TFRecord shards in {out}" in line  # one shard for val, test
+    assert manifest["parameters"]["shard_mb"] == create_dataset.SHARD_MB
+    assert main([str(tmp_path / "busy"), "--out", str(tmp_path / "none"), "--format", "tfrecord", "--quiet"]) == 1
+    assert "no image files in" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_tfrecord_dataset_on_a_filesystem_named_by_scheme(photo_folder, tmp_path):
+    """gs://, s3://, ... go through tf.io.gfile; TensorFlow's in-memory ram:// filesystem stands in for them."""
+    tf = pytest.importorskip("tensorflow")
+    out = f"ram://{tmp_path.name}/dataset"
+    made = build([photo_folder], out, format="tfrecord", shard_mb=0.01)
+    assert tf.io.gfile.exists(f"{out}/manifest.json") and create_dataset.dataset_format(out) == "tfrecord"
+    listed = {shard["file"] for shards in made["shards"].values() for shard in shards}
+    assert set(tf.io.gfile.listdir(out)) == listed | {"manifest.json"}
+    local = build([photo_folder], tmp_path / "local", format="tfrecord")
+    for split in create_dataset.SPLITS:
+        assert all(f.startswith(f"{out}/{split}-") for f in create_dataset.tfrecord_files(out, split))
+        assert pixel_set(tfrecord_pairs(out, split)) == pixel_set(tfrecord_pairs(tmp_path / "local", split))
+    assert build([photo_folder], out, format="tfrecord", shard_mb=0.01)["run"]["photos_reused"] == 12
+    assert local["counts"] == made["counts"]
