@@ -666,3 +666,11 @@ def test_tfrecord_dataset_on_a_filesystem_named_by_scheme(photo_folder, tmp_path
         assert pixel_set(tfrecord_pairs(out, split)) == pixel_set(tfrecord_pairs(tmp_path / "local", split))
     assert build([photo_folder], out, format="tfrecord", shard_mb=0.01)["run"]["photos_reused"] == 12
     assert local["counts"] == made["counts"]
+
+
+def test_tensorflow_is_imported_only_for_the_tfrecord_format(photo_folder, tmp_path):
+    code = ("import sys, create_dataset; "
+            f"create_dataset.build_dataset([{str(photo_folder)!r}], {str(tmp_path / 'ds')!r}, workers=1, progress=False); "
+            "print('tensorflow' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
