@@ -92,7 +92,7 @@ SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_fiel
                  "motorcycle_left.png", "retina.jpg", "rocket.jpg")
 SAMPLE_PREFIX = "skimage:"  # manifest.json names a sample photo "skimage:astronaut.png", not a venv path
 SPLITS = ("train", "val", "test")
-HELD_OUT_MINIMUM = 2  # photos val and test each get at least, once there are 3 x this many photos
+HELD_OUT_MINIMUM = 2  # val and test each hold at least this many photos once there are 3x as many in all
 FORMATS = ("png", "tfrecord")
 # tfrecord shards, finished (train-00000-of-00003.tfrecord) or still being written (temporary, hidden)
 SHARD_NAME = re.compile(r"^\.?(train|val|test)-\d{5}(-of-\d{5})?\.tfrecord(\.tmp-.*)?$")
@@ -205,6 +205,8 @@ def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma,
         raise DatasetError("blur and noise sigmas cannot be negative")
     if palette_colors is not None and not 2 <= palette_colors <= 256:
         raise DatasetError(f"palette colours must be 2..256, not {palette_colors}")
+    if palette_colors is None and palette_dither != "none":
+        raise DatasetError(f"palette dither {palette_dither!r} needs a palette size (--palette N)")
     if palette_dither not in resizer.PALETTE_DITHERS:
         raise DatasetError(f"palette dither must be one of {', '.join(resizer.PALETTE_DITHERS)}, "
                            f"not {palette_dither!r}")

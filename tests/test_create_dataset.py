@@ -232,6 +232,8 @@ def test_palette_degradation_limits_lr_colours_and_is_recorded(photo_folder, tmp
     assert all(colours(resizer.load_image(p)) <= 4 for p in (tmp_path / "cli").glob("*/lr/*.png"))
     with pytest.raises(DatasetError, match="2..256"):
         build([photo_folder], tmp_path / "bad", palette_colors=300)
+    with pytest.raises(DatasetError, match="needs a palette size"):
+        build([photo_folder], tmp_path / "bad", palette_dither="floyd")
 
 
 # --------------------------------------------------------------------------- bad files, odd files
