@@ -1074,27 +1074,36 @@ def load_split_arrays(split, desc=None):
 
 
 
-def dataset_format(dataset):
-    """"png" or "tfrecord", as DATASET/manifest.json says ("png" when it has no manifest or no format)."""
+def read_manifest(dataset):
+    """DATASET/manifest.json as a dict (local, or any path TensorFlow reads); None when there is none."""
     folder = _Folder(dataset)
     if not folder.exists(MANIFEST):
-        return "png"
+        return None
     manifest = _json_or_none(folder.read_text(MANIFEST))
-    return manifest.get("parameters", {}).get("format", "png") if isinstance(manifest, dict) else "png"
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{folder.join(MANIFEST)} is unreadable (not a JSON object)")
+    return manifest
+
+
+def dataset_format(dataset):
+    """"png" or "tfrecord", as DATASET/manifest.json says ("png" when it has no manifest or no format)."""
+    manifest = read_manifest(dataset)
+    return manifest.get("parameters", {}).get("format", "png") if manifest else "png"
 
 
 def tfrecord_files(dataset, split):
     """Paths of one split's TFRecord shards, in order, as DATASET/manifest.json lists them (checked present).
 
     dataset may be local or any path TensorFlow reads (gs://...). Raises DatasetError for a dataset that
-    is not in the tfrecord format or a missing shard; an empty split gives [].
+    is not in the tfrecord format or a missing shard; an empty split gives []. The split's pair count is
+    read_manifest(dataset)["counts"][split].
     """
     folder = _Folder(dataset)
-    if not folder.exists(MANIFEST):
+    manifest = read_manifest(dataset)
+    if manifest is None:
         raise DatasetError(f"{folder.join(MANIFEST)} not found: not a DATASET (python create_dataset.py "
                            "--format tfrecord writes one)")
-    manifest = _json_or_none(folder.read_text(MANIFEST))
-    if not isinstance(manifest, dict) or "shards" not in manifest:
+    if "shards" not in manifest:
         raise DatasetError(f"{folder.join(MANIFEST)}: not a tfrecord DATASET (no shard list); its pairs are "
                            "PNG files under {train,val,test}/{lr,hr}/")
     if split not in manifest["shards"]:
@@ -1147,6 +1156,17 @@ def tfrecord_pair_dataset(files, *, num_workers=None, worker_index=0, shuffle_fi
         return lr, hr
 
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+
+
+def load_tfrecord_arrays(dataset, split, desc=None):
+    """(lr list, hr list) of uint8 RGB arrays of one tfrecord split, in record order (as load_split_arrays)."""
+    files = tfrecord_files(dataset, split)
+    if not files:
+        return [], []
+    total = (read_manifest(dataset) or {}).get("counts", {}).get(split)
+    pairs = [(lr.numpy(), hr.numpy()) for lr, hr in tqdm(tfrecord_pair_dataset(files), total=total, desc=desc,
+                                                         disable=desc is None, leave=False)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 

@@ -578,10 +578,14 @@ def test_tfrecord_dataset_holds_the_same_pixels_as_the_png_one(photo_folder, tmp
         assert all(lr.dtype == np.uint8 and lr.shape == (8, 8, 3) and hr.shape == (32, 32, 3)
                    for lr, hr in from_records)
         assert pixel_set(from_records) == pixel_set(png_pairs(tmp_path / "png", split))
+        lr_list, hr_list = create_dataset.load_tfrecord_arrays(tmp_path / "tfr", split)
+        assert pixel_set(list(zip(lr_list, hr_list, strict=True))) == pixel_set(from_records)
         # sharding by file: two workers read disjoint halves that together make the whole split
         halves = [tfrecord_pairs(tmp_path / "tfr", split, num_workers=2, worker_index=i) for i in (0, 1)]
         assert sorted(pixel_set(halves[0]) + pixel_set(halves[1])) == pixel_set(from_records)
         assert halves[0] and halves[1] and not set(pixel_set(halves[0])) & set(pixel_set(halves[1]))
+    assert create_dataset.read_manifest(tmp_path / "tfr")["counts"] == tfr["counts"]
+    assert create_dataset.read_manifest(tmp_path / "nothing") is None
     with pytest.raises(DatasetError, match="tfrecord DATASET.*tfrecord_files"):
         create_dataset.scan_split(tmp_path / "tfr", "train")
     with pytest.raises(DatasetError, match="not a tfrecord DATASET"):
