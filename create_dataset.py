@@ -3,6 +3,8 @@
     python create_dataset.py --samples --out data/samples                 # scikit-image's colour photos
     python create_dataset.py ~/Pictures RAW --out data/photos --workers 2  # folders (recursive) and fetcher RAW
     python create_dataset.py RAW/manifest.jsonl --out data/x2 --scale 2 --mode patches --patches 32
+    python create_dataset.py RAW --out data/gif --palette 32 --palette-dither floyd   # LR as a GIF would be
+    python create_dataset.py RAW --out gs://bucket/ds --format tfrecord              # sharded TFRecords
 
 Modes:
   square   (default) each photo's centre square, resized to hr_size (antialiased bicubic); one pair a photo.
@@ -13,30 +15,60 @@ Modes:
 With only --samples as a source the default mode is patches: the 8 sample photos give hundreds of pairs
 that way, instead of 8 squares.
 
-Each source photo lands in exactly one split, chosen from its sha256 (photos sorted by hash, cut at the split
-fractions; every split with a non-zero fraction gets at least one photo), so crops of one photo never sit on
-both sides of the train/test line. LR = resizer.lr_from_hr(HR) then optional degradations (blur, noise,
-JPEG; in LR pixels). Bad or too-small files are skipped and listed with their reason in manifest.json.
-Re-running into the same folder reuses finished photos; the folder always mirrors manifest.json (pairs of
-photos no longer among the sources are removed). Writes are atomic, so an interrupted run leaves no
-half-written PNG; run the same command again to finish it.
+The DATASET (what this writes, and what flow.py, the notebooks and the readers below read):
+  DATASET/manifest.json
+      parameters  scale, hr_size, lr_size (= hr_size / scale), mode, filter (the LR resampling filter),
+                  degradations (the resizer.degrade arguments used, {} for none), seed, format, split
+                  fractions, and the mode's settings (patches, min_variance, draft, min_size, max_images)
+      counts      pairs per split {train, val, test}; photos: source photos per split
+      sources     one entry per source photo used: path ("skimage:NAME" for a sample photo), sha256, bytes,
+                  width, height, split, name (its pair-name prefix), pairs, provenance (fetcher attribution)
+      skipped     every file left out, with its reason (unreadable, too small, duplicate, all patches flat)
+      shards      tfrecord format only: per split, [{file, records, bytes}]
+  png format (default): DATASET/{train,val,test}/{hr,lr}/NAME.png, HR hr_size x hr_size, LR lr_size, same
+      NAME in hr/ and lr/. NAME = source file stem + first 8 hex digits of its sha256 + 3-digit crop index,
+      e.g. astronaut-a1b2c3d4-007.png (the index is 000 in square mode).
+  tfrecord format: DATASET/{train,val,test}-NNNNN-of-MMMMM.tfrecord, shards of about --shard-mb MB; each
+      record holds name (NAME without .png), lr_png and hr_png (PNG bytes), lr_height, lr_width, hr_height,
+      hr_width. Read with tfrecord_files(DATASET, split) and tfrecord_pair_dataset(files) (TensorFlow is
+      imported only for this format). DATASET may be any path TensorFlow writes (gs://, s3://, ...).
+  A source photo belongs to exactly one split, so crops of one photo never sit on both sides of the
+  train/test line.
+
+Splits: a photo's split follows from its sha256 and --seed alone (assign_splits): a key in [0, 1) cut at
+the split fractions, so adding or removing other photos does not move it. Small sets are topped up: val
+and test hold at least 2 photos each from 6 photos on (1 from 3 on), taken from the photos whose keys lie
+nearest (the only photos that may move when others are added).
+
+LR = resizer.lr_from_hr(HR) then optional degradations in LR pixels (blur, noise, JPEG, colour palette).
+Bad or too-small files are skipped and listed with their reason in manifest.json; when no pair can be made
+(no image files, or every one skipped) the command says why, exits with status 1 and leaves no dataset
+behind. Re-running into the same folder reuses finished photos; a png folder always mirrors manifest.json
+(pairs of photos no longer among the sources are removed). Writes are atomic (temporary name, then
+rename), so an interrupted run leaves no half-written file; run the same command again to finish it
+(the tfrecord format rewrites its shards then, and reuses a finished dataset whose photos are unchanged).
 """
 
 import argparse
+import contextlib
 import hashlib
+import io
 import json
 import multiprocessing as mp
 import os
 import re
+import secrets
 import shutil
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 import resizer
@@ -58,13 +90,22 @@ PNG_OPTIONS = {"compress_level": 1}  # 128 px sample patches: 2.3 ms and 29 KB e
 # could otherwise land in another split than its near-copy.
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "ihc.png",
                  "motorcycle_left.png", "retina.jpg", "rocket.jpg")
+SAMPLE_PREFIX = "skimage:"  # manifest.json names a sample photo "skimage:astronaut.png", not a venv path
 SPLITS = ("train", "val", "test")
+HELD_OUT_MINIMUM = 2  # val and test each hold at least this many photos once there are 3x as many in all
+FORMATS = ("png", "tfrecord")
+# tfrecord shards, finished (train-00000-of-00003.tfrecord) or still being written (temporary, hidden)
+SHARD_NAME = re.compile(r"^\.?(train|val|test)-\d{5}(-of-\d{5})?\.tfrecord(\.tmp-.*)?$")
+SHARD_MB = 200  # tfrecord format: a shard is closed once it holds this many MB of records
 MANIFEST = "manifest.json"
 SHOW_SKIPPED = 20  # skipped files printed by the command line; manifest.json lists them all
+SHOW_REASONS = 3  # skipped files named in the error when every file was skipped
+SHOW_SUFFIXES = 6  # file kinds named in the error for a folder without images
 JOURNAL = ".progress.jsonl"  # photos finished by an unfinished run, one JSON line each
 # parameters that change the pixels of a pair: a folder built with other values cannot be reused
 PIXEL_PARAMETERS = ("mode", "scale", "hr_size", "filter", "degradations", "seed", "patches", "min_variance",
-                    "draft")
+                    "draft", "format")
+PARAMETER_DEFAULTS = {"format": "png"}  # what a manifest written before a parameter existed meant by its absence
 THREADED_LIBRARIES = ("tensorflow", "keras", "torch", "jax")  # loaded: workers start by forkserver, not fork
 # -----------------------------------------------------------------------------
 
@@ -73,10 +114,15 @@ class DatasetError(ValueError):
     """A DATASET that cannot be made or read: bad arguments, a folder that is not a dataset, unpaired files, ..."""
 
 
+class NoPairsError(DatasetError):
+    """The sources gave no pair at all: no image files, or every one skipped. Nothing is left behind for it."""
+
+
 def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_size=HR_SIZE, patches=PATCHES,
                   min_variance=MIN_VARIANCE, filter=FILTER, blur_sigma=0.0, noise_sigma=0.0, jpeg_quality=None,
-                  split=SPLIT, seed=SEED, min_size=None, max_images=None, workers=None, draft=DRAFT,
-                  overwrite=False, progress=True):
+                  palette_colors=None, palette_dither="none", split=SPLIT, seed=SEED, min_size=None,
+                  max_images=None, workers=None, draft=DRAFT, format="png", shard_mb=SHARD_MB, overwrite=False,
+                  progress=True):
     """Build (or finish, or update) the DATASET folder `out` from image sources; return its manifest dict.
 
     sources: folders (searched recursively; a folder holding a fetcher manifest.jsonl is read through it),
@@ -85,39 +131,51 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
     min_size: shorter side a photo needs (default, and at least, hr_size). max_images: use at most this
         many source images (a seeded random choice). workers: processes (default: all cores; 1 = in this
         process). overwrite: delete an existing dataset in `out` built with other parameters first.
-    Raises DatasetError for bad arguments or an `out` that holds something else; bad images are skipped.
+    palette_colors, palette_dither: reduce each LR image to that many colours (resizer.degrade).
+    format: "png" (a folder of PNG pairs) or "tfrecord" (sharded TFRecord files of about shard_mb MB per
+        split; `out` may then be any path TensorFlow can write, such as gs://bucket/dataset).
+    Raises DatasetError for bad arguments or an `out` that holds something else, and NoPairsError (leaving
+    nothing behind in a new folder) when no pair could be made; bad images are skipped.
     """
     started = time.perf_counter()
-    out = Path(out)
     sources = [Path(s) for s in sources]
     if mode is None:
         mode = "patches" if samples and not sources else MODE
     params = _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma, noise_sigma,
-                         jpeg_quality, split, seed, min_size, max_images, draft)
+                         jpeg_quality, palette_colors, palette_dither, split, seed, min_size, max_images, draft,
+                         format, shard_mb)
     if not sources and not samples:
         raise DatasetError("no sources: give folders, manifest.jsonl files or images, or --samples")
+    if params["format"] == "png" and _has_scheme(out):
+        raise DatasetError(f"{out}: the png format writes a local folder; use --format tfrecord for {out}")
 
-    candidates = _discover(sources, samples, out)
+    candidates = _discover(sources, samples, None if _has_scheme(out) else Path(out))
     candidates = _choose_at_most(candidates, max_images, seed)
-    previous = _open_output(out, params, overwrite)
     workers = _worker_count(workers)
+    if params["format"] == "tfrecord":
+        return _build_tfrecords(candidates, str(out), params, workers, overwrite, progress, started)
 
+    out = Path(out)
+    previous = _open_output(out, params, overwrite)
     with _Pool(workers) as pool:
         scanned = pool.map(_scan, [(c, previous["by_path"].get(c["path"]), params) for c in candidates],
                            "checking", progress)
         photos, skipped = _unique_photos(scanned)
-        _assign_splits(photos, params["split"])
+        if not photos:
+            _nothing_made(out, previous, skipped)
+        assign_splits(photos, params["split"], params["seed"])
         jobs, reused = _plan(photos, previous["by_sha"], out)
         results = pool.map(_make_pairs, [(job, params, str(out)) for job in jobs], "making pairs", progress,
                            on_result=lambda record: _journal_append(out, record))
 
     done = reused + [r for r in results if "reason" not in r]
     skipped += [{"path": r["path"], "reason": r["reason"]} for r in results if "reason" in r]
+    if not done:
+        _nothing_made(out, previous, skipped)
     removed = _remove_stale_files(out, done)
     manifest = _manifest(params, done, skipped, written=len(done) - len(reused), reused=len(reused),
                          removed=removed, seconds=time.perf_counter() - started)
-    with resizer.atomic_output(out / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    resizer.write_json(out / MANIFEST, manifest, indent=1)
     (out / JOURNAL).unlink(missing_ok=True)
     return manifest
 
@@ -126,7 +184,7 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
 
 
 def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma, noise_sigma, jpeg_quality,
-                split, seed, min_size, max_images, draft):
+                palette_colors, palette_dither, split, seed, min_size, max_images, draft, format, shard_mb):
     """Check the arguments and gather them as manifest.json's "parameters"."""
     if mode not in ("square", "patches"):
         raise DatasetError(f"mode must be 'square' or 'patches', not {mode!r}")
@@ -145,12 +203,25 @@ def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma,
         raise DatasetError(f"max_images must be at least 1, not {max_images}")
     if blur_sigma < 0 or noise_sigma < 0:
         raise DatasetError("blur and noise sigmas cannot be negative")
+    if palette_colors is not None and not 2 <= palette_colors <= 256:
+        raise DatasetError(f"palette colours must be 2..256, not {palette_colors}")
+    if palette_colors is None and palette_dither != "none":
+        raise DatasetError(f"palette dither {palette_dither!r} needs a palette size (--palette N)")
+    if palette_dither not in resizer.PALETTE_DITHERS:
+        raise DatasetError(f"palette dither must be one of {', '.join(resizer.PALETTE_DITHERS)}, "
+                           f"not {palette_dither!r}")
+    if format not in FORMATS:
+        raise DatasetError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format == "tfrecord" and not shard_mb > 0:
+        raise DatasetError(f"shard size must be positive, not {shard_mb} MB")
     fractions = [float(f) for f in split]
     if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
         raise DatasetError(f"split needs three fractions (train val test), none negative: {split}")
     total = sum(fractions)
     degradations = {k: v for k, v in (("blur_sigma", float(blur_sigma)), ("noise_sigma", float(noise_sigma)),
                                       ("jpeg_quality", jpeg_quality)) if v}
+    if palette_colors is not None:  # the keyword arguments of resizer.degrade, as the other degradations
+        degradations.update(palette_colors=int(palette_colors), palette_dither=palette_dither)
     return {
         "scale": scale, "hr_size": hr_size, "lr_size": hr_size // scale, "mode": mode, "filter": filter,
         "degradations": degradations, "seed": seed,
@@ -159,6 +230,7 @@ def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma,
         "draft": bool(draft) if mode == "square" else False,
         "split": dict(zip(SPLITS, (round(f / total, 6) for f in fractions), strict=True)),
         "min_size": max(int(min_size or 0), hr_size), "max_images": max_images,
+        "format": format, "shard_mb": float(shard_mb) if format == "tfrecord" else None,
     }
 
 
@@ -182,11 +254,25 @@ def sample_photos():
     return [folder / name for name in SAMPLE_PHOTOS if (folder / name).is_file()]
 
 
+def source_file(path):
+    """The file behind a manifest.json source path: "skimage:NAME" is scikit-image's sample photo NAME."""
+    path = str(path)
+    if path.startswith(SAMPLE_PREFIX):
+        from skimage import data
+
+        return Path(data.data_dir) / path.removeprefix(SAMPLE_PREFIX)
+    return Path(path)
+
+
 def _discover(sources, samples, out):
-    """All candidate images as dicts {path, provenance?}: each file once, in the order given."""
-    candidates = []
-    out_resolved = out.resolve()
+    """All candidate images as dicts {path, provenance?}: each file once, in the order given.
+
+    Raises NoPairsError, naming what the sources hold instead, when there is no image file at all.
+    """
+    candidates, empty = [], []
+    out_resolved = out.resolve() if out is not None else None
     for source in sources:
+        before = len(candidates)
         if source.is_dir() and (source / "manifest.jsonl").is_file():
             candidates += _read_fetcher_manifest(source / "manifest.jsonl")
         elif source.is_dir():
@@ -197,25 +283,47 @@ def _discover(sources, samples, out):
             candidates.append({"path": str(source)})
         else:
             raise DatasetError(f"{source}: no such file or folder")
+        if len(candidates) == before:
+            empty.append(source)
     if samples:
         photos = sample_photos()
         if not photos:
             raise DatasetError("scikit-image's sample photos are missing from this install")
-        candidates += [{"path": str(p), "provenance": {"source": "scikit-image sample data"}} for p in photos]
+        candidates += [{"path": SAMPLE_PREFIX + p.name, "provenance": {"source": "scikit-image sample data"}}
+                       for p in photos]
+    if not candidates:
+        raise NoPairsError("; ".join(_no_images(source, out_resolved) for source in empty))
     unique = {}
     for c in candidates:  # the same file named twice (a folder and its manifest, ...) counts once
-        unique.setdefault(str(Path(c["path"]).resolve()), c)
+        unique.setdefault(str(source_file(c["path"]).resolve()), c)
     return list(unique.values())
+
+
+def _walk_visible(folder, out_resolved):
+    """(folder, sorted file names) below folder, hidden files and folders and the output folder left out."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != out_resolved)
+        yield root, sorted(f for f in files if not f.startswith("."))
 
 
 def _images_under(folder, out_resolved):
     """Image files below folder, sorted; hidden files and folders and the output folder are left out."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and Path(root, d).resolve() != out_resolved)
-        found += [Path(root, f) for f in sorted(files)
-                  if not f.startswith(".") and Path(f).suffix.lower() in resizer.IMAGE_SUFFIXES]
-    return found
+    return [Path(root, f) for root, files in _walk_visible(folder, out_resolved) for f in files
+            if Path(f).suffix.lower() in resizer.IMAGE_SUFFIXES]
+
+
+def _no_images(source, out_resolved):
+    """Why a source gave no candidate: "no image files in DIR: 12 files: 7 .txt, 5 .json; 0 images"."""
+    if source.is_file():
+        return f"no image files in {source}: it lists none"
+    kinds = Counter(Path(f).suffix.lower() or "(no suffix)"
+                    for _, files in _walk_visible(source, out_resolved) for f in files)
+    total = sum(kinds.values())
+    shown = [f"{n} {kind}" for kind, n in kinds.most_common(SHOW_SUFFIXES)]
+    if len(kinds) > SHOW_SUFFIXES:
+        shown.append(f"{total - sum(n for _, n in kinds.most_common(SHOW_SUFFIXES))} other")
+    listing = f"{total} file{'s' * (total != 1)}" + (f": {', '.join(shown)}" if shown else "")
+    return f"no image files in {source}: {listing}; 0 images"
 
 
 def _read_fetcher_manifest(manifest):
@@ -249,13 +357,12 @@ def _open_output(out, params, overwrite):
     manifest_path, journal_path = out / MANIFEST, out / JOURNAL
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not manifest_path.exists() and not journal_path.exists():
+    fresh = not out.is_dir() or not any(out.iterdir())
+    if not fresh and not manifest_path.exists() and not journal_path.exists():
         raise DatasetError(f"{out} is not empty and holds no {MANIFEST}: choose a new or empty folder")
+    state = {"created": not out.exists(), "fresh": fresh, "journal_existed": journal_path.exists()}
     if overwrite:  # only ever in a folder that is a dataset (checked above): its splits and records go
-        for split in SPLITS:
-            shutil.rmtree(out / split, ignore_errors=True)
-        manifest_path.unlink(missing_ok=True)
-        journal_path.unlink(missing_ok=True)
+        _clear_local_dataset(out)
 
     records = []
     if manifest_path.exists():
@@ -273,7 +380,42 @@ def _open_output(out, params, overwrite):
     out.mkdir(parents=True, exist_ok=True)
     journal_path.write_text(json.dumps({"parameters": params}) + "\n"
                             + "".join(json.dumps(r) + "\n" for r in records))
-    return {"by_sha": {r["sha256"]: r for r in records}, "by_path": {r["path"]: r for r in records}}
+    return {**state, "by_sha": {r["sha256"]: r for r in records}, "by_path": {r["path"]: r for r in records}}
+
+
+def _clear_local_dataset(out):
+    """Delete a local dataset's pairs, shards, manifest and journal (nothing else that may be in the folder)."""
+    for split in SPLITS:
+        shutil.rmtree(out / split, ignore_errors=True)
+    for path in out.iterdir() if out.is_dir() else ():
+        if SHARD_NAME.match(path.name):
+            path.unlink()
+    (out / MANIFEST).unlink(missing_ok=True)
+    (out / JOURNAL).unlink(missing_ok=True)
+
+
+def _nothing_made(out, opened, skipped):
+    """Undo what this run wrote (its journal, and the folders it made in a new output folder); raise NoPairsError.
+
+    A dataset that was already there keeps its manifest and pairs untouched.
+    """
+    if not opened["journal_existed"]:
+        (out / JOURNAL).unlink(missing_ok=True)
+    if opened["fresh"]:
+        for folder in [out / s / sub for s in SPLITS for sub in ("hr", "lr")] + [out / s for s in SPLITS]:
+            with contextlib.suppress(OSError):  # only empty folders go
+                folder.rmdir()
+        if opened["created"]:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+    raise NoPairsError(_all_skipped(skipped))
+
+
+def _all_skipped(skipped):
+    shown = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:SHOW_REASONS])
+    more = f"; and {len(skipped) - SHOW_REASONS} more" if len(skipped) > SHOW_REASONS else ""
+    which = "the only image file was" if len(skipped) == 1 else f"all {len(skipped)} image files were"
+    return f"no pairs were made: {which} skipped ({shown}{more})"
 
 
 def _json_or_none(line):
@@ -284,6 +426,7 @@ def _json_or_none(line):
 
 
 def _check_same_pixels(out, old, new):
+    old = {**PARAMETER_DEFAULTS, **old}
     changed = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in PIXEL_PARAMETERS if old.get(k) != new[k]]
     if changed:
         raise DatasetError(f"{out} holds a dataset built with other parameters ({'; '.join(changed)}): "
@@ -327,7 +470,7 @@ def _remove_stale_files(out, records):
 def _scan(task):
     """Worker: header check, size check and sha256 of one candidate (reusing the hash of an unchanged file)."""
     candidate, known, params = task
-    path = Path(candidate["path"])
+    label, path = candidate["path"], source_file(candidate["path"])
     try:
         stat = path.stat()
         if known and known.get("bytes") == stat.st_size and known.get("mtime_ns") == stat.st_mtime_ns:
@@ -336,22 +479,22 @@ def _scan(task):
             width, height = resizer.image_size(path)
             sha = None
         if min(width, height) < params["min_size"]:
-            return {"path": str(path), "reason": f"too small: {width}x{height}, the shorter side must be at "
+            return {"path": label, "reason": f"too small: {width}x{height}, the shorter side must be at "
                                                  f"least {params['min_size']} px"}
         if sha is None:
             with open(path, "rb") as f:
                 sha = hashlib.file_digest(f, "sha256").hexdigest()
     except resizer.ImageLoadError as e:
-        return {"path": str(path), "reason": str(e).removeprefix(f"{path}: ")}
+        return {"path": label, "reason": str(e).removeprefix(f"{path}: ")}
     except FileNotFoundError:
-        return {"path": str(path), "reason": "no such file"}
+        return {"path": label, "reason": "no such file"}
     except OSError as e:
-        return {"path": str(path), "reason": f"cannot read ({e.strerror or e})"}
+        return {"path": label, "reason": f"cannot read ({e.strerror or e})"}
     expected = candidate.get("provenance", {}).get("sha256")
     if expected and expected != sha:
-        return {"path": str(path), "reason": "sha256 differs from the fetcher's manifest (changed or corrupted "
+        return {"path": label, "reason": "sha256 differs from the fetcher's manifest (changed or corrupted "
                                              "since it was fetched)"}
-    photo = {"path": str(path), "sha256": sha, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+    photo = {"path": label, "sha256": sha, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
              "width": width, "height": height}
     if candidate.get("provenance"):
         photo["provenance"] = {k: v for k, v in candidate["provenance"].items() if k != "sha256"}
@@ -372,30 +515,62 @@ def _unique_photos(scanned):
     return photos, skipped
 
 
-def split_counts(n, fractions):
-    """How many of n photos go to each split: largest remainders, and at least one for every split with a
-    non-zero fraction when there are enough photos (so a small set still has val and test images)."""
-    fractions = np.asarray(fractions, float) / np.sum(fractions)
-    counts = np.floor(fractions * n).astype(int)
-    remainders = fractions * n - counts
-    for i in np.argsort(-remainders, kind="stable")[: n - counts.sum()]:
-        counts[i] += 1
-    wanted = fractions > 0
-    if n >= wanted.sum():
-        for i in np.flatnonzero(wanted & (counts == 0)):
-            counts[int(np.argmax(counts))] -= 1
-            counts[i] += 1
-    return [int(c) for c in counts]
+def split_key(sha256, seed):
+    """A photo's place in [0, 1): from its content hash and the seed alone, whatever other photos there are."""
+    digest = hashlib.sha256(f"{seed}:{sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _assign_splits(photos, split):
-    """Give each photo a split from its sha256: sorted by hash, cut at the fractions (train, val, test)."""
-    ordered = sorted(photos, key=lambda p: p["sha256"])
-    counts = split_counts(len(ordered), [split[s] for s in SPLITS])
-    bounds = np.cumsum(counts)
-    for rank, photo in enumerate(ordered):
-        photo["split"] = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
-        photo["name"] = f"{_safe_stem(photo['path'])}-{photo['sha256'][:8]}"
+def split_minimums(n, fractions):
+    """Fewest of n photos each split (with a non-zero fraction) holds: train 1; val and test 2 each from
+    3 x HELD_OUT_MINIMUM photos on, 1 each from 3 photos on, else none."""
+    held_out = HELD_OUT_MINIMUM if n >= 3 * HELD_OUT_MINIMUM else 1 if n >= 3 else 0
+    return {s: 0 if not fractions[s] else 1 if s == "train" else held_out for s in SPLITS}
+
+
+def assign_splits(photos, fractions, seed):
+    """Give each photo dict (with "sha256") a "split" and its pair-name prefix "name"; return {split: count}.
+
+    The rule: a photo's key (split_key) falls in one interval of [0, 1) cut at the fractions (train, then
+    val, then test), and that is its split. So a photo's split depends on its bytes and the seed only: adding
+    or removing other photos never moves it. One exception keeps small sets usable: when a split holds
+    fewer photos than split_minimums asks (val and test at least 2 each from 6 photos on), it takes the
+    photos whose keys lie nearest its interval (on the circle [0, 1)) from splits that have more than their
+    minimum, one at a time, neediest split first. A photo moved that way can move back when photos are
+    added; beyond a few dozen photos the minimums are met without moving any.
+    """
+    total = sum(fractions[s] for s in SPLITS)
+    cuts = np.cumsum([fractions[s] / total for s in SPLITS])
+    intervals = {s: (float(cuts[i - 1]) if i else 0.0, float(cuts[i])) for i, s in enumerate(SPLITS)}
+    last = max(i for i, s in enumerate(SPLITS) if fractions[s])
+    intervals[SPLITS[last]] = (intervals[SPLITS[last]][0], 1.0)  # no rounding gap below 1
+    key = {p["sha256"]: split_key(p["sha256"], seed) for p in photos}
+    members = {s: [] for s in SPLITS}
+    for photo in sorted(photos, key=lambda p: p["sha256"]):
+        natural = next(s for s in SPLITS if fractions[s] and intervals[s][0] <= key[photo["sha256"]]
+                       < intervals[s][1] or s == SPLITS[last])
+        members[natural].append(photo)
+
+    minimums = split_minimums(len(photos), fractions)
+    while True:
+        deficit, needy = max((minimums[s] - len(members[s]), -i) for i, s in enumerate(SPLITS))
+        if deficit <= 0:
+            break
+        target = SPLITS[-needy]
+        donors = [(p, s) for s in SPLITS if s != target and len(members[s]) > minimums[s] for p in members[s]]
+        if not donors:
+            break
+        low, high = intervals[target]
+        photo, donor = min(donors, key=lambda d: (min((low - key[d[0]["sha256"]]) % 1.0,
+                                                       (key[d[0]["sha256"]] - high) % 1.0), d[0]["sha256"]))
+        members[donor].remove(photo)
+        members[target].append(photo)
+
+    for split, chosen in members.items():
+        for photo in chosen:
+            photo["split"] = split
+            photo["name"] = f"{_safe_stem(source_file(photo['path']))}-{photo['sha256'][:8]}"
+    return {s: len(m) for s, m in members.items()}
 
 
 def _safe_stem(path):
@@ -422,23 +597,50 @@ def _plan(photos, previous, out):
 def _make_pairs(task):
     """Worker: decode one photo, cut its HR crops, write HR and LR PNGs; the record or a skip reason."""
     photo, params, out = task
-    path = Path(photo["path"])
+    pairs = _photo_pairs(photo, params)
+    if isinstance(pairs, str):
+        return {"path": photo["path"], "reason": pairs}
+    folder = Path(out) / photo["split"]
+    for name, lr, hr in pairs:
+        resizer.save_image(folder / "lr" / name, lr, **PNG_OPTIONS)
+        resizer.save_image(folder / "hr" / name, hr, **PNG_OPTIONS)
+    return {**photo, "pairs": len(pairs)}
+
+
+def _encode_pairs(task):
+    """Worker: one photo's pairs as PNG bytes {"encoded": [(name, lr_png, lr_shape, hr_png, hr_shape)]} with
+    its record, or a skip reason (tfrecord format)."""
+    photo, params = task
+    pairs = _photo_pairs(photo, params)
+    if isinstance(pairs, str):
+        return {"path": photo["path"], "reason": pairs, "sha256": photo["sha256"]}
+    return {**photo, "pairs": len(pairs),
+            "encoded": [(name.removesuffix(".png"), _png_bytes(lr), lr.shape, _png_bytes(hr), hr.shape)
+                        for name, lr, hr in pairs]}
+
+
+def _png_bytes(img):
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="PNG", **PNG_OPTIONS)
+    return buffer.getvalue()
+
+
+def _photo_pairs(photo, params):
+    """One photo's pairs [(NAME.png, lr, hr)] as uint8 arrays, or the reason it gives none."""
+    path = source_file(photo["path"])
     try:
         crops = _hr_crops(path, photo, params)
     except resizer.ImageLoadError as e:
-        return {"path": str(path), "reason": str(e).removeprefix(f"{path}: ")}
+        return str(e).removeprefix(f"{path}: ")
     if not crops:
-        return {"path": str(path), "reason": f"no patch passed the flatness check (luma variance >= "
-                                             f"{params['min_variance']})"}
-    folder = Path(out) / photo["split"]
+        return f"no patch passed the flatness check (luma variance >= {params['min_variance']})"
+    pairs = []
     for index, hr in enumerate(crops):
-        name = f"{photo['name']}-{index:03d}.png"
         lr = resizer.lr_from_hr(hr, params["scale"], params["filter"])
         if params["degradations"]:
             lr = resizer.degrade(lr, **params["degradations"], seed=_pair_seed(params["seed"], photo, index))
-        resizer.save_image(folder / "lr" / name, lr, **PNG_OPTIONS)
-        resizer.save_image(folder / "hr" / name, hr, **PNG_OPTIONS)
-    return {**photo, "pairs": len(crops)}
+        pairs.append((f"{photo['name']}-{index:03d}.png", lr, hr))
+    return pairs
 
 
 def _hr_crops(path, photo, params):
@@ -475,6 +677,242 @@ def _pair_seed(seed, photo, index):
     return int(np.random.SeedSequence([seed, int(photo["sha256"][:16], 16), index]).generate_state(1)[0])
 
 
+# ----------------------------------------------------------------------------- tfrecord format (writing)
+
+
+def _has_scheme(path):
+    """True for a path on a filesystem TensorFlow reaches by scheme (gs://, s3://, hdfs://, ...)."""
+    return "://" in str(path)
+
+
+class _Folder:
+    """The output folder of the tfrecord format: local (os, atomic writes with fsync) or any filesystem
+    TensorFlow's tf.io.gfile knows (a path with a scheme; a rename there may be a copy)."""
+
+    def __init__(self, path):
+        self.path, self.remote = str(path), _has_scheme(path)
+        if self.remote:
+            import tensorflow as tf  # only for paths with a scheme
+
+            self.gfile = tf.io.gfile
+
+    def join(self, name):
+        return f"{self.path.rstrip('/')}/{name}" if self.remote else str(Path(self.path) / name)
+
+    def exists(self, name=None):
+        path = self.path if name is None else self.join(name)
+        return self.gfile.exists(path) if self.remote else Path(path).exists()
+
+    def names(self):
+        if self.remote:
+            return sorted(n.rstrip("/") for n in self.gfile.listdir(self.path)) if self.exists() else []
+        if Path(self.path).exists() and not Path(self.path).is_dir():
+            raise DatasetError(f"{self.path} is a file, not a folder")
+        return sorted(p.name for p in Path(self.path).iterdir()) if Path(self.path).is_dir() else []
+
+    def makedirs(self):
+        self.gfile.makedirs(self.path) if self.remote else Path(self.path).mkdir(parents=True, exist_ok=True)
+
+    def read_text(self, name):
+        if self.remote:
+            with self.gfile.GFile(self.join(name), "r") as f:
+                return f.read()
+        return Path(self.join(name)).read_text(encoding="utf-8", errors="replace")
+
+    def write_json(self, name, data):
+        """Whole or absent: a temporary name, then a rename."""
+        if not self.remote:
+            resizer.write_json(self.join(name), data, indent=1)
+            return
+        temp = self.join(f".{name}{resizer.TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        with self.gfile.GFile(temp, "w") as f:
+            f.write(json.dumps(data, indent=1) + "\n")
+        self.gfile.rename(temp, self.join(name), overwrite=True)
+
+    def publish(self, temp, name):
+        """Rename a finished temporary file to its final name (flushed to disk first when local)."""
+        if self.remote:
+            self.gfile.rename(self.join(temp), self.join(name), overwrite=True)
+        else:
+            resizer.fsync_path(self.join(temp))
+            os.replace(self.join(temp), self.join(name))
+
+    def remove(self, name):
+        if self.remote:
+            self.gfile.remove(self.join(name))
+        else:
+            Path(self.join(name)).unlink(missing_ok=True)
+
+    def remove_if_empty(self):
+        if self.exists() and not self.names():
+            self.gfile.rmtree(self.path) if self.remote else Path(self.path).rmdir()
+
+
+def _build_tfrecords(candidates, out, params, workers, overwrite, progress, started):
+    """The tfrecord format: check, split, then write each split's shards and last the manifest.
+
+    A finished dataset whose photos, splits and parameters are unchanged is reused as it is; anything else
+    (other sources, an interrupted run) rewrites every shard. The manifest is removed first and written last,
+    so a manifest never lists a shard that is missing or half-written.
+    """
+    folder = _Folder(out)
+    created = not folder.exists()
+    previous = _open_tfrecord_output(folder, params, overwrite)
+    known = {r["path"]: r for r in previous.get("sources", [])}
+    with _Pool(workers) as pool:
+        scanned = pool.map(_scan, [(c, known.get(c["path"]), params) for c in candidates], "checking", progress)
+        photos, skipped = _unique_photos(scanned)
+        if not photos:
+            raise NoPairsError(_all_skipped(skipped))  # nothing was written yet
+        assign_splits(photos, params["split"], params["seed"])
+        if _tfrecords_current(folder, previous, photos, params):
+            done = [{**photo, "pairs": known[photo["path"]]["pairs"]} for photo in photos
+                    if photo["path"] in known]
+            shas = {photo["sha256"] for photo in photos}
+            skipped += [s for s in previous["skipped"] if s.get("sha256") in shas]
+            return _finish_tfrecords(folder, params, done, skipped, previous["shards"], 0, len(done), started)
+
+        _remove_tfrecord_dataset(folder)
+        done, shards = [], {}
+        for split in SPLITS:
+            writer = _ShardWriter(folder, split, params["shard_mb"])
+            jobs = [(photo, params) for photo in photos if photo["split"] == split]
+            try:
+                results = pool.map(_encode_pairs, jobs, f"writing {split}", progress, on_result=writer.add,
+                                   ordered=True)  # records in the same order whatever the worker count
+                shards[split] = writer.finish()
+            except BaseException:
+                writer.discard()
+                raise
+            done += [r for r in results if "reason" not in r]
+            skipped += [r for r in results if "reason" in r]
+    if not done:
+        _remove_tfrecord_dataset(folder)
+        if created:
+            folder.remove_if_empty()
+        raise NoPairsError(_all_skipped(skipped))
+    return _finish_tfrecords(folder, params, done, skipped, shards, len(done), 0, started)
+
+
+def _finish_tfrecords(folder, params, done, skipped, shards, written, reused, started):
+    manifest = _manifest(params, done, skipped, written=written, reused=reused, removed=0,
+                         seconds=time.perf_counter() - started)
+    manifest["shards"] = shards
+    folder.write_json(MANIFEST, manifest)
+    return manifest
+
+
+def _open_tfrecord_output(folder, params, overwrite):
+    """Check the output folder is new, empty, left by an interrupted tfrecord run or a dataset built with the
+    same pixel parameters; return its old manifest ({} when there is none or it is overwritten)."""
+    names = folder.names()
+    foreign = [n for n in names if n not in (MANIFEST, JOURNAL) and not SHARD_NAME.match(n)]
+    if foreign and MANIFEST not in names:
+        raise DatasetError(f"{folder.path} is not empty and holds no {MANIFEST}: choose a new or empty folder")
+    if MANIFEST not in names:
+        return {}
+    if overwrite:
+        if folder.remote:
+            _remove_tfrecord_dataset(folder)
+        else:
+            _clear_local_dataset(Path(folder.path))
+        return {}
+    old = _json_or_none(folder.read_text(MANIFEST))
+    if not isinstance(old, dict):
+        raise DatasetError(f"{folder.join(MANIFEST)} is unreadable: use --overwrite to rebuild the dataset")
+    _check_same_pixels(folder.path, old.get("parameters", {}), params)
+    return old
+
+
+def _tfrecords_current(folder, previous, photos, params):
+    """True when the finished dataset `previous` holds exactly these photos in these splits, made with these
+    parameters (shard size included), and all its shards are there."""
+    if not previous or previous.get("parameters") != params or "shards" not in previous:
+        return False
+    made = {(r["sha256"], r["split"], r["name"]) for r in previous.get("sources", [])}
+    failed = {s.get("sha256") for s in previous.get("skipped", [])}
+    wanted = {(p["sha256"], p["split"], p["name"]) for p in photos if p["sha256"] not in failed}
+    files = [shard["file"] for split in previous["shards"].values() for shard in split]
+    return made == wanted and all(folder.exists(f) for f in files)
+
+
+def _remove_tfrecord_dataset(folder):
+    """The manifest first (no manifest may list a missing shard), then every shard and leftover temporary."""
+    if folder.exists(MANIFEST):
+        folder.remove(MANIFEST)
+    for name in folder.names():
+        if SHARD_NAME.match(name):
+            folder.remove(name)
+
+
+class _ShardWriter:
+    """One split's records into shards of about shard_mb MB each, written under temporary names and renamed
+    SPLIT-NNNNN-of-MMMMM.tfrecord once the split is complete (the count is known only then)."""
+
+    def __init__(self, folder, split, shard_mb):
+        import tensorflow as tf  # the tfrecord format only
+
+        self.tf, self.folder, self.split, self.limit = tf, folder, split, shard_mb * 1e6
+        self.finished, self.writer, self.temp, self.records, self.bytes = [], None, None, 0, 0
+
+    def add(self, result):
+        """on_result of the pool: write a photo's pairs as records; keep its record without the bytes."""
+        for name, lr_png, lr_shape, hr_png, hr_shape in result.pop("encoded", ()):
+            if self.writer is None:
+                self._open()
+            example = self.tf.train.Example(features=self.tf.train.Features(feature={
+                "name": _bytes_feature(self.tf, name.encode()),
+                "lr_png": _bytes_feature(self.tf, lr_png), "hr_png": _bytes_feature(self.tf, hr_png),
+                "lr_height": _int_feature(self.tf, lr_shape[0]), "lr_width": _int_feature(self.tf, lr_shape[1]),
+                "hr_height": _int_feature(self.tf, hr_shape[0]), "hr_width": _int_feature(self.tf, hr_shape[1]),
+            }))
+            data = example.SerializeToString()
+            self.writer.write(data)
+            self.records, self.bytes = self.records + 1, self.bytes + len(data) + 16  # + length and CRCs
+            if self.bytes >= self.limit:
+                self._close()
+        return result
+
+    def _open(self):
+        self.folder.makedirs()
+        self.temp = f".{self.split}-{len(self.finished):05d}.tfrecord{resizer.TEMP_MARK}{os.getpid()}-" \
+                    f"{secrets.token_hex(4)}"
+        self.writer = self.tf.io.TFRecordWriter(self.folder.join(self.temp))
+        self.records, self.bytes = 0, 0
+
+    def _close(self):
+        self.writer.close()
+        self.finished.append({"temp": self.temp, "records": self.records, "bytes": self.bytes})
+        self.writer = None
+
+    def finish(self):
+        """Close the last shard and give every shard its final name; the manifest's list of them."""
+        if self.writer is not None:
+            self._close()
+        shards = []
+        for index, shard in enumerate(self.finished):
+            name = f"{self.split}-{index:05d}-of-{len(self.finished):05d}.tfrecord"
+            self.folder.publish(shard["temp"], name)
+            shards.append({"file": name, "records": shard["records"], "bytes": shard["bytes"]})
+        return shards
+
+    def discard(self):
+        """An interrupted split: its temporary shards go."""
+        if self.writer is not None:
+            self._close()
+        for shard in self.finished:
+            with contextlib.suppress(Exception):
+                self.folder.remove(shard["temp"])
+
+
+def _bytes_feature(tf, value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(tf, value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
 # ----------------------------------------------------------------------------- workers
 
 
@@ -505,7 +943,9 @@ class _Pool:
             self.pool.terminate()  # also on Ctrl-C: workers stop; atomic writes leave no partial PNG
             self.pool.join()
 
-    def map(self, function, tasks, description, progress, on_result=None):
+    def map(self, function, tasks, description, progress, on_result=None, ordered=False):
+        """function over tasks, results sorted by "path". on_result(result) sees each result as it comes (in
+        task order when ordered) and may return a replacement to keep (to drop bulky data)."""
         results = []
         if len(tasks) > 1 and self.workers > 1 and self.pool is None:
             method = _start_method()
@@ -514,13 +954,13 @@ class _Pool:
                 context.set_forkserver_preload(["resizer", "create_dataset"])
             self.pool = context.Pool(self.workers)
         if self.pool is not None and len(tasks) > 1:
-            iterator = self.pool.imap_unordered(function, tasks)
+            iterator = (self.pool.imap if ordered else self.pool.imap_unordered)(function, tasks)
         else:
             iterator = map(function, tasks)
         for result in tqdm(iterator, total=len(tasks), desc=description, unit="img", disable=not progress,
                            leave=False, dynamic_ncols=True):
             if on_result:
-                on_result(result)
+                result = on_result(result) or result
             results.append(result)
         return sorted(results, key=lambda r: r["path"])
 
@@ -570,6 +1010,9 @@ def scan_split(dataset, split, scale=None):
     """
     root = Path(dataset) / split
     for sub in ("lr", "hr"):
+        if not (root / sub).is_dir() and dataset_format(dataset) == "tfrecord":
+            raise DatasetError(f"{dataset} is a tfrecord DATASET (no PNG folders): read it with "
+                               "create_dataset.tfrecord_files and tfrecord_pair_dataset")
         if not (root / sub).is_dir():
             raise DatasetError(f"{root / sub} is missing: a DATASET holds {{train,val,test}}/{{lr,hr}}/NAME.png "
                                "(python create_dataset.py writes one)")
@@ -631,6 +1074,102 @@ def load_split_arrays(split, desc=None):
 
 
 
+def read_manifest(dataset):
+    """DATASET/manifest.json as a dict (local, or any path TensorFlow reads); None when there is none."""
+    folder = _Folder(dataset)
+    if not folder.exists(MANIFEST):
+        return None
+    manifest = _json_or_none(folder.read_text(MANIFEST))
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{folder.join(MANIFEST)} is unreadable (not a JSON object)")
+    return manifest
+
+
+def dataset_format(dataset):
+    """"png" or "tfrecord", as DATASET/manifest.json says ("png" when it has no manifest or no format)."""
+    manifest = read_manifest(dataset)
+    return manifest.get("parameters", {}).get("format", "png") if manifest else "png"
+
+
+def tfrecord_files(dataset, split):
+    """Paths of one split's TFRecord shards, in order, as DATASET/manifest.json lists them (checked present).
+
+    dataset may be local or any path TensorFlow reads (gs://...). Raises DatasetError for a dataset that
+    is not in the tfrecord format or a missing shard; an empty split gives []. The split's pair count is
+    read_manifest(dataset)["counts"][split].
+    """
+    folder = _Folder(dataset)
+    manifest = read_manifest(dataset)
+    if manifest is None:
+        raise DatasetError(f"{folder.join(MANIFEST)} not found: not a DATASET (python create_dataset.py "
+                           "--format tfrecord writes one)")
+    if "shards" not in manifest:
+        raise DatasetError(f"{folder.join(MANIFEST)}: not a tfrecord DATASET (no shard list); its pairs are "
+                           "PNG files under {train,val,test}/{lr,hr}/")
+    if split not in manifest["shards"]:
+        raise DatasetError(f"{folder.join(MANIFEST)}: no split {split!r} (splits: {', '.join(manifest['shards'])})")
+    files = [folder.join(shard["file"]) for shard in manifest["shards"][split]]
+    missing = [f for f in files if not folder.exists(Path(f).name)]
+    if missing:
+        raise DatasetError(f"{missing[0]}: shard listed in {MANIFEST} is missing ({len(missing)} missing)")
+    return files
+
+
+def tfrecord_pair_dataset(files, *, num_workers=None, worker_index=0, shuffle_files=False, seed=0,
+                          parallel_reads=4):
+    """tf.data.Dataset of (lr, hr) uint8 (H, W, 3) tensors decoded from TFRecord shards (tfrecord_files).
+
+    Sharding is by file: with num_workers (and this worker's worker_index) each worker reads its own subset
+    of the files (Dataset.shard on the file list; tf.distribute's auto-sharding is then off). Without it the
+    dataset asks tf.distribute to shard by file (AutoShardPolicy.FILE), which needs at least as many files
+    as workers. shuffle_files: a seeded new file order each epoch. parallel_reads: files read at once,
+    interleaved record by record (deterministic order for a given file order).
+    """
+    import tensorflow as tf
+
+    files = [str(f) for f in files]
+    if not files:
+        raise DatasetError("no TFRecord files to read (an empty split?)")
+    options = tf.data.Options()
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if num_workers is None:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
+    else:
+        if not 0 <= worker_index < num_workers:
+            raise DatasetError(f"worker_index {worker_index} is not in 0..{num_workers - 1}")
+        if len(files) < num_workers:
+            raise DatasetError(f"{len(files)} TFRecord files cannot be shared among {num_workers} workers by "
+                               "file: write smaller shards (create_dataset.py --shard-mb)")
+        ds = ds.shard(num_workers, worker_index)
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(parallel_reads, len(files))),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in ("name", "lr_png", "hr_png")}
+    spec |= {key: tf.io.FixedLenFeature([], tf.int64) for key in ("lr_height", "lr_width", "hr_height", "hr_width")}
+
+    def decode(record):
+        fields = tf.io.parse_single_example(record, spec)
+        lr = tf.reshape(tf.io.decode_png(fields["lr_png"], channels=3), [fields["lr_height"], fields["lr_width"], 3])
+        hr = tf.reshape(tf.io.decode_png(fields["hr_png"], channels=3), [fields["hr_height"], fields["hr_width"], 3])
+        return lr, hr
+
+    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+
+
+def load_tfrecord_arrays(dataset, split, desc=None):
+    """(lr list, hr list) of uint8 RGB arrays of one tfrecord split, in record order (as load_split_arrays)."""
+    files = tfrecord_files(dataset, split)
+    if not files:
+        return [], []
+    total = (read_manifest(dataset) or {}).get("counts", {}).get(split)
+    pairs = [(lr.numpy(), hr.numpy()) for lr, hr in tqdm(tfrecord_pair_dataset(files), total=total, desc=desc,
+                                                         disable=desc is None, leave=False)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+
 # ----------------------------------------------------------------------------- manifest and summary
 
 
@@ -652,20 +1191,26 @@ def summary(manifest, out):
     counts, run = manifest["counts"], manifest["run"]
     photos = sum(manifest["photos"].values())
     reused = f", {run['photos_reused']} reused from an earlier run" if run["photos_reused"] else ""
+    shards = manifest.get("shards")
+    where = f"{sum(map(len, shards.values()))} TFRecord shards in {out}" if shards else str(out)
     return (f"{counts['train']} train / {counts['val']} val / {counts['test']} test pairs "
             f"({manifest['parameters']['hr_size']} px HR, x{manifest['parameters']['scale']}) from {photos} "
-            f"photos{reused}; {len(manifest['skipped'])} skipped; {run['seconds']:.1f} s -> {out}")
+            f"photos{reused}; {len(manifest['skipped'])} skipped; {run['seconds']:.1f} s -> {where}")
 
 
 def main(argv=None):
-    """Command line: build a dataset, print skipped files and a one-line summary; 0 when pairs exist."""
+    """Command line: build a dataset, print skipped files and a one-line summary.
+
+    Exit status 0 when pairs exist, 1 when the sources gave none (nothing written), 2 for bad arguments.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("sources", nargs="*", type=Path,
                         help="folders (recursive), fetcher RAW folders or manifest.jsonl files, image files")
     parser.add_argument("--samples", action="store_true", help="add scikit-image's colour sample photos")
-    parser.add_argument("--out", type=Path, required=True, help="DATASET folder to create or update")
+    parser.add_argument("--out", required=True,
+                        help="DATASET folder to create or update (tfrecord format: also gs://... and the like)")
     parser.add_argument("--mode", choices=("square", "patches"),
                         help="square (default) or patches (default when --samples is the only source)")
     parser.add_argument("--scale", type=int, default=SCALE, choices=(2, 3, 4, 8))
@@ -678,6 +1223,10 @@ def main(argv=None):
     parser.add_argument("--blur", type=float, default=0.0, help="LR Gaussian blur sigma, LR pixels")
     parser.add_argument("--noise", type=float, default=0.0, help="LR Gaussian noise sigma, 0..255 units")
     parser.add_argument("--jpeg", type=int, default=None, help="LR JPEG re-compression quality 1..100")
+    parser.add_argument("--palette", type=int, default=None, metavar="N",
+                        help="LR reduced to N colours (2..256), as a GIF is; applied after the others")
+    parser.add_argument("--palette-dither", default="none", choices=tuple(resizer.PALETTE_DITHERS),
+                        help="--palette: nearest colour (none, default) or Floyd-Steinberg dithering (floyd)")
     parser.add_argument("--split", type=float, nargs=3, default=SPLIT, metavar=("TRAIN", "VAL", "TEST"),
                         help="fractions of the photos per split (default 0.8 0.1 0.1)")
     parser.add_argument("--seed", type=int, default=SEED)
@@ -686,6 +1235,10 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--no-draft", dest="draft", action="store_false",
                         help="square mode: always decode JPEGs at full size")
+    parser.add_argument("--format", default="png", choices=FORMATS,
+                        help="png: {train,val,test}/{hr,lr}/NAME.png (default); tfrecord: sharded TFRecord files")
+    parser.add_argument("--shard-mb", type=float, default=SHARD_MB,
+                        help=f"tfrecord format: MB per shard (default {SHARD_MB})")
     parser.add_argument("--overwrite", action="store_true", help="rebuild a dataset made with other parameters")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -693,22 +1246,20 @@ def main(argv=None):
         manifest = build_dataset(
             args.sources, args.out, samples=args.samples, mode=args.mode, scale=args.scale,
             hr_size=args.hr_size, patches=args.patches, min_variance=args.min_variance, filter=args.filter,
-            blur_sigma=args.blur, noise_sigma=args.noise, jpeg_quality=args.jpeg, split=args.split,
-            seed=args.seed, min_size=args.min_size, max_images=args.max_images, workers=args.workers,
-            draft=args.draft, overwrite=args.overwrite, progress=not args.quiet)
+            blur_sigma=args.blur, noise_sigma=args.noise, jpeg_quality=args.jpeg, palette_colors=args.palette,
+            palette_dither=args.palette_dither, split=args.split, seed=args.seed, min_size=args.min_size,
+            max_images=args.max_images, workers=args.workers, draft=args.draft, format=args.format,
+            shard_mb=args.shard_mb, overwrite=args.overwrite, progress=not args.quiet)
     except DatasetError as e:
         print(f"create_dataset.py: error: {e}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(e, NoPairsError) else 2
     skipped = manifest["skipped"]
     for item in skipped[:SHOW_SKIPPED]:
         print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
     if len(skipped) > SHOW_SKIPPED:
-        print(f"... and {len(skipped) - SHOW_SKIPPED} more skipped files, listed in {args.out / MANIFEST}",
+        print(f"... and {len(skipped) - SHOW_SKIPPED} more skipped files, listed in {args.out}/{MANIFEST}",
               file=sys.stderr)
     print(summary(manifest, args.out))
-    if not sum(manifest["counts"].values()):
-        print("create_dataset.py: no pairs were made; see the skipped files above", file=sys.stderr)
-        return 1
     return 0
 
 

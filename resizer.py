@@ -36,6 +36,7 @@ FILTERS = {
 }
 TEMP_MARK = ".tmp-"  # atomic_output's temporary files are named ".<name>.tmp-<random><suffix>"
 DEFAULT_SAVE_OPTIONS = {"JPEG": {"quality": 95}, "WEBP": {"quality": 95}}
+PALETTE_DITHERS = {"none": Image.Dither.NONE, "floyd": Image.Dither.FLOYDSTEINBERG}  # degrade(palette_dither=...)
 # every still-image file suffix the project reads (fetcher, create_dataset, flow evaluate, upscale): one list
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".webp", ".bmp", ".dib", ".gif", ".tif", ".tiff", ".ppm", ".pgm",
                   ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif", ".ico")
@@ -379,9 +380,13 @@ def random_square(img, size, rng=None):
     return img[top : top + size, left : left + size]
 
 
-def degrade(img, *, blur_sigma=0, noise_sigma=0, jpeg_quality=None, seed=None):
-    """Classical degradations on a uint8 RGB image, in this order: Gaussian blur (sigma in pixels),
-    additive Gaussian noise (sigma in 0..255 units, drawn from `seed`), JPEG re-compression at `jpeg_quality`.
+def degrade(img, *, blur_sigma=0, noise_sigma=0, jpeg_quality=None, palette_colors=None, palette_dither="none",
+            seed=None):
+    """Classical degradations on a uint8 RGB (or grey) image, in this order: Gaussian blur (sigma in pixels),
+    additive Gaussian noise (sigma in 0..255 units, drawn from `seed`), JPEG re-compression at `jpeg_quality`,
+    and last a colour palette of `palette_colors` (2..256) colours, as saving a GIF does: Pillow's median-cut
+    palette of the image, each pixel mapped to its nearest palette colour (palette_dither "none") or with
+    Floyd-Steinberg error diffusion ("floyd").
 
     With the defaults the image is returned unchanged. The same seed gives the same noise.
     """
@@ -403,7 +408,24 @@ def degrade(img, *, blur_sigma=0, noise_sigma=0, jpeg_quality=None, seed=None):
         buffer = io.BytesIO()
         Image.fromarray(out).save(buffer, format="JPEG", quality=int(jpeg_quality))
         out = np.asarray(Image.open(buffer).convert("RGB" if out.ndim == 3 else "L"))
+    if palette_colors is not None:
+        out = palettize(out, palette_colors, palette_dither)
     return out if out is not img else img.copy()
+
+
+def palettize(img, colors, dither="none"):
+    """A uint8 RGB (or grey) image reduced to at most `colors` (2..256) colours: Pillow's median-cut palette,
+    then each pixel mapped to it without dithering ("none") or with Floyd-Steinberg dithering ("floyd")."""
+    if not 2 <= int(colors) <= 256:
+        raise ValueError(f"palette colours must be 2..256, got {colors}")
+    if dither not in PALETTE_DITHERS:
+        raise ValueError(f"unknown palette dither {dither!r}; choose one of {', '.join(PALETTE_DITHERS)}")
+    img = np.asarray(img)
+    rgb = Image.fromarray(img).convert("RGB")
+    palette = rgb.quantize(int(colors), method=Image.Quantize.MEDIANCUT)
+    # Pillow dithers only when mapping onto a given palette, so the palette is built first, then applied
+    mapped = rgb.quantize(palette=palette, dither=PALETTE_DITHERS[dither]).convert("RGB")
+    return np.asarray(mapped.convert("L") if img.ndim == 2 else mapped).copy()
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ The generated photos are scikit-image's colour photos, cropped, flipped and upsc
 Gaussian noise (sigma 4) so that, like camera JPEGs, they carry fine detail and are costly to decode
 (about 2-3 MB each at quality 92). Each configuration builds a fresh square-mode dataset (hr 128, x4) with
 create_dataset.build_dataset, the whole run timed: discovery, hashing, worker start, decoding and writing.
-Targets (issue 2): all cores >= 1.7x one worker on 2 cores; draft decoding >= 2x full decoding.
+Targets: all cores >= 1.7x one worker on 2 cores; draft decoding >= 2x full decoding.
 """
 
 import argparse
@@ -78,7 +78,7 @@ def main(argv=None):
             size = tuple(int(v) for v in args.size.lower().split("x"))
             print(f"generating {args.images} JPEGs of {size[0]}x{size[1]} ...", flush=True)
             photos = make_photos(tmp / "photos", args.images, size)
-        files = [p for p in photos.rglob("*") if p.suffix.lower() in create_dataset.IMAGE_EXTENSIONS]
+        files = [p for p in photos.rglob("*") if p.suffix.lower() in resizer.IMAGE_SUFFIXES]
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         print(f"{len(files)} photos, {megabytes:.0f} MB, in {photos}; {os.cpu_count()} CPUs, all cores = "
               f"{workers} workers")

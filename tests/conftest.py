@@ -28,7 +28,7 @@ def shared_data() -> Path:
 
 
 def write_tiny_dataset(root: Path, *, hr_size: int = 32, scale: int = 4, counts=(6, 2, 2), seed: int = 0) -> Path:
-    """Write a DATASET folder (DESIGN.md layout) of smooth random pairs, without create_dataset.py."""
+    """Write a DATASET folder (the layout create_dataset.py writes) of smooth random pairs, without create_dataset.py."""
     rng = np.random.default_rng(seed)
     lr_size = hr_size // scale
     for split, count in zip(("train", "val", "test"), counts, strict=True):

@@ -325,6 +325,35 @@ def test_degrade_is_seeded_and_each_step_acts():
         resizer.degrade(img, jpeg_quality=0)
 
 
+def colour_count(img):
+    return len(np.unique(img.reshape(-1, img.shape[-1]) if img.ndim == 3 else img.ravel(), axis=0))
+
+
+@pytest.mark.parametrize("colors", [2, 16, 256])
+def test_palette_degradation_keeps_at_most_n_colours_and_dithering_changes_it(colors):
+    img = load_image(SAMPLES / "astronaut.png")[100:196, 150:246]
+    assert colour_count(img) > 256
+    plain = resizer.degrade(img, palette_colors=colors)
+    dithered = resizer.degrade(img, palette_colors=colors, palette_dither="floyd")
+    for out in (plain, dithered):
+        assert out.shape == img.shape and out.dtype == np.uint8
+        assert 2 <= colour_count(out) <= colors
+    assert not np.array_equal(plain, dithered)
+    # the dithered image has the same palette, spread by error diffusion: its local means track the original
+    blur = lambda x: x.astype(float).reshape(24, 4, 24, 4, 3).mean(axis=(1, 3))  # noqa: E731
+    if colors == 2:
+        assert np.abs(blur(dithered) - blur(img)).mean() < np.abs(blur(plain) - blur(img)).mean()
+    if colors == 256:
+        assert psnr(plain, img) > 30  # 256 colours is a mild degradation
+    grey = resizer.degrade(img[..., 1], palette_colors=4)
+    assert grey.shape == img.shape[:2] and colour_count(grey) <= 4
+    np.testing.assert_array_equal(plain, resizer.degrade(img, palette_colors=colors))  # deterministic
+    with pytest.raises(ValueError, match="2..256"):
+        resizer.degrade(img, palette_colors=1)
+    with pytest.raises(ValueError, match="unknown palette dither"):
+        resizer.degrade(img, palette_colors=8, palette_dither="ordered")
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 
