@@ -111,6 +111,7 @@ def train(args, extra_callbacks=()):
 
     done = {p: (run_path / f"{p}.done").is_file() or not config[f"{p}_epochs"] for p in PHASES}
     run_path.mkdir(parents=True, exist_ok=True)
+    resizer.remove_temp_outputs(run_path)  # what a killed run was writing; its finished files are whole
     for phase in PHASES:  # a kill between a phase's marker and its backup's removal leaves a stale backup
         if (run_path / f"{phase}.done").is_file():
             shutil.rmtree(run_path / "backup" / phase, ignore_errors=True)

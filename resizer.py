@@ -16,6 +16,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -498,6 +499,17 @@ def is_temp_output(path):
     """True for a leftover temporary file of atomic_output (from a process that was killed mid-write)."""
     name = Path(path).name
     return name.startswith(".") and TEMP_MARK in name
+
+
+def remove_temp_outputs(folder):
+    """Delete the leftover temporary files and folders of killed writers under folder; returns how many."""
+    leftovers = [p for p in Path(folder).rglob(f"*{TEMP_MARK}*") if is_temp_output(p)]
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 def save_image(path, img, alpha=None, **pil_kwargs):
