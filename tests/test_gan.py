@@ -369,6 +369,7 @@ print("JAX-RESULT " + json.dumps(out))
 JAX_RECIPES = {"paper": {}, "successors": {"kind": "unet", "gan_loss": "ragan", "feature_matching_weight": 0.5}}
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: JAX compiles each op and initializer shape on first use
 def test_jax_train_step_matches_tensorflow(tmp_path):
     lr, hr = tiny_pair()
     np.savez(tmp_path / "batch.npz", lr=lr, hr=hr)
@@ -380,7 +381,8 @@ def test_jax_train_step_matches_tensorflow(tmp_path):
         steps = [model.train_on_batch(lr, hr, return_dict=True) for _ in range(2)]
         weights = [float(np.abs(w).sum()) for w in model.generator.get_weights() + model.discriminator.get_weights()]
         expected[name] = steps, weights
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax",
+           "JAX_PLATFORMS": "cpu"}
     (tmp_path / "jax_step.py").write_text(JAX_SCRIPT)
     result = subprocess.run([sys.executable, str(tmp_path / "jax_step.py"), str(tmp_path),
                              str(tmp_path / "batch.npz"), *JAX_RECIPES], cwd=ROOT, env=env, capture_output=True,
@@ -391,10 +393,12 @@ def test_jax_train_step_matches_tensorflow(tmp_path):
     got = json.loads(result.stdout.split("JAX-RESULT ", 1)[1])
     for name, (steps, weights) in expected.items():
         jax_run = got[name]
-        for tf_logs, jax_logs in zip(steps, jax_run["steps"], strict=True):
+        # float32 rounding differs between the backends' kernels; RaGAN's differences of means amplify it a little
+        for step, (tf_logs, jax_logs) in enumerate(zip(steps, jax_run["steps"], strict=True), start=1):
             assert set(tf_logs) == set(jax_logs)
             for key in tf_logs:
-                np.testing.assert_allclose(jax_logs[key], tf_logs[key], rtol=1e-5, atol=1e-6, err_msg=f"{name} {key}")
+                np.testing.assert_allclose(jax_logs[key], tf_logs[key], rtol=2e-4, atol=1e-6,
+                                           err_msg=f"{name}, step {step}: {key}")
         np.testing.assert_allclose(jax_run["weights"], weights, rtol=1e-4)
         # JAX save/resume keeps the optimizer state: the resumed model's next step is the original's
         assert jax_run["iterations"] == 2
