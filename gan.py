@@ -13,7 +13,16 @@ Content losses (the paper's Sec. 2.2.1): "mse", "l1" on pixels, and "vgg54"/"vgg
 maps phi_{i,j} of the SR and HR images, where phi_{i,j} is "the feature map obtained by the j-th convolution
 (after activation) before the i-th maxpooling layer" (eq. 5) -> the ReLU outputs of block5_conv4 / block2_conv2
 (Keras' VGG19 conv layers include their ReLU), with the features rescaled by 1/12.75 "to obtain VGG losses of a
-scale that is comparable to the MSE loss" (Sec. 3.2).
+scale that is comparable to the MSE loss" (Sec. 3.2). The VGG19 weights come from the Keras cache, downloaded
+there (hash-checked) on first use, or from a file given as vgg_weights.
+
+Successors' recipes, as options (the paper's stay the defaults):
+    gan.compile(..., gan_loss="ragan")                    # ESRGAN's relativistic average GAN loss
+    gan.compile(..., feature_matching_weight=1.0)         # L1 between D's features of HR and SR (no VGG needed)
+    SRGAN(generator, build_discriminator(128, kind="unet"))  # Real-ESRGAN's per-pixel U-Net discriminator
+    gan.compile(keras.optimizers.Adam(1e-4, use_ema=True), ...)  + keras.callbacks.SwapEMAWeights()
+
+The SRGAN train step runs on the TensorFlow backend (GradientTape, tf.distribute) and on JAX (stateless).
 """
 
 import hashlib
