@@ -22,7 +22,7 @@ Successors' recipes, as options (the paper's stay the defaults):
     SRGAN(generator, build_discriminator(128, kind="unet"))  # Real-ESRGAN's per-pixel U-Net discriminator
     gan.compile(keras.optimizers.Adam(1e-4, use_ema=True), ...)  + keras.callbacks.SwapEMAWeights()
 
-The SRGAN train step runs on the TensorFlow backend (GradientTape, tf.distribute) and on JAX (stateless).
+The SRGAN train step runs on the TensorFlow backend (GradientTape, tf.distribute), on JAX (stateless) and on torch.
 """
 
 import hashlib
@@ -269,9 +269,9 @@ class SRGAN(keras.Model):
     Data: (lr, hr) batches, float32 in [0,1]. Calling the model runs the generator.
     fit() logs g_loss (perceptual), d_loss, content_loss, adversarial_loss, d_real and d_fake (mean sigmoid of
     the discriminator on HR and on SR), and feature_matching_loss when that loss is on; evaluate() / validation
-    logs content_loss and psnr. Trains on the TensorFlow backend (tf.GradientTape, tf.distribute) and on JAX
-    (stateless jax.vjp), with the same losses. Saved as .keras (model.save) with both networks and both
-    optimizers' state, so a run can resume.
+    logs content_loss and psnr. Trains on the TensorFlow backend (tf.GradientTape, tf.distribute), on JAX
+    (stateless jax.vjp) and on torch (torch.autograd.grad), with the same losses. Saved as .keras (model.save)
+    with both networks and both optimizers' state, so a run can resume.
     """
 
     def __init__(self, generator, discriminator, **kwargs):
@@ -371,7 +371,7 @@ class SRGAN(keras.Model):
 
         As in the TF2 SRGAN codes, the discriminator's gradient comes from d_loss, the generator's from g_loss
         (content + adversarial_weight * adversarial [+ feature matching]), both against the discriminator as it
-        was before this step's update. TensorFlow: tf.GradientTape, args = (data,); JAX: stateless, args =
+        was before this step's update. TensorFlow and torch: args = (data,); JAX: stateless, args =
         (state, data) as Keras' JAX trainer passes them.
         """
         backend = keras.backend.backend()
@@ -379,7 +379,9 @@ class SRGAN(keras.Model):
             return self._tf_train_step(*args)
         if backend == "jax":
             return self._jax_train_step(*args)
-        raise NotImplementedError(f"SRGAN trains on the tensorflow and jax backends, not {backend}")
+        if backend == "torch":
+            return self._torch_train_step(*args)
+        raise NotImplementedError(f"SRGAN trains on the tensorflow, jax and torch backends, not {backend}")
 
     def test_step(self, *args):
         """Content loss and quick RGB PSNR (see psnr) of the generator on a validation batch."""
@@ -408,6 +410,25 @@ class SRGAN(keras.Model):
         self.d_optimizer.apply(d_grads, self.discriminator.trainable_variables)
         self.g_optimizer.apply(g_grads, self.generator.trainable_variables)
         return self._log(self._train_trackers(), terms, ops.cast(ops.shape(hr)[0], "float32"))
+
+    def _torch_train_step(self, data):
+        """torch.autograd.grad of each network's loss with respect to its own variables, one forward pass."""
+        import torch
+
+        lr, hr = data[0], data[1]
+        taps = self._taps.value
+        sr = self.generator(lr, training=True)
+        terms = self._gan_terms(hr, sr, _as_list(taps(hr, training=True)), _as_list(taps(sr, training=True)))
+        g_scaled = self.g_optimizer.scale_loss(ops.mean(terms["g_loss"]))
+        d_scaled = self.d_optimizer.scale_loss(ops.mean(terms["d_loss"]))
+        g_vars, d_vars = self.generator.trainable_variables, self.discriminator.trainable_variables
+        d_grads = torch.autograd.grad(d_scaled, [v.value for v in d_vars], retain_graph=True)
+        g_grads = torch.autograd.grad(g_scaled, [v.value for v in g_vars])
+        with torch.no_grad():
+            self.d_optimizer.apply(list(d_grads), d_vars)
+            self.g_optimizer.apply(list(g_grads), g_vars)
+            terms = {name: value.detach() for name, value in terms.items()}
+            return self._log(self._train_trackers(), terms, ops.cast(ops.shape(hr)[0], "float32"))
 
     def _jax_train_step(self, state, data):
         """keras.io's stateless JAX step with two networks: jax.vjp of (g_loss, d_loss) gives each network's

@@ -337,74 +337,75 @@ def test_generator_ema_with_swap_ema_weights_callback(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 
-# ----------------------------------------------------------------------------- the JAX backend
-JAX_SCRIPT = """
+# ----------------------------------------------------------------------------- the JAX and torch backends
+BACKEND_SCRIPT = """
 import json, sys
 import keras, numpy as np
 import gan, generator  # register the custom classes
-assert keras.backend.backend() == "jax"
-lr, hr = np.load(sys.argv[2])["lr"], np.load(sys.argv[2])["hr"]
+assert keras.backend.backend() == sys.argv[1]
+lr, hr = np.load(sys.argv[3])["lr"], np.load(sys.argv[3])["hr"]
 
 
 def load(path):
     model = keras.saving.load_model(path, safe_mode=True)
-    model.run_eagerly = True  # tracing and compiling cost more than these tiny steps
+    model.run_eagerly = True  # JAX: tracing and compiling cost more than these tiny steps
     return model
 
 
 out = {}
-for name in sys.argv[3:]:
-    model = load(f"{sys.argv[1]}/{name}.keras")
+for name in sys.argv[4:]:
+    model = load(f"{sys.argv[2]}/{name}.keras")
     steps = [model.train_on_batch(lr, hr, return_dict=True) for _ in range(2)]
     weights = [float(np.abs(w).sum()) for w in model.generator.get_weights() + model.discriminator.get_weights()]
-    model.save(f"{sys.argv[1]}/{name}-jax.keras")
-    resumed = load(f"{sys.argv[1]}/{name}-jax.keras")
+    model.save(f"{sys.argv[2]}/{name}-resaved.keras")
+    resumed = load(f"{sys.argv[2]}/{name}-resaved.keras")
     iterations = int(resumed.g_optimizer.iterations)
     nxt, nxt_resumed = (m.train_on_batch(lr, hr, return_dict=True) for m in (model, resumed))
     out[name] = {"steps": steps, "weights": weights, "next": nxt, "next_resumed": nxt_resumed,
                  "iterations": iterations, "evaluate": model.evaluate(lr, hr, verbose=0, return_dict=True)}
-print("JAX-RESULT " + json.dumps(out))
+print("RESULT " + json.dumps(out))
 """
 
-JAX_RECIPES = {"paper": {}, "successors": {"kind": "unet", "gan_loss": "ragan", "feature_matching_weight": 0.5}}
+OTHER_BACKEND_RECIPES = {"paper": {}, "successors": {"kind": "unet", "gan_loss": "ragan", "feature_matching_weight": 0.5}}
 
 
-@pytest.mark.slow  # minutes on 2 CPU cores: JAX compiles each op and initializer shape on first use
-def test_jax_train_step_matches_tensorflow(tmp_path):
+@pytest.mark.slow  # minutes on 2 CPU cores for JAX: it compiles each op and initializer shape on first use
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_train_step_on_another_backend_matches_tensorflow(backend, tmp_path):
     lr, hr = tiny_pair()
     np.savez(tmp_path / "batch.npz", lr=lr, hr=hr)
     expected = {}
-    for name, options in JAX_RECIPES.items():
+    for name, options in OTHER_BACKEND_RECIPES.items():
         # SGD with momentum: state to save, and no Adam first step, whose sign(gradient) amplifies rounding
         model = tiny_gan(optimizer=lambda: keras.optimizers.SGD(0.05, momentum=0.9), **options)
         model.save(tmp_path / f"{name}.keras")  # the same starting weights and optimizer state for both
         steps = [model.train_on_batch(lr, hr, return_dict=True) for _ in range(2)]
         weights = [float(np.abs(w).sum()) for w in model.generator.get_weights() + model.discriminator.get_weights()]
         expected[name] = steps, weights
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": backend,
            "JAX_PLATFORMS": "cpu"}
-    (tmp_path / "jax_step.py").write_text(JAX_SCRIPT)
-    result = subprocess.run([sys.executable, str(tmp_path / "jax_step.py"), str(tmp_path),
-                             str(tmp_path / "batch.npz"), *JAX_RECIPES], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
-    if result.returncode and "No module named 'jax'" in result.stderr:
-        pytest.skip("jax is not installed")
+    (tmp_path / "step.py").write_text(BACKEND_SCRIPT)
+    result = subprocess.run([sys.executable, str(tmp_path / "step.py"), backend, str(tmp_path),
+                             str(tmp_path / "batch.npz"), *OTHER_BACKEND_RECIPES], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=900)
+    if result.returncode and f"No module named '{backend}'" in result.stderr:
+        pytest.skip(f"{backend} is not installed")
     assert result.returncode == 0, result.stderr[-3000:]
-    got = json.loads(result.stdout.split("JAX-RESULT ", 1)[1])
+    got = json.loads(result.stdout.split("RESULT ", 1)[1])
     for name, (steps, weights) in expected.items():
-        jax_run = got[name]
+        run = got[name]
         # float32 rounding differs between the backends' kernels; RaGAN's differences of means amplify it a little
-        for step, (tf_logs, jax_logs) in enumerate(zip(steps, jax_run["steps"], strict=True), start=1):
-            assert set(tf_logs) == set(jax_logs)
+        for step, (tf_logs, other_logs) in enumerate(zip(steps, run["steps"], strict=True), start=1):
+            assert set(tf_logs) == set(other_logs)
             for key in tf_logs:
-                np.testing.assert_allclose(jax_logs[key], tf_logs[key], rtol=2e-4, atol=1e-6,
+                np.testing.assert_allclose(other_logs[key], tf_logs[key], rtol=2e-4, atol=1e-6,
                                            err_msg=f"{name}, step {step}: {key}")
-        np.testing.assert_allclose(jax_run["weights"], weights, rtol=1e-4)
+        np.testing.assert_allclose(run["weights"], weights, rtol=1e-4)
         # JAX save/resume keeps the optimizer state: the resumed model's next step is the original's
-        assert jax_run["iterations"] == 2
-        for key in jax_run["next"]:
-            np.testing.assert_allclose(jax_run["next_resumed"][key], jax_run["next"][key], rtol=1e-5)
-        assert set(jax_run["evaluate"]) == {"content_loss", "psnr"} and np.isfinite(jax_run["evaluate"]["psnr"])
+        assert run["iterations"] == 2
+        for key in run["next"]:
+            np.testing.assert_allclose(run["next_resumed"][key], run["next"][key], rtol=1e-5)
+        assert set(run["evaluate"]) == {"content_loss", "psnr"} and np.isfinite(run["evaluate"]["psnr"])
 
 
 MIRRORED_SCRIPT = """
