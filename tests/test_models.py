@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from discriminator import build_discriminator
+from discriminator import FEATURE_LAYERS, build_discriminator, feature_layer_names
 from generator import (
     PRESETS,
     InterpolationUpsample,
@@ -181,3 +181,46 @@ def test_discriminator_save_load_round_trip_in_safe_mode(tmp_path):
     loaded = keras.saving.load_model(path, safe_mode=True)
     x = rand(2, 32, 32, 3)
     np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)))
+
+
+def test_unet_discriminator_gives_per_pixel_logits_with_spectral_norm():
+    model = build_discriminator(32, filters=8, kind="unet")
+    out = model(rand(2, 32, 32, 3))
+    assert out.shape == (2, 32, 32, 1) and out.dtype == "float32"
+    normalised = [layer for layer in model.layers if isinstance(layer, keras.layers.SpectralNormalization)]
+    assert len(normalised) == 8  # every conv but the first and the last, as Real-ESRGAN
+    assert [model.get_layer(f"down{k}_conv").layer.strides[0] for k in (1, 2, 3)] == [2, 2, 2]
+    assert model.get_layer("down3_conv").layer.filters == 64
+    assert feature_layer_names(model) == list(FEATURE_LAYERS["unet"])
+    assert feature_layer_names(build_discriminator(32, filters=8)) == list(FEATURE_LAYERS["srgan"])
+
+
+def test_unet_discriminator_of_any_multiple_of_8_and_bad_sizes():
+    model = build_discriminator(None, filters=8, kind="unet")
+    for size in (24, 40):
+        assert model(rand(1, size, size, 3)).shape == (1, size, size, 1)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_discriminator(36, kind="unet")
+    with pytest.raises(ValueError, match="kind"):
+        build_discriminator(32, kind="patchgan")
+
+
+def test_spectral_norm_power_iteration_updates_only_in_training():
+    model = build_discriminator(16, filters=4, kind="unet")
+    u = model.get_layer("down1_conv").vector_u
+    before = np.asarray(u).copy()
+    model(rand(1, 16, 16, 3), training=False)
+    np.testing.assert_array_equal(np.asarray(u), before)
+    model(rand(1, 16, 16, 3), training=True)
+    assert not np.array_equal(np.asarray(u), before)
+
+
+def test_unet_discriminator_save_load_round_trip_in_safe_mode(tmp_path):
+    model = build_discriminator(16, filters=4, kind="unet")
+    model(rand(1, 16, 16, 3), training=True)  # move the power-iteration vectors off their initial values
+    path = tmp_path / "unet_d.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = rand(2, 16, 16, 3)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)),
+                               rtol=1e-6, atol=1e-7)
