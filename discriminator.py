@@ -19,12 +19,17 @@ pixel instead of the whole patch:
     logits (N, S, S, 1) float32, one per pixel. Any size divisible by 8.
 """
 
+import runtime  # noqa: F401  (first: Keras starts without TensorFlow's C++ log lines)
+
+# isort: split
 import keras
+
+import presets
 
 # (filters multiplier, stride) of the eight convolutions: 64, 64/2, 128, 128/2, 256, 256/2, 512, 512/2 for f=64
 CONV_PLAN = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
 LEAKY_SLOPE = 0.2
-KINDS = ("srgan", "unet")
+KINDS = presets.DISCRIMINATORS
 # Intermediate activations that feature matching (gan.feature_matching_loss) compares, per kind
 FEATURE_LAYERS = {"srgan": ("lrelu1", "lrelu3", "lrelu5", "lrelu7"),
                   "unet": ("down1_lrelu", "down2_lrelu", "down3_lrelu", "up1_lrelu", "up2_lrelu", "up3_lrelu")}

@@ -41,7 +41,7 @@ from tqdm import tqdm
 import presets
 import resizer
 from create_dataset import check_dataset, check_patch_size, dataset_scale, load_split_arrays, scan_split
-from metrics import bicubic_upscale, calculate_psnr, calculate_ssim
+from metrics import bicubic_upscale, calculate_niqe, calculate_psnr, calculate_ssim
 
 # ---------------------------------------------------------------- configuration: `flow.py train` defaults
 pretrain_epochs = 10
@@ -50,7 +50,10 @@ batch_size = 16  # global: split across replicas by tf.distribute
 steps_per_epoch = None  # None: one pass over the training split (len(train) // batch_size)
 patch_size = None  # HR crop side in pixels; None: whole HR images
 preset = None  # generator preset (presets.GENERATOR_PRESETS); None: the paper's 16x64 SRResNet
+discriminator = "srgan"  # srgan (the paper's) | unet (Real-ESRGAN's per-pixel U-Net, spectral norm)
 d_filters = 64  # discriminator width (the paper's 64 -> 512)
+gan_loss = "vanilla"  # vanilla (the paper's) | ragan (ESRGAN's relativistic average)
+feature_matching = 0.0  # weight of discriminator feature matching in the generator's loss
 lr_g = 1e-4  # Adam, both phases (the paper's 1e-4)
 lr_d = 1e-4
 lr_schedule = "constant"  # constant | cosine (to 0 over each phase) | step (x0.1 half-way, as the paper's GAN)
@@ -94,12 +97,10 @@ def train(args, extra_callbacks=()):
     # isort: split
     import keras
 
-    if config["gan_epochs"] and not runtime.use_tensorflow():
-        raise ValueError(f"phase 2 (--gan-epochs) needs the TensorFlow backend; backend is {runtime.backend()}")
     if config["gan_epochs"] and config["content_loss"].startswith("vgg"):
         import gan
 
-        gan.find_vgg_weights(config["vgg_weights"])  # offline without the file: its name and where to get it
+        gan.find_vgg_weights(config["vgg_weights"])  # downloaded now, or a clear error before the run folder
     strategy_name = runtime.resolve_strategy_name(args.strategy)
     run_path = worker_run_path(Path(args.out), strategy_name)
     check_resume(run_path, config)
@@ -200,11 +201,13 @@ def adversarial(run, generator, content):
     cfg = run.config
     total = cfg["gan_epochs"] * cfg["steps_per_epoch"]
     with runtime.strategy_scope(run.strategy):
-        discriminator = build_discriminator(hr_size=cfg["hr_size"], filters=cfg["discriminator"]["filters"])
+        d = cfg["discriminator"]
+        discriminator = build_discriminator(hr_size=d["hr_size"], filters=d["filters"], kind=d["kind"])
         srgan = gan.SRGAN(generator, discriminator)
         srgan.compile(g_optimizer=adam(cfg["lr_g"], cfg["lr_schedule"], total),
                       d_optimizer=adam(cfg["lr_d"], cfg["lr_schedule"], total),
-                      content_loss=content, adversarial_weight=cfg["adversarial_weight"], jit_compile=run.jit)
+                      content_loss=content, adversarial_weight=cfg["adversarial_weight"], gan_loss=cfg["gan_loss"],
+                      feature_matching_weight=cfg["feature_matching_weight"], jit_compile=run.jit)
     first = cfg["pretrain_epochs"]
     return fit_phase(run, "gan", srgan, generator, first, first + cfg["gan_epochs"])
 
@@ -247,7 +250,7 @@ def phase_callbacks(run, phase, generator, guard):
     cbs = [guard,
            training.ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, guard,
                                       count=run.config["sample_count"], names=run.splits["val"].hr_paths,
-                                      tensorboard=tensorboard),
+                                      tensorboard=tensorboard, niqe=phase == "gan"),
            training.ExportBest(generator, lambda g, path: export_generator(g, run.config, path), run.path, phase,
                                guard),
            training.HistoryCSV(run.path / "history.csv", phase, guard)]
@@ -363,7 +366,8 @@ def resolve_config(args, splits, scale):
         "val_images": len(splits["val"]), "patch_size": args.patch_size, "hr_size": hr_size,
         "pretrain_epochs": args.pretrain_epochs, "gan_epochs": args.gan_epochs, "batch_size": args.batch_size,
         "steps_per_epoch": steps, "preset": args.preset, "generator": arch,
-        "discriminator": {"filters": args.d_filters, "hr_size": hr_size},
+        "discriminator": {"kind": args.discriminator, "filters": args.d_filters, "hr_size": hr_size},
+        "gan_loss": args.gan_loss, "feature_matching_weight": args.feature_matching,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "lr_schedule": args.lr_schedule, "pretrain_loss": args.pretrain_loss,
         "content_loss": args.content_loss, "adversarial_weight": args.adversarial_weight,
         "vgg_weights": str(Path(args.vgg_weights).resolve()) if args.vgg_weights else None,
@@ -450,7 +454,8 @@ def load_generator_weights(generator, path):
 
 # ---------------------------------------------------------------- evaluate: model vs bicubic on a test set
 def evaluate(model_arg, data, scale=None, out=None):
-    """Per-image PSNR/SSIM (Y, border = scale) of a model and bicubic; table printed and written (CSV, md).
+    """Per-image PSNR/SSIM (Y, border = scale) of a model and bicubic, and NIQE (no reference; lower = more
+    natural) of the model, bicubic and the originals; table printed and written (CSV, md).
 
     Returns (rows, failed): rows of dicts with the mean last; failed lists (name, reason).
     """
@@ -473,16 +478,18 @@ def evaluate(model_arg, data, scale=None, out=None):
             failed.append((name, str(err)))
             continue
         bicubic = bicubic_upscale(lr, scale)
-        row = {"image": name, "size": f"{hr.shape[1]}x{hr.shape[0]}",
-               "bicubic_psnr": calculate_psnr(bicubic, hr, scale), "bicubic_ssim": calculate_ssim(bicubic, hr, scale)}
+        row = {"image": name, "size": f"{hr.shape[1]}x{hr.shape[0]}", "hr_niqe": niqe_or_nan(hr, scale),
+               "bicubic_psnr": calculate_psnr(bicubic, hr, scale), "bicubic_ssim": calculate_ssim(bicubic, hr, scale),
+               "bicubic_niqe": niqe_or_nan(bicubic, scale)}
         if model is not None:
             sr = upscale.upscale_array(model, lr)
-            row.update(model_psnr=calculate_psnr(sr, hr, scale), model_ssim=calculate_ssim(sr, hr, scale))
+            row.update(model_psnr=calculate_psnr(sr, hr, scale), model_ssim=calculate_ssim(sr, hr, scale),
+                       model_niqe=niqe_or_nan(sr, scale))
         rows.append(row)
     if not rows:
         raise ValueError(f"{data}: no image could be evaluated ({'; '.join(r for _, r in failed)})")
     numeric = [k for k in rows[0] if k not in ("image", "size")]
-    rows.append({"image": "mean", "size": "", **{k: float(np.mean([r[k] for r in rows])) for k in numeric}})
+    rows.append({"image": "mean", "size": "", **{k: nanmean([r[k] for r in rows]) for k in numeric}})
     label = "bicubic" if model is None else f"{model_path.resolve().parent.name}-{model_path.stem}"
     out = Path(out or "out/eval")
     stem = out / f"{label}_{Path(data).resolve().name}_x{scale}"
@@ -494,11 +501,12 @@ def evaluate(model_arg, data, scale=None, out=None):
     for name, reason in failed:
         print(f"failed: {name}: {reason}", file=sys.stderr)
     mean = rows[-1]
-    summary = f"bicubic {mean['bicubic_psnr']:.2f} dB / {mean['bicubic_ssim']:.4f}"
+    summary = (f"bicubic {mean['bicubic_psnr']:.2f} dB / {mean['bicubic_ssim']:.4f} / {mean['bicubic_niqe']:.2f}, "
+               f"originals' NIQE {mean['hr_niqe']:.2f}")
     if model is not None:
-        summary = f"model {mean['model_psnr']:.2f} dB / {mean['model_ssim']:.4f} vs " + summary
-    print(f"{len(rows) - 1} image(s) x{scale}: {summary} (mean PSNR/SSIM); {len(failed)} failed; "
-          f"table: {stem}.csv, {stem}.md")
+        summary = f"model {mean['model_psnr']:.2f} dB / {mean['model_ssim']:.4f} / {mean['model_niqe']:.2f} vs " + summary
+    print(f"{len(rows) - 1} image(s) x{scale}: {summary} (mean PSNR/SSIM/NIQE, NIQE lower = more natural); "
+          f"{len(failed)} failed; table: {stem}.csv, {stem}.md")
     return rows, failed
 
 
@@ -541,12 +549,28 @@ def load_eval_pair(lr_path, hr_path, scale):
     return resizer.lr_from_hr(hr, scale), hr
 
 
+def niqe_or_nan(img, scale):
+    """NIQE (metrics.calculate_niqe, border = scale), or NaN where it is undefined (too small or flat)."""
+    try:
+        return calculate_niqe(img, scale)
+    except ValueError:
+        return float("nan")
+
+
+def nanmean(values):
+    """The mean of the defined values (NaN when there is none)."""
+    values = np.asarray(values, np.float64)
+    return float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
+
+
 def markdown_table(rows):
-    """A markdown table of evaluate's rows, numbers at 2 (PSNR) or 4 (SSIM) decimals."""
+    """A markdown table of evaluate's rows, numbers at 2 (PSNR), 3 (NIQE) or 4 (SSIM) decimals."""
     keys = list(rows[0])
 
     def fmt(k, v):
-        return v if isinstance(v, str) else (f"{v:.2f}" if k.endswith("psnr") else f"{v:.4f}")
+        if isinstance(v, str):
+            return v
+        return f"{v:.2f}" if k.endswith("psnr") else f"{v:.3f}" if k.endswith("niqe") else f"{v:.4f}"
 
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
     lines += ["| " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
@@ -584,7 +608,14 @@ def parse_args(argv=None):
                    help="batch norm in the residual blocks (default: the preset's)")
     t.add_argument("--interpolation-skip", choices=("none", *presets.INTERPOLATIONS),
                    help="add an interpolated copy of the input to the output (default: the preset's)")
+    t.add_argument("--discriminator", choices=presets.DISCRIMINATORS, default=discriminator,
+                   help="srgan: the paper's classifier; unet: Real-ESRGAN's per-pixel U-Net with spectral norm")
     t.add_argument("--d-filters", type=int, default=d_filters, help="discriminator width")
+    t.add_argument("--gan-loss", choices=presets.GAN_LOSSES, default=gan_loss,
+                   help="vanilla: the paper's; ragan: ESRGAN's relativistic average loss")
+    t.add_argument("--feature-matching", type=float, default=feature_matching,
+                   help="weight of an L1 loss between the discriminator's features of HR and SR (needs no "
+                        "pretrained network)")
     t.add_argument("--lr-g", type=float, default=lr_g)
     t.add_argument("--lr-d", type=float, default=lr_d)
     t.add_argument("--lr-schedule", choices=presets.LR_SCHEDULES, default=lr_schedule)
@@ -624,6 +655,8 @@ def check_train_args(parser, args):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.feature_matching < 0:
+        parser.error("--feature-matching must be >= 0")
     if not 0 <= args.cache_fraction <= 1:
         parser.error("--cache-fraction must be in [0, 1]")
 

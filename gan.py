@@ -29,12 +29,17 @@ import hashlib
 import os
 from pathlib import Path
 
+import runtime  # noqa: F401  (first: Keras starts without TensorFlow's C++ log lines)
+
+# isort: split
 import keras
 from keras import ops
 
+import presets
+
 # ----------------------------------------------------------------------------- configuration
 ADVERSARIAL_WEIGHT = 1e-3  # perceptual = content + 1e-3 * adversarial (the paper's eq. 3)
-CONTENT_LOSSES = ("mse", "l1", "vgg54", "vgg22")
+CONTENT_LOSSES = presets.CONTENT_LOSSES
 VGG_LAYERS = {"vgg54": "block5_conv4", "vgg22": "block2_conv2"}
 VGG_FEATURE_SCALE = 1 / 12.75  # Ledig et al. Sec. 3.2
 VGG_MEAN_BGR = (103.939, 116.779, 123.68)  # caffe-style ImageNet means, what keras' vgg19.preprocess_input uses
@@ -158,7 +163,7 @@ def psnr(y_true, y_pred):
 
 
 # ----------------------------------------------------------------------------- adversarial losses
-GAN_LOSSES = ("vanilla", "ragan")
+GAN_LOSSES = presets.GAN_LOSSES
 
 
 def _image_mean(x):

@@ -26,6 +26,8 @@ ARCHITECTURE_KEYS = ("filters", "blocks", "batch_norm", "interpolation_skip")
 # Training losses.
 PIXEL_LOSSES = ("l1", "mse")
 CONTENT_LOSSES = ("mse", "l1", "vgg54", "vgg22")
+GAN_LOSSES = ("vanilla", "ragan")  # the paper's binary cross-entropy; ESRGAN's relativistic average
+DISCRIMINATORS = ("srgan", "unet")  # the paper's classifier; Real-ESRGAN's per-pixel U-Net with spectral norm
 LR_SCHEDULES = ("constant", "cosine", "step")
 
 # The models that ship in weights/, by the short names upscale.py --model accepts.
@@ -33,6 +35,7 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHIPPED_MODELS = {
     "psnr": WEIGHTS / "srresnet_x4_psnr.keras",
     "gan": WEIGHTS / "srgan_x4.keras",
+    "video": WEIGHTS / "video_x4.keras",  # reserved for a light model trained for video; not shipped yet
 }
 DEFAULT_MODEL = "psnr"
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import resizer
-from metrics import bicubic_upscale, measure_pairs
+from metrics import bicubic_upscale, calculate_niqe, measure_pairs
 
 STATE_FILE = "state.weights.h5"  # model weights and both optimizers' variables
 STATE_META = "state.json"  # {"epoch": finished epochs (global), "step": steps done in the next epoch}
@@ -359,13 +359,24 @@ def sample_grid(lr, bicubic, sr, hr, names=None):
     return np.asarray(canvas)
 
 
+def mean_niqe(images, scale):
+    """Mean NIQE of the images where it is defined (at least one 96 px block of texture); NaN if nowhere."""
+    scores = []
+    for image in images:
+        with contextlib.suppress(ValueError):
+            scores.append(calculate_niqe(image, scale))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 class ValidationMetrics(keras.callbacks.Callback):
     """Every epoch: PSNR/SSIM (Y, border = scale) of the generator on the whole validation split and of bicubic
-    on the same images, into the logs (progress bar, history.csv, TensorBoard); sample grids to PNG and TB."""
+    on the same images, into the logs (progress bar, history.csv, TensorBoard); sample grids to PNG and TB.
+    niqe=True (the GAN phase) adds val_niqe, the SR images' mean NIQE: the texture the adversarial loss is for."""
 
-    def __init__(self, generator, val_lr, val_hr, scale, run, guard, count=4, names=None, tensorboard=False):
+    def __init__(self, generator, val_lr, val_hr, scale, run, guard, count=4, names=None, tensorboard=False,
+                 niqe=False):
         super().__init__()
-        self.generator, self.val_lr, self.val_hr, self.scale = generator, val_lr, val_hr, scale
+        self.generator, self.val_lr, self.val_hr, self.scale, self.niqe = generator, val_lr, val_hr, scale, niqe
         self.run, self.guard, self.count = Path(run), guard, count
         self.names = [Path(n).stem for n in names[:count]] if names is not None else None
         self.bicubic = [bicubic_upscale(lr, scale) for lr in val_lr]
@@ -385,6 +396,8 @@ class ValidationMetrics(keras.callbacks.Callback):
         psnr, ssim = measure_pairs(sr, self.val_hr, self.scale)
         logs.update(val_psnr=float(psnr.mean()), val_ssim=float(ssim.mean()),
                     bicubic_psnr=self.bicubic_psnr, bicubic_ssim=self.bicubic_ssim)
+        if self.niqe:
+            logs["val_niqe"] = mean_niqe(sr, self.scale)
         with contextlib.suppress(AttributeError, TypeError):
             logs["learning_rate"] = float(np.asarray(self._optimizer().learning_rate))
         k = self.count
