@@ -5,6 +5,7 @@ check geometry, timing, metadata and safety, not picture quality.
 """
 
 import os
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -227,12 +228,15 @@ def test_folder_of_images_keeps_alpha_grey_16bit_and_exif(model_path, tmp_path):
         assert im.mode == "L" and im.size == (128, 128)
     model = upscale.load_model(model_path)
     with Image.open(out / "sub" / "deep16.png") as im:
-        assert im.mode == "L" and im.size == (80, 96)
-        grey = np.asarray(im).astype(int)
+        assert im.mode == "I;16" and im.size == (80, 96)  # 16-bit in, 16-bit out
+        grey = np.asarray(im).astype(np.float64)
     deep = np.asarray(Image.open(tmp_path / "in" / "sub" / "deep16.png")).astype(np.int64)
     eight = np.repeat(((deep * 255 + 32767) // 65535).astype(np.uint8)[..., None], 3, axis=2)  # 16 -> 8 bits
     expected = upscale.upscale_array(model, eight).astype(np.float32).mean(axis=2)
-    assert np.abs(grey - expected).max() <= 1  # the model's output, as one grey channel
+    assert np.abs(grey / 257 - expected).max() <= 2  # the model's output, as one grey channel
+    exact = upscale.upscale_float(model, np.repeat(deep[..., None], 3, axis=2) / 65535.0).mean(axis=2)
+    assert np.abs(grey - np.clip(exact, 0, 1) * 65535).max() <= 1  # upscaled from the 16-bit values
+    assert len(np.unique(grey)) > 4 * len(np.unique(expected))  # more levels than 8 bits have
     with Image.open(out / "rotated.jpg") as im:
         assert im.size == (38 * SCALE, 57 * SCALE)  # EXIF orientation applied: stored 57x38, shown 38x57
         assert im.getexif().get(0x0112, 1) == 1  # and not applied twice by viewers
@@ -302,32 +306,33 @@ def test_corrupt_input_is_reported_and_the_rest_still_runs(model_path, tmp_path,
 
 def test_a_failure_midway_leaves_no_partial_output(model_path, tmp_path, monkeypatch):
     video = make_video(tmp_path / "clip.mp4", frames=6)
-    real = upscale.upscale_array
-    calls = []
+    real = upscale.upscale_batch
+    calls = []  # one entry per frame: frames may reach the model several at a time
 
-    def fails_on_frame_4(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 4:
+    def fails_on_frame_4(model, frames, **kwargs):
+        calls.extend(range(len(frames)))
+        if len(calls) >= 4:
             raise RuntimeError("disk on fire")
-        return real(*args, **kwargs)
+        return real(model, frames, **kwargs)
 
-    monkeypatch.setattr(upscale, "upscale_array", fails_on_frame_4)
+    monkeypatch.setattr(upscale, "upscale_batch", fails_on_frame_4)
     assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 1
     assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
     calls.clear()
     assert run_cli(SKIMAGE_GIF, "-o", tmp_path / "out" / "anim.gif", "--model", model_path) == 1
     assert not (tmp_path / "out" / "anim.gif").exists() and not leftovers(tmp_path)
 
-    def interrupted_on_frame_3(*args, **kwargs):  # Ctrl-C in the middle of a video
-        calls.append(1)
-        if len(calls) == 3:
+    def interrupted_on_frame_3(model, frames, **kwargs):  # Ctrl-C in the middle of a video
+        calls.extend(range(len(frames)))
+        if len(calls) >= 3:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(model, frames, **kwargs)
 
     calls.clear()
-    monkeypatch.setattr(upscale, "upscale_array", interrupted_on_frame_3)
+    monkeypatch.setattr(upscale, "upscale_batch", interrupted_on_frame_3)
     assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 130
     assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
+    assert not [t for t in threading.enumerate() if t.name.startswith("upscale-")]  # the pipeline's threads ended
 
 
 def test_bad_model_and_bad_output_are_usage_errors(model_path, tmp_path, capsys):
