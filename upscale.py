@@ -4,11 +4,15 @@
     python upscale.py photos/ -o photos_x4/                           # a folder, recursively (tree mirrored)
     python upscale.py anim.gif -o anim_x4.gif                         # every frame, timing, loop, transparency
     python upscale.py clip.mp4 -o clip_x4.mp4 --crf 18                # video: fps/timestamps kept, audio copied
-    python upscale.py photo.jpg -o out.png --model runs/demo/generator.keras --compare
+    python upscale.py clip.mp4 -o part.mp4 --start 1:30 --max-frames 48   # a preview from 1 min 30 s on
+    python upscale.py photo.jpg -o out.png --model gan --compare      # shipped models: psnr (default), gan
 
 Big inputs are cut into overlapping tiles that go through the model in batches, and the tile outputs are
 cross-faded with a raised-cosine window, so there are no seams and memory stays bounded whatever the image
-size. `upscale_array(model, rgb)` is the library entry point (flow.py's evaluation uses it too).
+size. Videos and animations stream through three threads (decode, model, encode) linked by bounded queues.
+Library entry points: `upscale_array(model, rgb)` for one image of any size, `upscale_batch(model, images)`
+for many small ones (flow.py's evaluation), `upscale_float` for float/16-bit data. TensorFlow is imported
+only when a model is loaded, so `--help` and usage errors answer at once.
 """
 
 import argparse
