@@ -91,6 +91,7 @@ PRESET_CODECS = {"libx264", "libx265"}
 GIF_MIN_DELAY_MS = 20  # browsers show GIF frames with a shorter delay for 100 ms; so do videos made from them
 GIF_DEFAULT_DELAY_MS = 100
 GIF_PALETTE_FRAMES = 8  # the shared GIF palette is built from the first frames ...
+GIF_PALETTE_SAMPLES = 4_000_000  # ... from at most about this many of their pixels
 GIF_PALETTE_TOLERANCE = 1.25  # ... and a frame it suits worse than this x its own palette gets its own
 FLATTEN_BACKGROUND = (255, 255, 255)  # transparency becomes this colour in JPEG and video outputs
 COMPARE_CROP = 96  # LR pixels of the side-by-side crop (--compare)
@@ -856,30 +857,47 @@ def animation_info(path):
         raise ImageLoadError(f"{path}: cannot read the animation ({type(e).__name__}: {e})") from e
 
 
-def quantize_frame(rgb, opaque, transparency=None, palette=None, dither=Image.Dither.FLOYDSTEINBERG):
-    """A palette image for one GIF frame. palette: a P image whose colours to use (GifPalette's shared one;
-    255 colours when the frame has transparency), or None for an adaptive palette of this frame's colours
-    (median cut). With transparency, one palette slot (the source's index where it had one) is kept for
-    the transparent pixels. opaque: bool (H, W) mask, or None when the frame is fully opaque."""
+def adaptive_palette(pixels, colours):
+    """(n, 3) uint8 palette of at most `colours` colours for an (N, 3) array of pixels: median cut, refined
+    by two k-means passes (a closer fit: less error and less grain than median cut alone)."""
+    pixels = np.asarray(pixels, np.uint8).reshape(-1, 3)
+    if len(pixels) == 0:
+        pixels = np.zeros((1, 3), np.uint8)
+    pal_im = Image.fromarray(pixels[:, None, :]).quantize(colors=colours, method=Image.Quantize.MEDIANCUT, kmeans=2)
+    used = min(colours, len(pal_im.getpalette()) // 3)
+    return np.asarray(pal_im.getpalette()[: 3 * used], np.uint8).reshape(-1, 3)
+
+
+def nearest_colours(rgb, palette_rgb):
+    """(index of the nearest palette colour, distance in grey levels) for every pixel of an (..., 3) array.
+    Exact (a k-d tree): Pillow's own mapping to a given palette is coarser and adds visible error."""
+    from scipy.spatial import cKDTree
+
+    distance, index = cKDTree(palette_rgb.astype(np.float32)).query(rgb.reshape(-1, 3).astype(np.float32))
+    return index.reshape(rgb.shape[:-1]), distance.reshape(rgb.shape[:-1])
+
+
+def quantize_frame(rgb, opaque, transparency=None, palette_rgb=None):
+    """A palette image for one GIF frame, each pixel the nearest palette colour (no dithering: it adds
+    grain that shimmers from frame to frame). palette_rgb: (n, 3) colours to use (GifPalette's shared
+    ones: 255 at most when the frame has transparency), or None for an adaptive palette of this frame's
+    colours. With transparency, one palette slot (the source's index where it had one) is kept for the
+    transparent pixels. opaque: bool (H, W) mask, or None when the frame is fully opaque."""
     colours = 256 if opaque is None else 255
-    if palette is None:
-        pal_im = Image.fromarray(rgb).quantize(colors=colours, method=Image.Quantize.MEDIANCUT, dither=dither)
-    else:
-        pal_im = Image.fromarray(rgb).quantize(palette=palette, dither=dither)
-    used = min(colours, len(pal_im.getpalette() or []) // 3)
-    if opaque is None:
-        return pal_im
-    index = np.asarray(pal_im).astype(np.int32)
-    index[index >= used] = 0  # palette padding (copies of colour 0) is never needed
-    palette_rgb = np.asarray(pal_im.getpalette()[: 3 * used], np.uint8).reshape(-1, 3)
-    palette_rgb = np.concatenate([palette_rgb, np.zeros((255 - len(palette_rgb), 3), np.uint8)])  # 255 colours
-    t = int(transparency) if transparency is not None and 0 <= int(transparency) <= 255 else 255
-    index = np.where(index >= t, index + 1, index)  # make room for the transparent slot at t
-    index[~opaque] = t
-    palette_rgb = np.insert(palette_rgb, t, 0, axis=0)
+    if palette_rgb is None:
+        palette_rgb = adaptive_palette(rgb.reshape(-1, 3) if opaque is None else rgb[opaque], colours)
+    palette_rgb = palette_rgb[:colours]
+    index = nearest_colours(rgb, palette_rgb)[0].astype(np.int32)
+    if opaque is not None:
+        t = int(transparency) if transparency is not None and 0 <= int(transparency) <= 255 else 255
+        palette_rgb = np.concatenate([palette_rgb, np.zeros((255 - len(palette_rgb), 3), np.uint8)])  # 255 colours
+        index = np.where(index >= t, index + 1, index)  # make room for the transparent slot at t
+        index[~opaque] = t
+        palette_rgb = np.insert(palette_rgb, t, 0, axis=0)
     out = Image.fromarray(index.astype(np.uint8), mode="P")
     out.putpalette(palette_rgb.reshape(-1).tolist())
-    out.info["transparency"] = t
+    if opaque is not None:
+        out.info["transparency"] = t
     return out
 
 
@@ -890,34 +908,26 @@ def palette_error(rgb, palette_rgb, mask=None, step=4):
     pixels = pixels[mask[::step, ::step]] if mask is not None else pixels.reshape(-1, 3)
     if len(pixels) == 0:
         return 0.0
-    pixels = pixels.astype(np.float32)
-    palette_rgb = palette_rgb.astype(np.float32)
-    best = np.full(len(pixels), np.inf, np.float32)
-    for start in range(0, len(palette_rgb), 64):  # in slices: a (pixels x 64) distance table at a time
-        chunk = palette_rgb[start : start + 64]
-        d = ((pixels[:, None, :] - chunk[None]) ** 2).sum(axis=2)
-        best = np.minimum(best, d.min(axis=1))
-    return float(np.sqrt(best).mean())
+    return float(nearest_colours(pixels, palette_rgb)[1].mean())
 
 
 class GifPalette:
     """GIF frames quantised to one palette shared by the frames where they allow it: it is built from the
-    first GIF_PALETTE_FRAMES frames, so colours and the dither pattern stay put from frame to frame instead
-    of shimmering (each frame's own palette moves every colour a little). A frame the shared palette suits
-    more than GIF_PALETTE_TOLERANCE times worse than the frames it was built from (a new scene) gets its
-    own palette. Frames come out in order; add() may hold some back until the palette exists."""
+    first GIF_PALETTE_FRAMES frames, so colours stay put from frame to frame instead of shimmering (each
+    frame's own palette moves every colour a little). A frame the shared palette suits more than
+    GIF_PALETTE_TOLERANCE times worse than the frames it was built from (a new scene) gets its own palette.
+    Frames come out in order; add() may hold some back until the palette exists."""
 
-    def __init__(self, transparency=None, dither=Image.Dither.FLOYDSTEINBERG):
-        self.transparency, self.dither = transparency, dither
+    def __init__(self, transparency=None):
+        self.transparency = transparency
         self.pending = []  # (rgb, opaque) waiting for the palette
-        self.palette = None  # P image
         self.palette_rgb = None
         self.reference_error = None
         self.shared = self.own = 0  # frames quantised to the shared palette / their own
 
     def add(self, rgb, opaque):
         """Quantise one frame (opaque: bool mask or None); returns the palette images now ready, in order."""
-        if self.palette is not None:
+        if self.palette_rgb is not None:
             return [self._quantize(rgb, opaque)]
         self.pending.append((rgb, opaque))
         return self._flush() if len(self.pending) >= GIF_PALETTE_FRAMES else []
@@ -927,31 +937,23 @@ class GifPalette:
         return self._flush() if self.pending else []
 
     def _flush(self):
-        self._build(self.pending)
-        frames = [self._quantize(rgb, opaque) for rgb, opaque in self.pending]
-        self.pending = []
-        return frames
-
-    def _build(self, frames):
-        samples = [rgb[::2, ::2][opaque[::2, ::2]] if opaque is not None else rgb[::2, ::2].reshape(-1, 3)
-                   for rgb, opaque in frames]
-        pixels = np.concatenate(samples) if samples else np.zeros((1, 3), np.uint8)
-        if len(pixels) == 0:
-            pixels = np.zeros((1, 3), np.uint8)
-        transparent = any(opaque is not None for _, opaque in frames) or self.transparency is not None
-        colours = 255 if transparent else 256
-        self.palette = Image.fromarray(pixels[:, None, :]).quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
-        used = len(self.palette.getpalette()) // 3
-        self.palette_rgb = np.asarray(self.palette.getpalette()[: 3 * used], np.uint8).reshape(-1, 3)
+        frames, self.pending = self.pending, []
+        total = sum(rgb.shape[0] * rgb.shape[1] for rgb, _ in frames)
+        k = max(1, math.ceil(math.sqrt(total / GIF_PALETTE_SAMPLES)))  # every k-th row and column
+        pixels = np.concatenate([rgb[::k, ::k].reshape(-1, 3) if opaque is None else rgb[::k, ::k][opaque[::k, ::k]]
+                                 for rgb, opaque in frames])
+        transparent = any(opaque is not None for _, opaque in frames)
+        self.palette_rgb = adaptive_palette(pixels, 255 if transparent else 256)
         errors = [palette_error(rgb, self.palette_rgb, opaque) for rgb, opaque in frames]
         self.reference_error = max(float(np.mean(errors)), 1.0)
+        return [self._quantize(rgb, opaque) for rgb, opaque in frames]
 
     def _quantize(self, rgb, opaque):
         if palette_error(rgb, self.palette_rgb, opaque) > GIF_PALETTE_TOLERANCE * self.reference_error:
             self.own += 1
-            return quantize_frame(rgb, opaque, self.transparency, dither=self.dither)
+            return quantize_frame(rgb, opaque, self.transparency)
         self.shared += 1
-        return quantize_frame(rgb, opaque, self.transparency, palette=self.palette, dither=self.dither)
+        return quantize_frame(rgb, opaque, self.transparency, palette_rgb=self.palette_rgb)
 
 
 def upscale_animation_file(inference, src, dst, *, video_options, compare=False, start=0.0, max_frames=None,

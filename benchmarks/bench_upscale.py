@@ -15,8 +15,9 @@ Prints, per model, in one run, every figure also as a ratio against a baseline m
    threaded pipeline against the sequential one, and the peak resident memory during each run (sampled);
 3. Set5 PSNR (Y, x4, border 4) of fp32 and bf16 and their difference (bf16 must stay within 0.05 dB);
 4. GIF grain: the high-frequency energy (RMS of a Laplacian, grey levels) of the written GIF frame minus
-   the model's output, and its frame-to-frame flicker, for per-frame palettes (before) against the shared
-   palette (GifPalette), on the first frames of a RIFE GIF from ../shared/data/clips (or skimage's GIF).
+   the model's output, and its frame-to-frame flicker, for Pillow's median cut per frame (before) against
+   GifPalette (a shared, k-means-refined palette, exact nearest colours), on the first frames of a RIFE
+   GIF from ../shared/data/clips (or skimage's GIF).
 The --tiling study: 1. tiled vs whole-image speed (480x270 -> x4, SRResNet, random weights); 2. peak memory
 of a 960x540 -> x4 upscale in a fresh process per case.
 """
@@ -246,8 +247,14 @@ def xla_forward(model):
     """model as an XLA-compiled function (jit_compile), called like predict_on_batch."""
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
-    return lambda batch: fn(tf.constant(batch)).numpy()
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(x):
+        return model(x, training=False)
+
+    def predict(batch):
+        return forward(tf.constant(batch)).numpy()
+
+    return predict
 
 
 class _Compiled:
@@ -328,8 +335,8 @@ def set5_psnr(models, crop=None):
 
 
 def gif_grain(model, frames):
-    """(before, after): (grain, flicker, mean error) of GIF frames quantised with per-frame palettes and with
-    the shared palette, against the model's output for those frames."""
+    """(gif name, before, after, (frames shared, own)): (grain, flicker, mean error) of GIF frames quantised
+    as before (Pillow's median cut per frame) and with GifPalette, against the model's output for them."""
     import upscale
 
     gif = next(iter(sorted(CLIP.parent.glob("rife_*.gif"))), None) if CLIP.parent.is_dir() else None
@@ -338,7 +345,7 @@ def gif_grain(model, frames):
 
         gif = Path(skimage.__file__).parent / "data" / "no_time_for_that_tiny.gif"
     srs = [upscale.upscale_array(model, f.rgb) for f in upscale.animation_frames(gif, max_frames=frames)]
-    per_frame = [upscale.quantize_frame(sr, None) for sr in srs]
+    per_frame = [pillow_median_cut(sr) for sr in srs]
     shared = upscale.GifPalette()
     written = [im for sr in srs for im in shared.add(sr, None)] + shared.finish()
 
@@ -350,6 +357,13 @@ def gif_grain(model, frames):
         return grain, flicker, float(np.mean([np.abs(e).mean() for e in errors]))
 
     return gif.name, measure(per_frame), measure(written), (shared.shared, shared.own)
+
+
+def pillow_median_cut(rgb):
+    """A GIF frame as upscale.py quantised it before GifPalette: Pillow's median cut, a palette per frame."""
+    from PIL import Image
+
+    return Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
 
 
 def laplacian(x):
@@ -390,7 +404,7 @@ def report_model(name, frames, repeats, quick):
               f"difference {diff:+.4f} dB ({verdict} 0.05 dB)")
     gif, before, after, (shared, own) = gif_grain(fp32, 3 if quick else 10)
     print(f"4. GIF grain, {gif}: written frame minus model output, Laplacian RMS / frame-to-frame RMS / mean |error|:")
-    print(f"   per-frame palettes: {before[0]:6.2f} / {before[1]:6.2f} / {before[2]:5.2f}")
+    print(f"   Pillow, per frame : {before[0]:6.2f} / {before[1]:6.2f} / {before[2]:5.2f}")
     print(f"   shared palette    : {after[0]:6.2f} / {after[1]:6.2f} / {after[2]:5.2f}  "
           f"({after[0] / before[0]:.2f}x grain, {after[1] / before[1]:.2f}x flicker; {shared} frames shared, {own} own)")
     return times, rows, psnr
