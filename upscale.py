@@ -552,6 +552,7 @@ class SourceInfo(NamedTuple):
     mode: str  # Pillow mode
     frames: int
     icc_profile: bytes | None
+    deep_colour: bool  # 16 bits per colour channel, which Pillow reads as 8
 
 
 def source_info(path):
@@ -559,7 +560,8 @@ def source_info(path):
     the clear error)."""
     try:
         with Image.open(path) as im:
-            return SourceInfo(im.mode, getattr(im, "n_frames", 1), im.info.get("icc_profile"))
+            deep_colour = im.mode not in DEEP_MODES and any(";16" in str(tile.args) for tile in im.tile)
+            return SourceInfo(im.mode, getattr(im, "n_frames", 1), im.info.get("icc_profile"), deep_colour)
     except Exception:
         return None
 
@@ -594,6 +596,8 @@ def upscale_image_file(inference, src, dst, *, compare=False):
                               to_uint8(np.clip(sr, 0, 1)), inference.scale, inference.label)
             return None
         note = f"16-bit input written as 8-bit ({dst.suffix} holds 8 bits; use .png or .tif for 16)"
+    elif info is not None and info.deep_colour:
+        note = "16-bit colour input read and written as 8-bit (16-bit output is for grey images)"
     else:
         note = None
     rgb, alpha = load_image(src, with_alpha=True)

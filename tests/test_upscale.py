@@ -711,6 +711,26 @@ def test_16bit_round_trip_and_the_8bit_note(model_path, tmp_path, capsys):
     assert "16-bit" not in capsys.readouterr().out
     assert run_cli(tmp_path / "deep.png", "-o", tmp_path / "deep_x4.jpg", "--model", model_path) == 0
     assert "16-bit input written as 8-bit" in capsys.readouterr().out
+    colour = tmp_path / "colour16.png"
+    write_png16_rgb(colour, np.stack([deep, deep[::-1], deep[:, ::-1]], axis=2))
+    assert run_cli(colour, "-o", tmp_path / "colour_x4.png", "--model", model_path) == 0
+    assert "16-bit colour input read and written as 8-bit" in capsys.readouterr().out
+
+
+def write_png16_rgb(path, rgb):
+    """A 48-bit RGB PNG, written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + rgb[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
 
 
 def test_upscale_batch_is_upscale_array_for_each_image(model):
