@@ -18,6 +18,7 @@ only when a model is loaded, so `--help` and usage errors answer at once.
 import argparse
 import contextlib
 import functools
+import itertools
 import json
 import math
 import queue
@@ -1238,29 +1239,36 @@ def video_items(inp, src, *, audio_inp=None, start=0.0, max_frames=None):
     stays the plain video_frames), or None for no audio."""
     vin = inp.streams.video[0]
     frame_seconds = float(_frame_step(vin) * vin.time_base)
-    audio = audio_packets(audio_inp, src, start) if audio_inp is not None and audio_inp.streams.audio else iter(())
+    frames = video_frames(inp, src, start=start, max_frames=max_frames)
+    first = next(frames, None)
+    if first is None:
+        return
+    shift = first.time if start > 0 else None
+    has_audio = audio_inp is not None and audio_inp.streams.audio
+    audio = _kept_audio(audio_packets(audio_inp, src, start), shift) if has_audio else iter(())
     try:
-        pending = next(audio, None)
-        shift, end, count = None, None, 0
-        for frame in video_frames(inp, src, start=start, max_frames=max_frames):
-            if shift is None:
-                shift = frame.time if start > 0 else None
+        pending, count, end = next(audio, None), 0, None
+        for frame in itertools.chain([first], frames):
             yield frame
             count += 1
             end = frame.time + frame_seconds
             while pending is not None and pending[0] < frame.time:
-                if shift is None or pending[0] >= shift:
-                    yield AudioPacket(_retime(pending[1], shift))
+                yield pending[1]
                 pending = next(audio, None)
-        if end is None:
-            return
         limit = end if max_frames is not None and count >= max_frames else math.inf
         while pending is not None and pending[0] < limit:
-            if shift is None or pending[0] >= shift:
-                yield AudioPacket(_retime(pending[1], shift))
+            yield pending[1]
             pending = next(audio, None)
     finally:
         getattr(audio, "close", lambda: None)()
+
+
+def _kept_audio(packets, shift):
+    """(time, AudioPacket) for the (time, packet)s at or after `shift` seconds, moved that much earlier
+    (shift None: all of them, unchanged)."""
+    for time_s, packet in packets:
+        if shift is None or time_s >= shift:
+            yield time_s, AudioPacket(_retime(packet, shift))
 
 
 def _retime(packet, shift):
