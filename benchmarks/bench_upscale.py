@@ -8,8 +8,8 @@
 Prints, per model, in one run, every figure also as a ratio against a baseline measured in the same run
 (the machine may be shared, so absolute times drift; ratios of interleaved runs much less):
 1. model-only frames/s of one 640x360 frame (upscale_array: tiles, blending and all), fp32 (the baseline),
-   bf16 (a mixed_bfloat16 copy of the model; emulated, and slower, on CPUs without native bfloat16), and
-   fp32 through an XLA-compiled forward (jit_compile) instead of Keras' predict_on_batch;
+   bf16 (a mixed_bfloat16 copy of the model; emulated on CPUs without native bfloat16), and fp32
+   XLA-compiled (upscale.compile_model, the CLI's --compile) instead of Keras' predict_on_batch;
 2. end-to-end frames/s (decode, upscale, encode with libx264 at the default preset and CRF, copy audio) of
    the first frames of ../shared/data/clips/big_buck_bunny.mp4 (or a generated 640x360 clip): the
    threaded pipeline against the sequential one, and the peak resident memory during each run (sampled);
@@ -243,28 +243,6 @@ def frame_640x360():
     return test_image(640, 360)
 
 
-def xla_forward(model):
-    """model as an XLA-compiled function (jit_compile), called like predict_on_batch."""
-    import tensorflow as tf
-
-    @tf.function(jit_compile=True, autograph=False)
-    def forward(x):
-        return model(x, training=False)
-
-    def predict(batch):
-        return forward(tf.constant(batch)).numpy()
-
-    return predict
-
-
-class _Compiled:
-    """A stand-in model whose predict_on_batch is the XLA-compiled forward (upscale_array calls that)."""
-
-    def __init__(self, model):
-        self.model, self.layers, self.outputs = model, model.layers, model.outputs
-        self.predict_on_batch = xla_forward(model)
-
-
 def model_only(models, repeats):
     """{name: seconds per 640x360 frame}: one warm-up each, then interleaved rounds, median."""
     import upscale
@@ -378,7 +356,8 @@ def report_model(name, frames, repeats, quick):
     fp32 = upscale.load_model(name)
     bf16 = upscale.with_precision(fp32, "bf16")
     print(f"model {name} ({upscale.resolve_model_path(name).name}):")
-    times = model_only({"fp32": fp32, "bf16": bf16, "fp32 XLA": _Compiled(fp32)}, repeats)
+    compiled = upscale.compile_model(upscale.load_model(name))  # --compile
+    times = model_only({"fp32": fp32, "bf16": bf16, "fp32 XLA": compiled}, repeats)
     base = times["fp32"]
     print(f"1. model only, one 640x360 -> x4 frame, median of {repeats} interleaved runs:")
     for case, t in times.items():

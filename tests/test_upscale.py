@@ -830,3 +830,16 @@ def test_pipeline_queues_are_bounded_and_errors_stop_every_stage():
     with pytest.raises(OSError, match="disk full"):
         upscale.run_frames(source(), lambda rgbs: rgbs, failing_sink)
     assert not [t for t in threading.enumerate() if t.name.startswith("upscale-")]
+
+
+def test_compiled_inference_gives_the_same_pixels(model_path, tmp_path):
+    model = upscale.load_model(model_path)
+    img = data.astronaut()[100:150, 150:210]
+    plain = upscale.upscale_array(model, img, tile=40).astype(int)
+    upscale.compile_model(model)
+    assert np.abs(upscale.upscale_array(model, img, tile=40).astype(int) - plain).max() <= 1
+    src = tmp_path / "anim.gif"
+    make_animation(src, n=3)
+    assert run_cli(src, "-o", tmp_path / "anim_x4.webp", "--model", model_path, "--compile") == 0
+    with Image.open(tmp_path / "anim_x4.webp") as im:
+        assert im.n_frames == 3 and im.size == (80, 64)
