@@ -29,7 +29,9 @@ SKIMAGE_GIF = Path(skimage.__file__).parent / "data" / "no_time_for_that_tiny.gi
 @pytest.fixture(scope="module")
 def model():
     """Random weights, no shortcut: every output pixel depends on the input up to its receptive radius, which
-    is what tiling has to get right."""
+    is what tiling has to get right. Seeded: the seam bounds below hold for typical random weights, and a
+    fixed draw keeps the test from depending on luck."""
+    keras.utils.set_random_seed(0)
     return build_generator(scale=SCALE, filters=8, blocks=1)
 
 
