@@ -4,26 +4,38 @@
     python upscale.py photos/ -o photos_x4/                           # a folder, recursively (tree mirrored)
     python upscale.py anim.gif -o anim_x4.gif                         # every frame, timing, loop, transparency
     python upscale.py clip.mp4 -o clip_x4.mp4 --crf 18                # video: fps/timestamps kept, audio copied
-    python upscale.py photo.jpg -o out.png --model runs/demo/generator.keras --compare
+    python upscale.py clip.mp4 -o part.mp4 --start 1:30 --max-frames 48   # a preview from 1 min 30 s on
+    python upscale.py photo.jpg -o out.png --model gan --compare      # shipped models: psnr (default), gan
 
 Big inputs are cut into overlapping tiles that go through the model in batches, and the tile outputs are
 cross-faded with a raised-cosine window, so there are no seams and memory stays bounded whatever the image
-size. `upscale_array(model, rgb)` is the library entry point (flow.py's evaluation uses it too).
+size. Videos and animations stream through three threads (decode, model, encode) linked by bounded queues.
+Library entry points: `upscale_array(model, rgb)` for one image of any size, `upscale_batch(model, images)`
+for many small ones (flow.py's evaluation), `upscale_float` for float/16-bit data. TensorFlow is imported
+only when a model is loaded, so `--help` and usage errors answer at once.
 """
 
 import argparse
+import contextlib
 import functools
+import itertools
+import json
 import math
+import queue
+import re
 import sys
+import threading
 import time
 import warnings
 import weakref
+import zipfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageSequence
+from PIL import Image, ImageDraw, ImageFont, ImageOps, ImageSequence
 
 import resizer
 from resizer import (
@@ -39,7 +51,14 @@ from resizer import (
 
 # -----------------------------------------------------------------------------
 # configuration
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "srresnet_x4_psnr.keras"
+WEIGHTS = Path(__file__).parent / "weights"
+MODEL_NAMES = {  # --model NAME: the shipped generators ("video" is reserved for a video-trained one)
+    "psnr": WEIGHTS / "srresnet_x4_psnr.keras",
+    "gan": WEIGHTS / "srgan_x4.keras",
+    "video": WEIGHTS / "video_x4.keras",
+}
+DEFAULT_MODEL = MODEL_NAMES["psnr"]
+PRECISIONS = ("auto", "fp32", "bf16")  # --precision: auto is bf16 where the hardware computes it natively
 OVERLAP_PER_RADIUS = 0.8  # default tile overlap: this fraction of the model's receptive radius (auto_overlap) ...
 MIN_OVERLAP = 16  # ... in steps of 8, and at least this (measured with random weights: see auto_overlap)
 BLEND_MARGIN = 0.375  # fraction of each overlap, at the tile's own edge, where its output is not used at all
@@ -50,22 +69,31 @@ MEMORY_FRACTION = 0.5  # ... and at most this fraction of the memory still avail
 # Peak activation memory of an SRResNet forward pass, in bytes per output pixel and per filter of its trunk
 # (17-18 measured for both presets at 128-384 px tiles, float32, TensorFlow 2.21 on CPU): sizes the tiles.
 ACTIVATION_BYTES_PER_FILTER = 18
+MAX_FRAME_BATCH = 8  # frames per model call when whole frames fit in one call (small GIFs)
+QUEUE_FRAMES = 4  # frames (or batches) waiting between decoder, model and encoder: memory stays flat
+QUEUE_ITEMS = 64  # decoded items (frames and audio packets) waiting for the model
 IMAGE_SUFFIXES = set(resizer.IMAGE_SUFFIXES)
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".mov"}
-CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}
-FORMATS = ["png", "jpg", "webp", "gif", "mp4", "mkv", "webm", "mov"]  # --format choices
+CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}  # PyAV muxer names
+VIDEO_SUFFIXES = set(CONTAINER_FORMATS)
+ANIMATED_SUFFIXES = {".gif", ".webp", ".png"}  # GIF, animated WebP, APNG
+VIDEO_FORMATS = {suffix[1:] for suffix in VIDEO_SUFFIXES}
 STILL_FORMATS = {"png", "jpg", "webp", "gif"}
-ANIMATION_FORMATS = {"gif", "webp", "png", "mp4", "mkv", "webm", "mov"}  # png means APNG
-VIDEO_FORMATS = {"mp4", "mkv", "webm", "mov"}
+ANIMATION_FORMATS = {suffix[1:] for suffix in ANIMATED_SUFFIXES} | VIDEO_FORMATS  # png means APNG
+FORMATS = sorted(STILL_FORMATS | VIDEO_FORMATS)  # --format choices
+DEEP_SUFFIXES = {".png", ".tif", ".tiff"}  # outputs that hold 16-bit grey
+DEEP_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}  # 16-bit grey inputs (PNG, TIFF)
 VIDEO_CODEC = {"webm": "libvpx-vp9"}  # default encoder per container; others get DEFAULT_VIDEO_CODEC
 DEFAULT_VIDEO_CODEC = "libx264"
 DEFAULT_CRF = 18  # visually near-lossless for x264
-DEFAULT_PRESET = "medium"
+DEFAULT_PRESET = "veryfast"  # x264 at 2560x1440 keeps up with the model; crf 18 keeps the quality
 DEFAULT_PIX_FMT = "yuv420p"  # what every player decodes; needs even width and height
 CRF_CODECS = {"libx264", "libx265", "libvpx-vp9", "libsvtav1"}
 PRESET_CODECS = {"libx264", "libx265"}
 GIF_MIN_DELAY_MS = 20  # browsers show GIF frames with a shorter delay for 100 ms; so do videos made from them
 GIF_DEFAULT_DELAY_MS = 100
+GIF_PALETTE_FRAMES = 8  # the shared GIF palette is built from the first frames ...
+GIF_PALETTE_SAMPLES = 4_000_000  # ... from at most about this many of their pixels
+GIF_PALETTE_TOLERANCE = 1.25  # ... and a frame it suits worse than this x its own palette gets its own
 FLATTEN_BACKGROUND = (255, 255, 255)  # transparency becomes this colour in JPEG and video outputs
 COMPARE_CROP = 96  # LR pixels of the side-by-side crop (--compare)
 COMPARE_SUFFIX = "_compare.png"
@@ -75,20 +103,39 @@ COMPARE_SUFFIX = "_compare.png"
 # --- the model --------------------------------------------------------------------------------------------
 
 
-def load_model(path=None):
-    """Load a generator saved as .keras (safe mode), with a clear error when the file is not there."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
+class UsageError(ValueError):
+    """A command-line setting that cannot work (found before any model is loaded): exit status 2."""
+
+
+def resolve_model_path(model=None):
+    """The generator file for --model: a name from MODEL_NAMES, a path, or None for DEFAULT_MODEL.
+
+    Raises FileNotFoundError with a hint on how to get the file when it is not there."""
+    if model is None or str(model) == str(DEFAULT_MODEL):
+        path = DEFAULT_MODEL
+        hint = ("no trained model yet: train one with `python flow.py train ...` and copy its runs/NAME/generator.keras "
+                f"to {DEFAULT_MODEL}, or pass --model FILE")
+    elif str(model) in MODEL_NAMES:
+        path = MODEL_NAMES[str(model)]
+        hint = (f"--model {model} names {path.name}, which is not shipped with this copy; put a generator .keras "
+                f"file there or pass --model FILE")
+    else:
+        path = Path(model)
+        hint = "pass a model name (" + ", ".join(MODEL_NAMES) + ") or the path of a generator .keras file"
     if not path.is_file():
-        hint = (
-            "no trained model yet: train one with `python flow.py train ...` and copy its runs/NAME/generator.keras "
-            f"to {DEFAULT_MODEL}, or pass --model FILE"
-            if path == DEFAULT_MODEL
-            else "pass the path of a generator .keras file (e.g. runs/NAME/generator.keras)"
-        )
         raise FileNotFoundError(f"{path}: model file not found; {hint}")
+    return path
+
+
+def load_model(path=None, precision="fp32"):
+    """Load a generator saved as .keras (safe mode): a MODEL_NAMES name, a path, or None for DEFAULT_MODEL.
+
+    precision: "fp32", "bf16" or "auto" (see resolve_precision); bf16 gives a bfloat16 copy (with_precision).
+    A missing file raises FileNotFoundError with a hint on how to get one."""
+    path = resolve_model_path(path)
     from generator import load_generator
 
-    return load_generator(path)
+    return with_precision(load_generator(path), precision)
 
 
 def model_scale(model):
@@ -106,6 +153,108 @@ def model_filters(model):
         if isinstance(layer, keras.layers.Conv2D):
             return int(layer.filters)
     return 64
+
+
+def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
+    """True when this CPU computes bfloat16 natively (AVX512_BF16 or AMX), from /proc/cpuinfo's flags."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = set(re.findall(r"^flags\s*:(.*)$", text, re.M)[0].split()) if "flags" in text else set()
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def has_gpu():
+    """True when the Keras backend sees a GPU (TensorFlow backend)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(precision="auto"):
+    """"fp32" or "bf16": auto is bf16 on a GPU or a CPU with native bfloat16 (elsewhere bfloat16 is emulated,
+    slower than float32), else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if cpu_has_native_bf16() or has_gpu() else "fp32"
+
+
+def with_precision(model, precision="fp32"):
+    """The model itself (fp32), or a copy computing in bfloat16 (bf16: Keras' mixed_bfloat16 policy, same
+    weights). The input interpolation (the image itself, in residual generators) and the output layers stay
+    float32, so the result is float32 and only the learnt residual is rounded to bfloat16."""
+    precision = resolve_precision(precision)
+    if precision == "fp32":
+        return model
+    import keras
+
+    keep = {id(t._keras_history[0]) for t in model.outputs}
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if id(layer) not in keep and type(layer).__name__ != "InterpolationUpsample":
+            config["dtype"] = "mixed_bfloat16"
+        return type(layer).from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _receptive_radius(layers):
+    """Receptive radius (LR pixels) of a chain of (kind, kernel, dilation, scale) layers: each convolution's
+    radius divided by the upsampling done before it."""
+    radius, factor = 0.0, 1
+    for kind, kernel, dilation, scale in layers:
+        if kind == "conv":
+            radius += (kernel - 1) / 2 * dilation / factor
+        elif kind == "shuffle":
+            factor *= scale
+    return radius
+
+
+def receptive_radius(model):
+    """How far (LR pixels) an output pixel sees into the input along the model's longest path: each
+    convolution's radius, divided by the upsampling done before it."""
+    import keras
+
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layers.append(("conv", layer.kernel_size[0], layer.dilation_rate[0], 1))
+        elif type(layer).__name__ == "PixelShuffle":
+            layers.append(("shuffle", 1, 1, layer.scale))
+    return _receptive_radius(layers)
+
+
+def file_receptive_radius(path):
+    """receptive_radius of a saved .keras model, read from the config.json inside the file (a zip) without
+    building the model or importing the backend. Raises ValueError when the file is not a Keras model."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"not a .keras model file ({type(e).__name__}: {e})") from e
+
+    def walk(entry):
+        for layer in entry.get("config", {}).get("layers", []):
+            cfg = layer.get("config", {})
+            if layer.get("class_name") == "Conv2D":
+                yield "conv", int(cfg["kernel_size"][0]), int(cfg.get("dilation_rate", [1])[0]), 1
+            elif layer.get("class_name") == "PixelShuffle":
+                yield "shuffle", 1, 1, int(cfg["scale"])
+            elif "layers" in cfg:  # a nested model
+                yield from walk(layer)
+
+    return _receptive_radius(walk(config))
+
+
+def overlap_for_radius(radius):
+    """The automatic tile overlap for a receptive radius (see auto_overlap)."""
+    return max(MIN_OVERLAP, math.ceil(OVERLAP_PER_RADIUS * radius / 8) * 8)
 
 
 # --- tiled inference -------------------------------------------------------------------------------------
@@ -208,25 +357,11 @@ def activation_bytes_per_pixel(model, scale=None):
     return ACTIVATION_BYTES_PER_FILTER * model_filters(model) * scale * scale
 
 
-def receptive_radius(model):
-    """How far (LR pixels) an output pixel sees into the input along the model's longest path: each
-    convolution's radius, divided by the upsampling done before it."""
-    import keras
-
-    radius, factor = 0.0, 1
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            radius += (layer.kernel_size[0] - 1) / 2 * layer.dilation_rate[0] / factor
-        elif type(layer).__name__ == "PixelShuffle":
-            factor *= layer.scale
-    return radius
-
-
 def auto_overlap(model):
     """Tile overlap for a model: OVERLAP_PER_RADIUS of its receptive radius, in steps of 8 (SRResNet: 32,
     the fast preset: 24). Output within about half the radius of a tile edge is spoilt by the tile's zero
     padding; the cross-fade sits in the middle of the overlap, beyond that."""
-    return max(MIN_OVERLAP, math.ceil(OVERLAP_PER_RADIUS * receptive_radius(model) / 8) * 8)
+    return overlap_for_radius(receptive_radius(model))
 
 
 def auto_tile_pixels(model, *, budget=None, scale=None):
@@ -285,6 +420,26 @@ class _ModelState:
     scale: int
     overlap: int
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
+    compiled: object = None  # an XLA-compiled forward (compile_model), or None for model.predict_on_batch
+
+
+def compile_model(model):
+    """Make upscale_array/upscale_batch run the model through an XLA-compiled function (jit_compile):
+    faster on some CPUs, but each new tile shape compiles anew (seconds), so it suits videos and
+    animations, whose frames all have one size. Returns the model."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(x):
+        return model(x, training=False)
+
+    _state(model).compiled = lambda batch: forward(tf.constant(batch)).numpy()
+    return model
+
+
+def _forward(model):
+    """What runs a batch through the model: the compiled function, or predict_on_batch."""
+    return _state(model).compiled or model.predict_on_batch
 
 
 _STATES = weakref.WeakKeyDictionary()
@@ -314,15 +469,23 @@ def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None)
     rgb = np.asarray(rgb_uint8)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"upscale_array expects a uint8 (H, W, 3) RGB array, got {rgb.dtype} {rgb.shape}")
+    return _to_uint8_in_bands(upscale_float(model, to_float(rgb), tile=tile, overlap=overlap, batch_size=batch_size))
+
+
+def upscale_float(model, x, *, tile=None, overlap=None, batch_size=None):
+    """upscale_array for a float32 (H, W, 3) image in [0, 1] (16-bit sources keep their precision);
+    returns float32 (s*H, s*W, 3), not clipped. The options are upscale_array's."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise ValueError(f"upscale_float expects a float (H, W, 3) RGB array, got {x.dtype} {x.shape}")
     state = _state(model)
     overlap = state.overlap if overlap is None else int(overlap)
     if overlap < 0 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"overlap must be >= 0 and batch_size >= 1, got {overlap} and {batch_size}")
-    height, width = rgb.shape[:2]
+    height, width = x.shape[:2]
     asked = (tile, overlap, batch_size)
     pixels = auto_tile_pixels(model, scale=state.scale)  # what one call may hold
     tile, pixels, batch_size = state.reduced.get(asked, (tile, pixels, batch_size))
-    x = to_float(rgb)
     while True:
         if tile is not None and tile <= 2 * overlap and tile < max(height, width):
             raise ValueError(f"tile {tile} is too small for overlap {overlap}: use a tile of at least "
@@ -331,7 +494,7 @@ def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None)
         shape = plan_tiles(height, width, area, overlap)
         batch = batch_size or max(1, pixels // (shape[0] * shape[1]))
         try:
-            sr = tiled_upscale(model.predict_on_batch, x, state.scale, tile=shape, overlap=overlap,
+            sr = tiled_upscale(_forward(model), x, state.scale, tile=shape, overlap=overlap,
                                batch_size=batch)
             break
         except Exception as e:
@@ -349,7 +512,43 @@ def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None)
             warnings.warn(f"out of memory with {was}; retrying with smaller tiles or batches",
                           ResourceWarning, stacklevel=2)
             state.reduced[asked] = (tile, pixels, batch_size)
-    return _to_uint8_in_bands(sr)
+    return sr
+
+
+def upscale_batch(model, lr_uint8_batch, *, batch_size=None, tile=None, overlap=None):
+    """Upscale a batch of uint8 RGB images ((N, H, W, 3) array or a list of (H, W, 3) arrays); returns a
+    uint8 (N, s*H, s*W, 3) array (a list when the images differ in size).
+
+    Images small enough to go through whole (see upscale_array's tile) are stacked, batch_size at a time
+    (None: as many as the memory budget holds), into one model call: evaluation crops, small GIF frames.
+    Bigger ones go through upscale_array one by one, tiled. Either way each image gets exactly what
+    upscale_array would give it.
+    """
+    images = [np.asarray(img) for img in lr_uint8_batch]
+    if not images:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    for img in images:
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"upscale_batch expects uint8 (H, W, 3) RGB images, got {img.dtype} {img.shape}")
+    same = len({img.shape for img in images}) == 1
+    height, width = images[0].shape[:2]
+    pixels = auto_tile_pixels(model)
+    whole_area = tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE)
+    per_call = batch_size or max(1, pixels // (height * width))
+    if not (same and height * width <= whole_area and per_call > 1):
+        out = [upscale_array(model, img, tile=tile, overlap=overlap) for img in images]
+        return np.stack(out) if same else out
+    out = []
+    for first in range(0, len(images), per_call):
+        chunk = np.stack(images[first : first + per_call])
+        try:
+            sr = np.asarray(_forward(model)(to_float(chunk)), dtype=np.float32)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            sr = np.stack([upscale_float(model, to_float(img), tile=tile, overlap=overlap) for img in chunk])
+        out.extend(_to_uint8_in_bands(frame) for frame in sr)
+    return np.stack(out)
 
 
 def _to_uint8_in_bands(x, rows=256):
@@ -368,34 +567,75 @@ RGB_MODES = {"RGB", "RGBA", "RGBa", "P", "PA"}
 ICC_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"}
 
 
+class SourceInfo(NamedTuple):
+    """What the header of an image file says."""
+
+    mode: str  # Pillow mode
+    frames: int
+    icc_profile: bytes | None
+    deep_colour: bool  # 16 bits per colour channel, which Pillow reads as 8
+
+
 def source_info(path):
-    """(Pillow mode, frame count, ICC profile or None) read from the file's header, or None if Pillow
-    cannot open it (the loader then gives the clear error)."""
+    """The file's SourceInfo read from its header, or None if Pillow cannot open it (the loader then gives
+    the clear error)."""
     try:
         with Image.open(path) as im:
-            return im.mode, getattr(im, "n_frames", 1), im.info.get("icc_profile")
+            deep_colour = im.mode not in DEEP_MODES and any(";16" in str(tile.args) for tile in im.tile)
+            return SourceInfo(im.mode, getattr(im, "n_frames", 1), im.info.get("icc_profile"), deep_colour)
     except Exception:
         return None
 
 
-def upscale_image_file(model, src, dst, *, upscale, compare=False, label="model"):
-    """Upscale one still image file to dst (format from dst's extension), keeping alpha and greyscale."""
+def load_deep_grey(path):
+    """A 16-bit grey image (DEEP_MODES) as float32 (H, W) in [0, 1], EXIF orientation applied."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        values = np.asarray(im).astype(np.float32)
+    return np.clip(values, 0, 65535) / np.float32(65535)
+
+
+def save_deep_grey(path, grey):
+    """Save float (H, W) grey in [0, 1] as a 16-bit PNG or TIFF, atomically."""
+    values = np.rint(np.clip(grey, 0.0, 1.0) * 65535).astype(np.uint16)
+    with atomic_output(path) as tmp:
+        Image.fromarray(values).save(tmp, format=Image.registered_extensions()[Path(path).suffix.lower()])
+
+
+def upscale_image_file(inference, src, dst, *, compare=False):
+    """Upscale one still image file to dst (format from dst's extension), keeping alpha, greyscale and
+    16-bit grey (in PNG/TIFF outputs; upscaled from the 16-bit values). Returns a note for the summary
+    (a 16-bit input written as 8 bits), or None."""
     info = source_info(src)
+    if info is not None and info.mode in DEEP_MODES and info.frames == 1:
+        if dst.suffix.lower() in DEEP_SUFFIXES:
+            grey = load_deep_grey(src)
+            sr = inference.image_float(np.repeat(grey[..., None], 3, axis=2))
+            save_deep_grey(dst, sr.mean(axis=2))
+            if compare:
+                write_compare(compare_path(dst), to_uint8(np.repeat(grey[..., None], 3, axis=2)),
+                              to_uint8(np.clip(sr, 0, 1)), inference.scale, inference.label)
+            return None
+        note = f"16-bit input written as 8-bit ({dst.suffix} holds 8 bits; use .png or .tif for 16)"
+    elif info is not None and info.deep_colour:
+        note = "16-bit colour input read and written as 8-bit (16-bit output is for grey images)"
+    else:
+        note = None
     rgb, alpha = load_image(src, with_alpha=True)
-    scale = _state(model).scale
-    sr = upscale(rgb)
+    sr = inference.image(rgb)
     size = (sr.shape[1], sr.shape[0])
     alpha_sr = resize(alpha, size, "bicubic") if alpha is not None else None
-    grey = info is not None and info[0] in GREY_MODES
+    grey = info is not None and info.mode in GREY_MODES
     out = np.rint(sr.astype(np.float32).mean(axis=2)).astype(np.uint8) if grey else sr
     options = {}
-    if info is not None and info[2] and info[0] in RGB_MODES and dst.suffix.lower() in ICC_SUFFIXES:
-        options["icc_profile"] = info[2]  # colours mean what they meant in the input (an RGB profile only)
+    if info is not None and info.icc_profile and info.mode in RGB_MODES and dst.suffix.lower() in ICC_SUFFIXES:
+        options["icc_profile"] = info.icc_profile  # colours mean what they meant in the input (an RGB profile only)
     if alpha_sr is not None and dst.suffix.lower() in {".jpg", ".jpeg"}:
         out, alpha_sr = flatten(out, alpha_sr), None  # JPEG has no alpha: composite onto the background
     save_image(dst, out, alpha=alpha_sr, **options)
     if compare:
-        write_compare(compare_path(dst), rgb, sr, scale, label)
+        write_compare(compare_path(dst), rgb, sr, inference.scale, inference.label)
+    return note
 
 
 def flatten(img, alpha, background=FLATTEN_BACKGROUND):
@@ -406,6 +646,179 @@ def flatten(img, alpha, background=FLATTEN_BACKGROUND):
     out = img3.astype(np.float32) * a + bg * (1.0 - a)
     out = np.rint(out).astype(np.uint8)
     return out[..., 0] if img.ndim == 2 else out
+
+
+# --- the frame pipeline: decode -> upscale -> encode ------------------------------------------------------
+
+
+@dataclass
+class Inference:
+    """How frames and images are upscaled: the model and upscale_array's tiling options."""
+
+    model: object
+    tile: int | None = None
+    overlap: int | None = None
+    batch_size: int | None = None
+    label: str = "model"
+
+    @property
+    def scale(self):
+        return _state(self.model).scale
+
+    def image(self, rgb):
+        """One uint8 RGB image, upscaled (upscale_array)."""
+        return upscale_array(self.model, rgb, tile=self.tile, overlap=self.overlap, batch_size=self.batch_size)
+
+    def image_float(self, x):
+        """One float RGB image in [0, 1], upscaled in float (upscale_float)."""
+        return upscale_float(self.model, x, tile=self.tile, overlap=self.overlap, batch_size=self.batch_size)
+
+    def frames(self, rgbs):
+        """A list of uint8 RGB frames, upscaled (upscale_batch: small frames share model calls)."""
+        return list(upscale_batch(self.model, rgbs, tile=self.tile, overlap=self.overlap))
+
+    def frames_per_batch(self, width, height):
+        """How many frames of this size go to the model together: as many whole frames as one call holds."""
+        if self.tile is not None and width * height > self.tile * self.tile:
+            return 1
+        return int(np.clip(auto_tile_pixels(self.model) // max(1, width * height), 1, MAX_FRAME_BATCH))
+
+
+class _Failed:
+    """An exception raised in a pipeline thread, handed on to the thread that waits for its output."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+_END = object()  # the end of a pipeline queue
+
+
+def _put(q, item, stop):
+    """Put item on a bounded queue, giving up (False) when the pipeline is stopped."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _received(q, stop):
+    """The items of a queue up to _END (or until the pipeline stops); a producer's error is raised here."""
+    while not stop.is_set():
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if item is _END:
+            return
+        if isinstance(item, _Failed):
+            raise item.error
+        yield item
+
+
+def _feed(items, q, stop):
+    """Thread: iterate items (decoding happens here) into q."""
+    try:
+        for item in items:
+            if not _put(q, item, stop):
+                break
+        else:
+            _put(q, _END, stop)
+    except BaseException as e:  # handed to the model thread, which raises it
+        _put(q, _Failed(e), stop)
+    finally:
+        getattr(items, "close", lambda: None)()  # a generator ends (closing its files) in its own thread
+
+
+def _drain(q, sink, stop, errors):
+    """Thread: hand every item of every group in q to sink (encoding happens here)."""
+    try:
+        for group in _received(q, stop):
+            for item in group:
+                sink(item)
+    except BaseException as e:
+        errors.append(e)
+        stop.set()
+
+
+def _is_frame(item):
+    return getattr(item, "rgb", None) is not None
+
+
+def _groups(items, frames_per_group):
+    """Consecutive items in lists holding frames_per_group frames each (other items ride along in order)."""
+    group, frames = [], 0
+    for item in items:
+        group.append(item)
+        frames += _is_frame(item)
+        if frames >= frames_per_group:
+            yield group
+            group, frames = [], 0
+    if group:
+        yield group
+
+
+def _upscale_group(group, upscale_frames):
+    """Set .sr on every frame of the group, with one upscale_frames call for all of them."""
+    frames = [item for item in group if _is_frame(item)]
+    if frames:
+        for frame, sr in zip(frames, upscale_frames([frame.rgb for frame in frames]), strict=True):
+            frame.sr = sr
+    return group
+
+
+def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True):
+    """Upscale the frames among items (objects with .rgb; they get .sr) and hand every item, in order,
+    to sink; items without .rgb (audio packets) pass through untouched.
+
+    threaded: items are produced (decoded) in one thread and sunk (encoded) in another, linked to this one
+    (the model's) by bounded queues: the model does not wait for I/O, and memory stays flat however long
+    the clip. An error or Ctrl-C in any stage stops all three and is raised here.
+    frames_per_batch: frames per upscale_frames call.
+    """
+    if not threaded:
+        for group in _groups(items, frames_per_batch):
+            for item in _upscale_group(group, upscale_frames):
+                sink(item)
+        return
+    stop, errors = threading.Event(), []
+    inbox, outbox = queue.Queue(QUEUE_ITEMS), queue.Queue(max(1, QUEUE_FRAMES // frames_per_batch))
+    reader = threading.Thread(target=_feed, args=(items, inbox, stop), name="upscale-decode", daemon=True)
+    writer = threading.Thread(target=_drain, args=(outbox, sink, stop, errors), name="upscale-encode", daemon=True)
+    reader.start()
+    writer.start()
+    try:
+        for group in _groups(_received(inbox, stop), frames_per_batch):
+            if not _put(outbox, _upscale_group(group, upscale_frames), stop):
+                break
+        else:
+            _put(outbox, _END, stop)
+            writer.join()
+    finally:
+        stop.set()
+        reader.join()
+        writer.join()
+    if errors:
+        raise errors[0]
+
+
+class FrameSink:
+    """Counts the frames written, updates the progress bar and writes the --compare image of the first."""
+
+    def __init__(self, write, bar, compare_to=None, inference=None):
+        self.write, self.bar, self.compare_to, self.inference = write, bar, compare_to, inference
+        self.frames = 0
+
+    def __call__(self, item):
+        self.write(item)
+        if _is_frame(item):
+            if self.frames == 0 and self.compare_to is not None:
+                write_compare(self.compare_to, item.rgb, item.sr, self.inference.scale, self.inference.label)
+            self.frames += 1
+            self.bar.update()
 
 
 # --- animations (GIF, animated WebP, APNG) ----------------------------------------------------------------
@@ -419,6 +832,7 @@ class Frame:
     alpha: np.ndarray | None
     duration: int  # ms
     disposal: int
+    sr: np.ndarray | None = None  # the upscaled RGB, once the model has seen it
 
 
 def read_animation(path):
@@ -436,6 +850,29 @@ def read_animation(path):
             )
 
 
+def shown_ms(duration):
+    """How long players show a frame of this duration (ms): very short GIF delays are shown as 100 ms."""
+    return duration if duration >= GIF_MIN_DELAY_MS else GIF_DEFAULT_DELAY_MS
+
+
+def animation_frames(path, *, start=0.0, max_frames=None):
+    """read_animation's frames from `start` seconds on, at most max_frames of them. The frame showing at
+    `start` comes first, its duration cut to the time it has left, so the rest keep their times."""
+    start_ms, elapsed, count = round(start * 1000), 0, 0
+    for frame in read_animation(path):
+        if max_frames is not None and count >= max_frames:
+            return
+        shown = shown_ms(frame.duration)
+        if elapsed + shown <= start_ms:
+            elapsed += shown
+            continue
+        if elapsed < start_ms:
+            frame.duration = elapsed + shown - start_ms
+        elapsed += shown
+        count += 1
+        yield frame
+
+
 def animation_info(path):
     """(frame count, loop or None, GIF transparency index or None) of an animated image file."""
     try:
@@ -445,101 +882,204 @@ def animation_info(path):
         raise ImageLoadError(f"{path}: cannot read the animation ({type(e).__name__}: {e})") from e
 
 
-def quantize_frame(rgb, opaque, transparency=None):
-    """A palette image for one GIF frame: an adaptive palette of this frame's upscaled colours (median cut,
-    Floyd-Steinberg dithering); with transparency, one palette slot (the source's index where it had one)
-    is kept for the transparent pixels. opaque: bool (H, W) mask, or None when the frame is fully opaque."""
+def adaptive_palette(pixels, colours):
+    """(n, 3) uint8 palette of at most `colours` colours for an (N, 3) array of pixels: median cut, refined
+    by two k-means passes (a closer fit: less error and less grain than median cut alone)."""
+    pixels = np.asarray(pixels, np.uint8).reshape(-1, 3)
+    if len(pixels) == 0:
+        pixels = np.zeros((1, 3), np.uint8)
+    pal_im = Image.fromarray(pixels[:, None, :]).quantize(colors=colours, method=Image.Quantize.MEDIANCUT, kmeans=2)
+    used = min(colours, len(pal_im.getpalette()) // 3)
+    return np.asarray(pal_im.getpalette()[: 3 * used], np.uint8).reshape(-1, 3)
+
+
+def nearest_colours(rgb, palette_rgb):
+    """(index of the nearest palette colour, distance in grey levels) for every pixel of an (..., 3) array.
+    Exact (a k-d tree): Pillow's own mapping to a given palette is coarser and adds visible error."""
+    from scipy.spatial import cKDTree
+
+    distance, index = cKDTree(palette_rgb.astype(np.float32)).query(rgb.reshape(-1, 3).astype(np.float32))
+    return index.reshape(rgb.shape[:-1]), distance.reshape(rgb.shape[:-1])
+
+
+def quantize_frame(rgb, opaque, transparency=None, palette_rgb=None):
+    """A palette image for one GIF frame, each pixel the nearest palette colour (no dithering: it adds
+    grain that shimmers from frame to frame). palette_rgb: (n, 3) colours to use (GifPalette's shared
+    ones: 255 at most when the frame has transparency), or None for an adaptive palette of this frame's
+    colours. With transparency, one palette slot (the source's index where it had one) is kept for the
+    transparent pixels. opaque: bool (H, W) mask, or None when the frame is fully opaque."""
     colours = 256 if opaque is None else 255
-    pal_im = Image.fromarray(rgb).quantize(colors=colours, method=Image.Quantize.MEDIANCUT,
-                                           dither=Image.Dither.FLOYDSTEINBERG)
-    if opaque is None:
-        return pal_im
-    index = np.asarray(pal_im).astype(np.int32)
-    palette = np.asarray(pal_im.getpalette()[: 3 * 255], np.uint8).reshape(-1, 3)
-    palette = np.concatenate([palette, np.zeros((255 - len(palette), 3), np.uint8)])  # exactly 255 colours
-    t = int(transparency) if transparency is not None and 0 <= int(transparency) <= 255 else 255
-    index = np.where(index >= t, index + 1, index)  # make room for the transparent slot at t
-    index[~opaque] = t
-    palette = np.insert(palette, t, 0, axis=0)
+    if palette_rgb is None:
+        palette_rgb = adaptive_palette(rgb.reshape(-1, 3) if opaque is None else rgb[opaque], colours)
+    palette_rgb = palette_rgb[:colours]
+    index = nearest_colours(rgb, palette_rgb)[0].astype(np.int32)
+    if opaque is not None:
+        t = int(transparency) if transparency is not None and 0 <= int(transparency) <= 255 else 255
+        palette_rgb = np.concatenate([palette_rgb, np.zeros((255 - len(palette_rgb), 3), np.uint8)])  # 255 colours
+        index = np.where(index >= t, index + 1, index)  # make room for the transparent slot at t
+        index[~opaque] = t
+        palette_rgb = np.insert(palette_rgb, t, 0, axis=0)
     out = Image.fromarray(index.astype(np.uint8), mode="P")
-    out.putpalette(palette.reshape(-1).tolist())
-    out.info["transparency"] = t
+    out.putpalette(palette_rgb.reshape(-1).tolist())
+    if opaque is not None:
+        out.info["transparency"] = t
     return out
 
 
-def upscale_animation_file(model, src, dst, *, upscale, video_options, compare=False, label="model",
-                           progress=None):
-    """Upscale every frame of an animated GIF/WebP/PNG into dst: .gif (per-frame palettes), .webp, .png
-    (APNG) or a video container (mp4, mkv, webm, mov: frames flattened, variable timing kept)."""
+def palette_error(rgb, palette_rgb, mask=None, step=4):
+    """Mean distance (grey levels) from a sample of the frame's pixels (every step-th row and column, those
+    in mask) to their nearest palette colour: how well a palette suits a frame."""
+    pixels = rgb[::step, ::step]
+    pixels = pixels[mask[::step, ::step]] if mask is not None else pixels.reshape(-1, 3)
+    if len(pixels) == 0:
+        return 0.0
+    return float(nearest_colours(pixels, palette_rgb)[1].mean())
+
+
+class GifPalette:
+    """GIF frames quantised to one palette shared by the frames where they allow it: it is built from the
+    first GIF_PALETTE_FRAMES frames, so colours stay put from frame to frame instead of shimmering (each
+    frame's own palette moves every colour a little). A frame the shared palette suits more than
+    GIF_PALETTE_TOLERANCE times worse than the frames it was built from (a new scene) gets its own palette.
+    Frames come out in order; add() may hold some back until the palette exists."""
+
+    def __init__(self, transparency=None):
+        self.transparency = transparency
+        self.pending = []  # (rgb, opaque) waiting for the palette
+        self.palette_rgb = None
+        self.reference_error = None
+        self.shared = self.own = 0  # frames quantised to the shared palette / their own
+
+    def add(self, rgb, opaque):
+        """Quantise one frame (opaque: bool mask or None); returns the palette images now ready, in order."""
+        if self.palette_rgb is not None:
+            return [self._quantize(rgb, opaque)]
+        self.pending.append((rgb, opaque))
+        return self._flush() if len(self.pending) >= GIF_PALETTE_FRAMES else []
+
+    def finish(self):
+        """The frames still held back (an animation shorter than GIF_PALETTE_FRAMES)."""
+        return self._flush() if self.pending else []
+
+    def _flush(self):
+        frames, self.pending = self.pending, []
+        total = sum(rgb.shape[0] * rgb.shape[1] for rgb, _ in frames)
+        k = max(1, math.ceil(math.sqrt(total / GIF_PALETTE_SAMPLES)))  # every k-th row and column
+        pixels = np.concatenate([rgb[::k, ::k].reshape(-1, 3) if opaque is None else rgb[::k, ::k][opaque[::k, ::k]]
+                                 for rgb, opaque in frames])
+        transparent = any(opaque is not None for _, opaque in frames)
+        self.palette_rgb = adaptive_palette(pixels, 255 if transparent else 256)
+        errors = [palette_error(rgb, self.palette_rgb, opaque) for rgb, opaque in frames]
+        self.reference_error = max(float(np.mean(errors)), 1.0)
+        return [self._quantize(rgb, opaque) for rgb, opaque in frames]
+
+    def _quantize(self, rgb, opaque):
+        if palette_error(rgb, self.palette_rgb, opaque) > GIF_PALETTE_TOLERANCE * self.reference_error:
+            self.own += 1
+            return quantize_frame(rgb, opaque, self.transparency)
+        self.shared += 1
+        return quantize_frame(rgb, opaque, self.transparency, palette_rgb=self.palette_rgb)
+
+
+def upscale_animation_file(inference, src, dst, *, video_options, compare=False, start=0.0, max_frames=None,
+                           progress=None, threaded=True):
+    """Upscale the frames of an animated GIF/WebP/PNG (from `start` seconds on, at most max_frames) into
+    dst: .gif (shared palette), .webp, .png (APNG) or a video container (mp4, mkv, webm, mov: frames
+    flattened, variable timing kept)."""
     suffix = dst.suffix.lower()
-    if suffix not in {".gif", ".webp", ".png"} | VIDEO_SUFFIXES:
+    if suffix not in ANIMATED_SUFFIXES | VIDEO_SUFFIXES:
         raise ValueError(f"{dst}: an animation can be written as .gif, .webp, .png (APNG) or a video "
                          f"({', '.join(sorted(VIDEO_SUFFIXES))})")
     n_frames, loop, transparency = animation_info(src)
-    scale = _state(model).scale
-    bar = _progress(progress, n_frames, src.name)
-
-    def upscaled_frames():
-        for k, frame in enumerate(read_animation(src)):
-            sr = upscale(frame.rgb)
-            if k == 0 and compare:
-                write_compare(compare_path(dst), frame.rgb, sr, scale, label)
-            yield frame, sr
-            bar.update()
-
+    with Image.open(src) as im:
+        width, height = im.size
+    bar = _progress(progress, n_frames if max_frames is None else min(n_frames, max_frames), src.name)
+    frames = animation_frames(src, start=start, max_frames=max_frames)
+    batch = inference.frames_per_batch(width, height)
+    compare_to = compare_path(dst) if compare else None
     if suffix in VIDEO_SUFFIXES:
-        _write_animation_video(upscaled_frames(), src, dst, video_options)
+        with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
+            video = AnimationVideoSink(out, video_options)
+            sink = FrameSink(video, bar, compare_to, inference)
+            run_frames(frames, inference.frames, sink, frames_per_batch=batch, threaded=threaded)
+            _check_frames(sink.frames, src, start)
+            video.finish()
     else:
-        _write_animated_image(upscaled_frames(), src, dst, loop, transparency)
+        images = AnimatedImageSink(suffix, transparency)
+        sink = FrameSink(images, bar, compare_to, inference)
+        run_frames(frames, inference.frames, sink, frames_per_batch=batch, threaded=threaded)
+        _check_frames(sink.frames, src, start)
+        images.save(dst, loop)
     bar.close()
+    return sink.frames
 
 
-def _write_animation_video(frames, src, dst, video_options):
-    """Encode (frame, upscaled RGB) pairs as a video, each frame shown for its own duration."""
-    writer, pts = None, 0
-    with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
-        for frame, sr in frames:
-            if writer is None:
-                writer = VideoWriter(out, sr.shape[1], sr.shape[0], rate=None, time_base=Fraction(1, 1000),
-                                     **video_options)
-            if frame.alpha is not None:  # video has no transparency
-                sr = flatten(sr, _upscale_alpha(frame.alpha, sr.shape, binary=False))
-            writer.write(sr, pts)
-            pts += frame.duration if frame.duration >= GIF_MIN_DELAY_MS else GIF_DEFAULT_DELAY_MS
-        if writer is None:
-            raise ValueError(f"{src}: the animation has no frames")
-        writer.finish()
+def _check_frames(count, src, start):
+    if count == 0:
+        raise ValueError(f"{src}: no frames" + (f" from --start {start:g} s on" if start else ""))
 
 
-def _write_animated_image(frames, src, dst, loop, transparency):
-    """Save (frame, upscaled RGB) pairs as an animated GIF, WebP or APNG with the source's timing and loop."""
-    suffix = dst.suffix.lower()
-    images, durations, disposals = [], [], []
-    for frame, sr in frames:
-        alpha = None if frame.alpha is None else _upscale_alpha(frame.alpha, sr.shape, binary=suffix == ".gif")
-        if suffix == ".gif":
-            images.append(quantize_frame(sr, None if alpha is None else alpha >= 128, transparency))
+class AnimationVideoSink:
+    """Encodes upscaled animation frames as a video, each shown for its own duration (from 0)."""
+
+    def __init__(self, out, video_options):
+        self.out, self.video_options = out, video_options
+        self.writer, self.pts = None, 0
+
+    def __call__(self, frame):
+        sr = frame.sr
+        if self.writer is None:
+            self.writer = VideoWriter(self.out, sr.shape[1], sr.shape[0], rate=None, time_base=Fraction(1, 1000),
+                                      **self.video_options)
+        if frame.alpha is not None:  # video has no transparency
+            sr = flatten(sr, _upscale_alpha(frame.alpha, sr.shape, binary=False))
+        self.writer.write(sr, self.pts)
+        self.pts += shown_ms(frame.duration)
+
+    def finish(self):
+        self.writer.finish()
+
+
+class AnimatedImageSink:
+    """Collects upscaled frames for an animated GIF (quantised as they come), WebP or APNG, and saves them
+    with the source's timing and loop."""
+
+    def __init__(self, suffix, transparency):
+        self.suffix = suffix
+        self.palette = GifPalette(transparency) if suffix == ".gif" else None
+        self.images, self.durations, self.disposals = [], [], []
+
+    def __call__(self, frame):
+        gif = self.suffix == ".gif"
+        alpha = None if frame.alpha is None else _upscale_alpha(frame.alpha, frame.sr.shape, binary=gif)
+        if gif:
+            self.images.extend(self.palette.add(frame.sr, None if alpha is None else alpha >= 128))
         else:
-            images.append(Image.fromarray(sr) if alpha is None else Image.fromarray(np.dstack([sr, alpha])))
-        durations.append(frame.duration)
-        disposals.append(frame.disposal)
-    if not images:
-        raise ValueError(f"{src}: the animation has no frames")
-    if len(images) == 1:  # Pillow wants plain values, not lists, for a single frame
-        durations, disposals = durations[0], disposals[0]
-    options = {"save_all": True, "append_images": images[1:], "duration": durations}
-    if suffix == ".gif":
-        # every frame is a whole composited canvas, so the source's disposal methods show it the same way;
-        # optimize=False keeps each frame's palette (and its transparency index) as made above
-        options.update(disposal=disposals, optimize=False)
-        if loop is not None:  # no loop count in the source: it plays once, and so does the output
-            options["loop"] = loop
-    elif suffix == ".webp":
-        options.update(loop=loop or 0, quality=95, method=4)
-    else:
-        options.update(loop=loop or 0, disposal=0, blend=0)  # APNG: each frame replaces the canvas
-    with atomic_output(dst) as tmp:
-        images[0].save(tmp, format=Image.registered_extensions()[suffix], **options)
+            self.images.append(Image.fromarray(frame.sr) if alpha is None
+                               else Image.fromarray(np.dstack([frame.sr, alpha])))
+        self.durations.append(frame.duration)
+        self.disposals.append(frame.disposal)
+
+    def save(self, dst, loop):
+        """Write the animation to dst, atomically."""
+        if self.palette is not None:
+            self.images.extend(self.palette.finish())
+        durations, disposals = self.durations, self.disposals
+        if len(self.images) == 1:  # Pillow wants plain values, not lists, for a single frame
+            durations, disposals = durations[0], disposals[0]
+        options = {"save_all": True, "append_images": self.images[1:], "duration": durations}
+        if self.suffix == ".gif":
+            # every frame is a whole composited canvas, so the source's disposal methods show it the same way;
+            # optimize=False keeps each frame's palette (and its transparency index) as made above
+            options.update(disposal=disposals, optimize=False)
+            if loop is not None:  # no loop count in the source: it plays once, and so does the output
+                options["loop"] = loop
+        elif self.suffix == ".webp":
+            options.update(loop=loop or 0, quality=95, method=4)
+        else:
+            options.update(loop=loop or 0, disposal=0, blend=0)  # APNG: each frame replaces the canvas
+        with atomic_output(dst) as tmp:
+            self.images[0].save(tmp, format=Image.registered_extensions()[self.suffix], **options)
 
 
 def _upscale_alpha(alpha, shape, *, binary):
@@ -636,96 +1176,184 @@ def frame_to_rgb(frame):
     return frame.reformat(format="rgb24", src_color_range=frame.color_range or None).to_ndarray()
 
 
-def upscale_video_file(model, src, dst, *, upscale, video_options, compare=False, label="model",
-                       max_frames=None, progress=None):
-    """Upscale a video frame by frame (decode -> upscale -> encode, streamed: memory does not grow with
-    length), keeping every frame's timestamp (variable frame rate too) and copying the audio streams'
-    packets unchanged. max_frames: stop after that many frames (the audio is cut at the same time)."""
+@dataclass
+class DecodedFrame:
+    """One decoded video frame: RGB, its output timestamp (stream time base), its time in the source
+    (seconds) and its display rotation."""
+
+    rgb: np.ndarray
+    pts: int
+    time: float
+    rotation: int = 0
+    sr: np.ndarray | None = None  # the upscaled RGB, once the model has seen it
+
+
+@dataclass
+class AudioPacket:
+    """An audio packet copied to the output unchanged (retimed by --start)."""
+
+    packet: object
+
+
+def open_video(src):
+    """av.open(src) for reading, with clear errors for what is not a video (or has no video stream)."""
     import av
 
-    scale = _state(model).scale
     try:
         inp = av.open(str(src))
     except av.error.EOFError as e:
         raise VideoError(f"{src}: the video has no frames (the file ends after its header)") from e
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(f"{src}: cannot open as a video ({e})") from e
-    with inp:
-        if not inp.streams.video:
-            raise VideoError(f"{src}: has no video stream")
+    if not inp.streams.video:
+        inp.close()
+        raise VideoError(f"{src}: has no video stream")
+    return inp
+
+
+def video_frames(inp, src, *, start=0.0, max_frames=None):
+    """Decode the first video stream of an open input into DecodedFrames from `start` seconds on (a seek,
+    then the frames shown before it dropped), at most max_frames of them, with increasing timestamps
+    (missing ones filled in, repeated ones bumped: encoders need them increasing). With a start, the
+    output timestamps count from the first frame kept, so the output starts at 0."""
+    vin = inp.streams.video[0]
+    vin.thread_type = "AUTO"
+    step, tb = _frame_step(vin), vin.time_base
+    if start > 0:
+        inp.seek(int(start / tb), stream=vin, backward=True)
+    last_pts, offset, count = None, 0, 0
+    for packet in _demux(inp, [vin], src):
+        for frame in _decode(packet, src):
+            pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + step)
+            if last_pts is None and start > 0:
+                if (pts + step) * tb <= start:  # decoded from the keyframe before start, not shown
+                    continue
+                offset = pts
+            if last_pts is not None and pts <= last_pts:
+                pts = last_pts + 1
+            last_pts = pts
+            yield DecodedFrame(frame_to_rgb(frame), pts - offset, float(pts * tb), getattr(frame, "rotation", 0) or 0)
+            count += 1
+            if max_frames is not None and count >= max_frames:
+                return
+
+
+def audio_packets(inp, src, start=0.0):
+    """(time in seconds, packet) for every audio packet of an open input in file order, from about `start`
+    on (a seek). The input must stay open until the packets are written."""
+    import av
+
+    if start > 0:
+        inp.seek(int(start * av.time_base), backward=True)
+    for packet in _demux(inp, list(inp.streams.audio), src):
+        if packet.dts is not None:  # None: the demuxer's end-of-stream marker
+            yield float(_seconds(packet)), packet
+
+
+def video_items(inp, src, *, audio_inp=None, start=0.0, max_frames=None):
+    """What a video becomes, in order: its DecodedFrames (video_frames) and, between them, its audio
+    packets (AudioPacket) up to each frame's time, retimed like the frames. The first item is a frame (its
+    rotation goes into the output's header, which the first packet written writes). With a start, audio
+    from before the first frame is left out; with max_frames reached, audio after the last frame's end.
+    audio_inp: a second open input of the same file, for the audio (its own demuxer: the video's decoding
+    stays the plain video_frames), or None for no audio."""
+    vin = inp.streams.video[0]
+    frame_seconds = float(_frame_step(vin) * vin.time_base)
+    frames = video_frames(inp, src, start=start, max_frames=max_frames)
+    first = next(frames, None)
+    if first is None:
+        return
+    shift = first.time if start > 0 else None
+    has_audio = audio_inp is not None and audio_inp.streams.audio
+    audio = _kept_audio(audio_packets(audio_inp, src, start), shift) if has_audio else iter(())
+    try:
+        pending, count, end = next(audio, None), 0, None
+        for frame in itertools.chain([first], frames):
+            yield frame
+            count += 1
+            end = frame.time + frame_seconds
+            while pending is not None and pending[0] < frame.time:
+                yield pending[1]
+                pending = next(audio, None)
+        limit = end if max_frames is not None and count >= max_frames else math.inf
+        while pending is not None and pending[0] < limit:
+            yield pending[1]
+            pending = next(audio, None)
+    finally:
+        getattr(audio, "close", lambda: None)()
+
+
+def _kept_audio(packets, shift):
+    """(time, AudioPacket) for the (time, packet)s at or after `shift` seconds, moved that much earlier
+    (shift None: all of them, unchanged)."""
+    for time_s, packet in packets:
+        if shift is None or time_s >= shift:
+            yield time_s, AudioPacket(_retime(packet, shift))
+
+
+def _retime(packet, shift):
+    """The packet moved `shift` seconds earlier (None: unchanged)."""
+    if shift:
+        delta = round(Fraction(shift).limit_denominator(10**9) / packet.time_base)
+        if packet.pts is not None:
+            packet.pts -= delta
+        if packet.dts is not None:
+            packet.dts -= delta
+    return packet
+
+
+class VideoSink:
+    """Writes the items of video_items, upscaled, into an open output: frames through a VideoWriter,
+    audio packets copied."""
+
+    def __init__(self, out, writer, audio_out, dst):
+        self.out, self.writer, self.audio_out, self.dst = out, writer, audio_out, dst
+
+    def __call__(self, item):
+        if isinstance(item, AudioPacket):
+            _mux(self.out, item.packet, self.audio_out, self.dst)
+            return
+        if self.writer.frames == 0:
+            _copy_rotation(item.rotation, self.writer.stream)
+        self.writer.write(item.sr, item.pts)
+
+
+def upscale_video_file(inference, src, dst, *, video_options, compare=False, start=0.0, max_frames=None,
+                       progress=None, threaded=True):
+    """Upscale a video (from `start` seconds on, at most max_frames frames) into dst: decode -> upscale ->
+    encode, streamed (threaded: the three overlap, see run_frames), keeping every frame's timestamp
+    (variable frame rate too), its rotation, and the audio streams' packets unchanged (cut with the video)."""
+    with open_video(src) as inp, (open_video(src) if inp.streams.audio else contextlib.nullcontext()) as audio_inp:
         vin = inp.streams.video[0]
-        vin.thread_type = "AUTO"
-        audio = list(inp.streams.audio)
-        bar = _progress(progress, _expected_frames(inp, vin, max_frames), src.name)
+        width, height = vin.codec_context.width, vin.codec_context.height
+        bar = _progress(progress, _expected_frames(inp, vin, start, max_frames), src.name)
         with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
             # every stream must exist before the first packet is written (that writes the header)
-            writer = VideoWriter(out, vin.codec_context.width * scale, vin.codec_context.height * scale,
-                                 rate=vin.average_rate, time_base=vin.time_base, **video_options)
+            writer = VideoWriter(out, width * inference.scale, height * inference.scale, rate=vin.average_rate,
+                                 time_base=vin.time_base, **video_options)
             if vin.sample_aspect_ratio:
                 writer.stream.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
-            audio_out = {a.index: _copy_stream(out, a, dst) for a in audio}
-            last_pts, step, end_time = None, _frame_step(vin), None
-            # audio packets wait here until the first frame is decoded (its rotation goes into the header,
-            # which the first packet written writes) and, with max_frames, until the cut is known
-            held, audio_done = [], set()
-
-            def audio_waits():
-                return writer.frames == 0 or (max_frames is not None and end_time is None)
-
-            def release_held():
-                for held_packet in held:
-                    if end_time is None or _seconds(held_packet) < end_time:
-                        _mux(out, held_packet, audio_out, dst)
-                held.clear()
-
-            for packet in _demux(inp, [vin, *audio], src):
-                if packet.stream.type == "audio":
-                    if packet.dts is None:  # the demuxer's end-of-stream marker
-                        continue
-                    if audio_waits():
-                        held.append(packet)
-                    elif end_time is None or _seconds(packet) < end_time:
-                        _mux(out, packet, audio_out, dst)
-                    else:
-                        audio_done.add(packet.stream.index)
-                        if len(audio_done) == len(audio):
-                            break  # past the cut on every stream: the rest of the file is not needed
-                    continue
-                if end_time is not None:
-                    if not audio:
-                        break
-                    continue
-                for frame in _decode(packet, src):
-                    if writer.frames == 0:
-                        _copy_rotation(frame, writer.stream)
-                    pts = frame.pts if frame.pts is not None else (0 if last_pts is None else last_pts + step)
-                    if last_pts is not None and pts <= last_pts:  # encoders need increasing timestamps
-                        pts = last_pts + 1
-                    rgb = frame_to_rgb(frame)
-                    sr = upscale(rgb)
-                    if compare and writer.frames == 0:
-                        write_compare(compare_path(dst), rgb, sr, scale, label)
-                    writer.write(sr, pts)
-                    last_pts = pts
-                    bar.update()
-                    if max_frames is not None and writer.frames >= max_frames:
-                        end_time = (pts + step) * vin.time_base
-                    if held and not audio_waits():
-                        release_held()
-                    if end_time is not None:
-                        break
-            release_held()  # the end of the file came first: what is left of the audio goes in
-            if writer.frames == 0:
-                raise VideoError(f"{src}: the video has no frames")
+            audio_out = {a.index: _copy_stream(out, a, dst) for a in inp.streams.audio}
+            sink = FrameSink(VideoSink(out, writer, audio_out, dst), bar, compare_path(dst) if compare else None,
+                             inference)
+            items = video_items(inp, src, audio_inp=audio_inp, start=start, max_frames=max_frames)
+            run_frames(items, inference.frames, sink, frames_per_batch=inference.frames_per_batch(width, height),
+                       threaded=threaded)
+            if sink.frames == 0:
+                raise VideoError(f"{src}: the video has no frames" + (f" from --start {start:g} s on" if start else ""))
             writer.finish()
         bar.close()
+    return sink.frames
 
 
-def _expected_frames(inp, stream, max_frames):
-    """Frame count for the progress bar: from the header, or duration x frame rate, capped by max_frames."""
+def _expected_frames(inp, stream, start, max_frames):
+    """Frame count for the progress bar: from the header, or duration x frame rate, less what --start
+    skips, capped by max_frames."""
     total = stream.frames or None
     if total is None and inp.duration and stream.average_rate:
         total = round(inp.duration / 1e6 * float(stream.average_rate))
+    if total and start and stream.average_rate:
+        total = max(0, total - round(start * float(stream.average_rate)))
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
     return total
@@ -742,9 +1370,8 @@ def _copy_stream(out, stream, dst):
                          f"({e}); use .mkv or .mp4") from e
 
 
-def _copy_rotation(frame, stream):
+def _copy_rotation(rotation, stream):
     """Keep a phone video's display rotation (its display matrix), so the output plays upright too."""
-    rotation = getattr(frame, "rotation", 0)
     if rotation and hasattr(stream, "set_display_rotation"):
         stream.set_display_rotation(rotation)
 
@@ -845,6 +1472,10 @@ def write_compare(path, lr_rgb, sr_rgb, scale, label="model"):
 # --- the command line -------------------------------------------------------------------------------------
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+
+
 @dataclass
 class Job:
     """One input file and the output it becomes."""
@@ -859,9 +1490,9 @@ def media_kind(path):
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return "video"
-    if suffix in {".gif", ".webp", ".png"}:
+    if suffix in ANIMATED_SUFFIXES:
         info = source_info(path)
-        if info is not None and info[1] > 1:
+        if info is not None and info.frames > 1:
             return "animation"
         if suffix == ".gif" and info is not None:
             return "animation"  # a one-frame GIF still goes out as a GIF with its palette and transparency
@@ -925,7 +1556,7 @@ def plan_jobs(inputs, output, fmt=None):
 
 
 def _progress(bar, total, name):
-    """A tqdm bar (frames, with fps and ETA), or a silent stand-in when progress is off."""
+    """A tqdm bar (frames, with frames/s and ETA), or a silent stand-in when progress is off."""
     if bar is False:
         return _NoBar()
     from tqdm import tqdm
@@ -941,18 +1572,46 @@ class _NoBar:
         pass
 
 
+def parse_time(text):
+    """Seconds from "12.5", "1:02.5" (MM:SS) or "01:02:03.5" (HH:MM:SS); for --start."""
+    parts = str(text).strip().split(":")
+    try:
+        if len(parts) > 3 or any(p == "" for p in parts):
+            raise ValueError(text)
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: use seconds (12.5) or HH:MM:SS[.ms]") from None
+    seconds = 0.0
+    for value in values:
+        seconds = seconds * 60 + value
+    if seconds < 0 or not math.isfinite(seconds) or any(v < 0 for v in values) or any(v >= 60 for v in values[1:]):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time: use seconds (12.5) or HH:MM:SS[.ms]")
+    return seconds
+
+
 def parse_args(argv=None):
+    """The command line, parsed (argparse exits 2 on bad syntax)."""
+    names = ", ".join(f"{name} ({path.name})" for name, path in MODEL_NAMES.items())
     p = argparse.ArgumentParser(
         description="Upscale images, animated GIFs and videos with a trained SRGAN/SRResNet generator.",
         epilog="Examples: upscale.py photo.jpg -o photo_x4.png | upscale.py photos/ -o out/ --format png | "
-               "upscale.py anim.gif -o anim_x4.gif | upscale.py clip.mp4 -o clip_x4.mp4 --crf 20",
+               "upscale.py anim.gif -o anim_x4.gif | upscale.py clip.mp4 -o clip_x4.mp4 --crf 20 | "
+               "upscale.py clip.mp4 -o preview.mp4 --start 1:30 --max-frames 48 --model gan",
     )
     p.add_argument("inputs", nargs="+", type=Path, help="image, GIF or video files, or folders (recursive)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output file (one input) or folder (several inputs or a folder; the tree is mirrored)")
-    p.add_argument("--model", type=Path, default=None, help=f"generator .keras file (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None,
+                   help=f"a shipped model by name: {names}; or a generator .keras file (default: psnr)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="compute in float32 or bfloat16; auto: bf16 on a GPU or a CPU with native bfloat16 "
+                        "(AVX512_BF16/AMX), else fp32 (default auto)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model XLA-compiled: faster on some CPUs for videos and animations (one compile "
+                        "per tile shape, seconds each)")
     p.add_argument("--tile", type=int, default=None,
-                   help="tiles hold at most TILE x TILE LR pixels, shaped to the image (default: from free memory)")
+                   help="tiles hold at most TILE x TILE LR pixels, shaped to the image (default: from free memory); "
+                        "must exceed twice the overlap")
     p.add_argument("--overlap", type=int, default=None,
                    help="LR pixels shared by neighbouring tiles (default: from the model's receptive field)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per model call (default: as many as fit)")
@@ -961,13 +1620,45 @@ def parse_args(argv=None):
                    help="output format for folder outputs (images: png/jpg/webp/gif; animations: gif/webp/png/"
                         "video; videos: mp4/mkv/webm/mov); inputs it does not suit keep their own")
     p.add_argument("--codec", default=None, help=f"video encoder (default {DEFAULT_VIDEO_CODEC}; libvpx-vp9 for webm)")
-    p.add_argument("--crf", type=int, default=DEFAULT_CRF, help="constant-quality factor (lower is better)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, help="x264/x265 speed preset (ultrafast ... veryslow)")
+    p.add_argument("--crf", type=int, default=DEFAULT_CRF,
+                   help=f"constant-quality factor, lower is better (default {DEFAULT_CRF}: visually near-lossless "
+                        "for x264)")
+    p.add_argument("--x264-preset", "--preset", dest="preset", choices=X264_PRESETS, default=DEFAULT_PRESET,
+                   metavar="PRESET",
+                   help=f"x264/x265 speed preset (default {DEFAULT_PRESET}: keeps up with the model; the quality "
+                        "is set by --crf, slower presets only make the file smaller)")
     p.add_argument("--pix-fmt", default=DEFAULT_PIX_FMT, help="video pixel format")
-    p.add_argument("--max-frames", type=int, default=None, help="videos: stop after this many frames (a preview)")
+    p.add_argument("--start", type=parse_time, default=0.0,
+                   help="videos and animations: begin at this time, in seconds or HH:MM:SS[.ms]")
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="videos and animations: stop after this many frames (a preview)")
     p.add_argument("--compare", action="store_true", help="also write OUT_compare.png: bicubic | model on a crop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
+
+
+def check_args(args):
+    """Check the settings that need no model, and the model file (its receptive field, read from the file,
+    gives the overlap a --tile must exceed). Returns the model's path; raises UsageError or
+    FileNotFoundError."""
+    for name in ("tile", "batch_size", "max_frames"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.overlap is not None and args.overlap < 0:
+        raise UsageError("--overlap must be at least 0")
+    path = resolve_model_path(args.model)
+    try:
+        radius = file_receptive_radius(path)
+    except ValueError as e:
+        raise UsageError(f"cannot load the model {path}: {e}") from e
+    if args.tile is not None:
+        overlap = args.overlap if args.overlap is not None else overlap_for_radius(radius)
+        if args.tile <= 2 * overlap:
+            source = "--overlap" if args.overlap is not None else f"the overlap {path.name} needs"
+            raise UsageError(f"--tile {args.tile} is too small for {source} ({overlap}): use --tile "
+                             f"{2 * overlap + 1} or more" + ("" if args.overlap is not None else
+                                                              ", or a smaller --overlap"))
+    return path
 
 
 def check_job(job, inputs, overwrite, compare):
@@ -985,24 +1676,48 @@ def check_job(job, inputs, overwrite, compare):
         return "failed", f"a still image cannot be written as a video ({job.dst.suffix})"
     if job.kind == "video" and job.dst.suffix.lower() not in VIDEO_SUFFIXES:
         return "failed", f"a video can be written as {', '.join(sorted(VIDEO_SUFFIXES))}, not {job.dst.suffix}"
+    return check_input(job)
+
+
+def check_input(job):
+    """None when the input looks usable from its header, else ("failed", reason): a cheap look before any
+    model is loaded (damage further into a file is found when it is decoded)."""
+    try:
+        if job.kind == "video":
+            open_video(job.src).close()
+        else:
+            resizer.image_size(job.src)
+    except (ImageLoadError, VideoError) as e:
+        return "failed", failure_reason(job.src, e)
     return None
 
 
-def run_job(model, job, args, progress):
-    """Upscale one input into its output."""
-    def upscale(rgb):
-        return upscale_array(model, rgb, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+def failure_reason(src, error):
+    """The error's message without the file name in front (the report names the file once)."""
+    text = str(error)
+    for name in (str(src), str(Path(src).resolve())):
+        if text.startswith(name + ": "):
+            return text[len(name) + 2 :]
+    if isinstance(error, ValueError | OSError | MemoryError) and text:
+        return text
+    return f"{type(error).__name__}: {text}"
 
-    label = args.model.stem if args.model else DEFAULT_MODEL.stem
+
+def run_job(inference, job, args, progress):
+    """Upscale one input into its output; returns a note for the summary, or None."""
     video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
+    timing = dict(start=args.start, max_frames=args.max_frames)
+    started = time.perf_counter()
     if job.kind == "video":
-        upscale_video_file(model, job.src, job.dst, upscale=upscale, video_options=video_options,
-                           compare=args.compare, label=label, max_frames=args.max_frames, progress=progress)
+        frames = upscale_video_file(inference, job.src, job.dst, video_options=video_options, compare=args.compare,
+                                    progress=progress, **timing)
     elif job.kind == "animation" and (job.dst.suffix.lower() == ".gif" or animation_info(job.src)[0] > 1):
-        upscale_animation_file(model, job.src, job.dst, upscale=upscale, video_options=video_options,
-                               compare=args.compare, label=label, progress=progress)
+        frames = upscale_animation_file(inference, job.src, job.dst, video_options=video_options,
+                                        compare=args.compare, progress=progress, **timing)
     else:  # a still image, or a one-frame animation written in a still format
-        upscale_image_file(model, job.src, job.dst, upscale=upscale, compare=args.compare, label=label)
+        return upscale_image_file(inference, job.src, job.dst, compare=args.compare)
+    seconds = time.perf_counter() - started
+    return f"{frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)"
 
 
 def main(argv=None):
@@ -1010,20 +1725,14 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     try:
+        model_path = check_args(args)
         jobs, problems = plan_jobs(args.inputs, args.output, args.format)
-    except ValueError as e:
+    except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"upscale: {e}", file=sys.stderr)
         return 2
-    if args.tile is not None and args.overlap is not None and args.tile < 2 * args.overlap + 1:
-        print(f"upscale: --tile {args.tile} is too small for --overlap {args.overlap}", file=sys.stderr)
-        return 2
-    for name in ("tile", "batch_size", "max_frames"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            print(f"upscale: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
-            return 2
     inputs = {job.src.resolve() for job in jobs}
-    done, skipped, failed = [], [], list(problems)
-    seen, model = set(), None
+    done, skipped, failed, notes = [], [], list(problems), []
+    seen, inference = set(), None
     progress = False if args.no_progress else None
     outer = None
     if len(jobs) > 1 and not args.no_progress:
@@ -1038,27 +1747,34 @@ def main(argv=None):
         if verdict is not None:
             (skipped if verdict[0] == "skipped" else failed).append((job.src, verdict[1]))
         else:
-            if model is None:
+            if inference is None:
                 try:
-                    model = load_model(args.model)
-                except Exception as e:  # missing, corrupt, or not a generator: nothing can run
-                    print(f"upscale: {e}" if isinstance(e, FileNotFoundError) else
-                          f"upscale: cannot load the model {args.model}: {type(e).__name__}: {e}", file=sys.stderr)
+                    model = load_model(model_path, args.precision)
+                    if args.compile:
+                        compile_model(model)
+                except Exception as e:  # corrupt, or not a generator: nothing can run
+                    print(f"upscale: cannot load the model {model_path}: {type(e).__name__}: {e}", file=sys.stderr)
                     return 2
+                inference = Inference(model, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                                      label=model_path.stem)
             try:
-                run_job(model, job, args, progress)
+                note = run_job(inference, job, args, progress)
                 done.append(job)
+                if note:
+                    notes.append((job.src, note))
             except KeyboardInterrupt:
                 print(f"\nupscale: interrupted during {job.src}; no partial output was left", file=sys.stderr)
                 return 130
             except Exception as e:  # one bad file must not stop the batch; it is reported below
-                failed.append((job.src, str(e) if str(e).startswith(str(job.src)) else f"{type(e).__name__}: {e}"))
+                failed.append((job.src, failure_reason(job.src, e)))
         if outer is not None:
             outer.update()
     if outer is not None:
         outer.close()
     for src, reason in skipped:
         print(f"skipped {src}: {reason}")
+    for src, note in notes:
+        print(f"note    {src}: {note}")
     for src, reason in failed:
         print(f"FAILED  {src}: {reason}", file=sys.stderr)
     print(f"upscale: {len(done)} done, {len(skipped)} skipped, {len(failed)} failed "

@@ -1,20 +1,25 @@
-"""Benchmark upscale.py: tiled vs whole-image speed, peak memory, and video frames per second.
+"""Benchmark upscale.py: per model, frames/s of a 640x360 -> x4 video, fp32 against bf16, and more.
 
-    python benchmarks/bench_upscale.py             # the full run (several minutes on 2 CPU cores)
-    python benchmarks/bench_upscale.py --quick     # small sizes: a smoke test of the script itself
+    python benchmarks/bench_upscale.py                    # the shipped PSNR model (a few frames: minutes on 2 cores)
+    python benchmarks/bench_upscale.py --models psnr gan  # both shipped models
+    python benchmarks/bench_upscale.py --quick            # 2 frames, smaller Set5 crops: a smoke test
+    python benchmarks/bench_upscale.py --tiling           # the tiled-vs-whole speed and memory study instead
 
-Prints, in one run:
-1. output megapixels/s of tiled inference (automatic tiles, overlap and batch) against whole-image inference
-   (the model alone on the whole image), on the same image in the same process; target tiled >= 0.85x;
-   plus tiled with --tile 240 (more memory, less recomputed overlap): the speed/memory trade-off;
-2. peak memory (VmHWM of a fresh subprocess per case) of a 960x540 -> x4 upscale, tiled (automatic, and
-   --tile 240), against whole-image inference at the largest size that fits here (480x270: whole-image
-   960x540 with the 16x64 SRResNet needs > 22 GB and was killed by the OOM killer), plus the bare runtime
-   (TensorFlow and the model loaded, nothing upscaled) for reference; target tiled <= 1.5 GB;
-3. frames/s of a 640x360 -> x4 video with the light "fast" preset, end to end (decode, upscale, encode,
-   audio copy): ../shared/data/clips/big_buck_bunny.mp4 when present, else a generated clip.
-Speed and memory do not depend on the weights, so the models are freshly built (random weights) unless
---model is given.
+Prints, per model, in one run, every figure also as a ratio against a baseline measured in the same run
+(the machine may be shared, so absolute times drift; ratios of interleaved runs much less):
+1. model-only frames/s of one 640x360 frame (upscale_array: tiles, blending and all), fp32 (the baseline),
+   bf16 (a mixed_bfloat16 copy of the model; emulated on CPUs without native bfloat16), and fp32
+   XLA-compiled (upscale.compile_model, the CLI's --compile) instead of Keras' predict_on_batch;
+2. end-to-end frames/s (decode, upscale, encode with libx264 at the default preset and CRF, copy audio) of
+   the first frames of ../shared/data/clips/big_buck_bunny.mp4 (or a generated 640x360 clip): the
+   threaded pipeline against the sequential one, and the peak resident memory during each run (sampled);
+3. Set5 PSNR (Y, x4, border 4) of fp32 and bf16 and their difference (bf16 must stay within 0.05 dB);
+4. GIF grain: the high-frequency energy (RMS of a Laplacian, grey levels) of the written GIF frame minus
+   the model's output, and its frame-to-frame flicker, for Pillow's median cut per frame (before) against
+   GifPalette (a shared, k-means-refined palette, exact nearest colours), on the first frames of a RIFE
+   GIF from ../shared/data/clips (or skimage's GIF).
+The --tiling study: 1. tiled vs whole-image speed (480x270 -> x4, SRResNet, random weights); 2. peak memory
+of a 960x540 -> x4 upscale in a fresh process per case.
 """
 
 import argparse
@@ -44,9 +49,11 @@ MEMORY_SIZE = (960, 540)  # part 2, tiled
 WHOLE_MEMORY_SIZE = (480, 270)  # part 2, whole-image (960x540 does not fit: > 22 GB)
 BIG_TILE = 240  # the trade-off row: tiles of up to 240x240 LR pixels (about 1 GiB of SRResNet activations)
 REPEATS = 3  # timed runs per case in part 1 (after one warm-up run); the median is reported
-VIDEO_FRAMES = 12  # frames of the clip upscaled in part 3 (half a second at 24 fps)
+VIDEO_FRAMES = 4  # frames of the clip per end-to-end run (a few: each takes seconds on a CPU)
+MODEL_REPEATS = 2  # timed model-only runs per case (after one warm-up)
 CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
-QUICK = dict(SPEED_SIZE=(160, 90), MEMORY_SIZE=(320, 180), WHOLE_MEMORY_SIZE=(160, 90), REPEATS=1, VIDEO_FRAMES=3)
+SET5 = ROOT.parent / "shared" / "data" / "benchmarks" / "Set5"
+QUICK = dict(SPEED_SIZE=(160, 90), MEMORY_SIZE=(320, 180), WHOLE_MEMORY_SIZE=(160, 90), REPEATS=1)
 # -----------------------------------------------------------------------------
 
 
@@ -226,26 +233,160 @@ def make_clip(path, frames, size=(640, 360), fps=24):
     return path
 
 
-def part3_video(frames, model_path):
+def frame_640x360():
+    """The first frame of the clip (or a photo-like stand-in), 640x360 RGB."""
+    import av
+
+    if CLIP.is_file():
+        with av.open(str(CLIP)) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24")
+    return test_image(640, 360)
+
+
+def model_only(models, repeats):
+    """{name: seconds per 640x360 frame}: one warm-up each, then interleaved rounds, median."""
     import upscale
 
-    model = build_model(VIDEO_PRESET, model_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", frames)
-        source = "big_buck_bunny.mp4 (shared data)" if clip == CLIP else "a generated 640x360 clip"
-        upscale.upscale_array(model, test_image(640, 360))  # warm-up: trace the 640x360 shape once
+    rgb = frame_640x360()
+    cases = {name: (lambda m=m: upscale.upscale_array(m, rgb)) for name, m in models.items()}
+    return {name: wall for name, (wall, _) in interleaved_times(cases, repeats).items()}
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a thread while in use; .peak is the largest, in bytes."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self.done = current_rss(), False
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done:
+            self.peak = max(self.peak, current_rss())
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self.done = True
+        self.thread.join()
+
+
+def current_rss():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def end_to_end(model, frames, threaded, tmp):
+    """(frames/s, peak RSS bytes) of upscaling the clip's first frames into an MP4 with the CLI's defaults."""
+    import upscale
+
+    clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", frames)
+    options = dict(codec=None, crf=upscale.DEFAULT_CRF, preset=upscale.DEFAULT_PRESET, pix_fmt=upscale.DEFAULT_PIX_FMT)
+    with PeakRSS() as rss:
         start = time.perf_counter()
-        upscale.upscale_video_file(
-            model, clip, Path(tmp) / "out.mp4", upscale=lambda rgb: upscale.upscale_array(model, rgb),
-            video_options=dict(codec=None, crf=upscale.DEFAULT_CRF, preset=upscale.DEFAULT_PRESET,
-                               pix_fmt=upscale.DEFAULT_PIX_FMT), max_frames=frames, progress=False)
+        upscale.upscale_video_file(upscale.Inference(model), clip, Path(tmp) / "out.mp4", video_options=options,
+                                   max_frames=frames, progress=False, threaded=threaded)
         seconds = time.perf_counter() - start
-        one = median_seconds(lambda: upscale.upscale_array(model, test_image(640, 360)), 1)
-    print(f"3. video, 640x360 -> 2560x1440, preset {VIDEO_PRESET!r}, {frames} frames of {source}:")
-    print(f"   end to end (decode, upscale, encode libx264 crf {upscale.DEFAULT_CRF}, copy audio): "
-          f"{frames / seconds:.3f} frames/s ({seconds:.1f} s)")
-    print(f"   model alone on one frame: {one:.2f} s ({1 / one:.3f} frames/s)")
-    return frames / seconds
+    return frames / seconds, rss.peak
+
+
+def set5_psnr(models, crop=None):
+    """{name: mean Set5 PSNR (dB, Y, border 4)} of x4 upscales; None when Set5 is absent."""
+    import upscale
+    from metrics import calculate_psnr
+    from resizer import load_image, lr_from_hr, mod_crop
+
+    files = sorted(SET5.glob("*.png")) if SET5.is_dir() else []
+    if not files:
+        return None
+    pairs = []
+    for path in files:
+        hr = load_image(path)
+        hr = mod_crop(hr[:crop, :crop] if crop else hr, 4)
+        pairs.append((lr_from_hr(hr, 4), hr))
+    return {name: float(np.mean([calculate_psnr(upscale.upscale_array(m, lr), hr, 4) for lr, hr in pairs]))
+            for name, m in models.items()}
+
+
+def gif_grain(model, frames):
+    """(gif name, before, after, (frames shared, own)): (grain, flicker, mean error) of GIF frames quantised
+    as before (Pillow's median cut per frame) and with GifPalette, against the model's output for them."""
+    import upscale
+
+    gif = next(iter(sorted(CLIP.parent.glob("rife_*.gif"))), None) if CLIP.parent.is_dir() else None
+    if gif is None:
+        import skimage
+
+        gif = Path(skimage.__file__).parent / "data" / "no_time_for_that_tiny.gif"
+    srs = [upscale.upscale_array(model, f.rgb) for f in upscale.animation_frames(gif, max_frames=frames)]
+    per_frame = [pillow_median_cut(sr) for sr in srs]
+    shared = upscale.GifPalette()
+    written = [im for sr in srs for im in shared.add(sr, None)] + shared.finish()
+
+    def measure(images):
+        errors = [np.asarray(im.convert("RGB"), np.float32).mean(axis=2) - sr.astype(np.float32).mean(axis=2)
+                  for im, sr in zip(images, srs, strict=True)]
+        grain = float(np.mean([np.sqrt(np.mean(laplacian(e) ** 2)) for e in errors]))
+        flicker = float(np.mean([np.sqrt(np.mean((b - a) ** 2)) for a, b in zip(errors, errors[1:], strict=False)]))
+        return grain, flicker, float(np.mean([np.abs(e).mean() for e in errors]))
+
+    return gif.name, measure(per_frame), measure(written), (shared.shared, shared.own)
+
+
+def pillow_median_cut(rgb):
+    """A GIF frame as upscale.py quantised it before GifPalette: Pillow's median cut, a palette per frame."""
+    from PIL import Image
+
+    return Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+
+
+def laplacian(x):
+    """The 4-neighbour Laplacian of a 2-D array (its high frequencies), on the interior pixels."""
+    return 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
+
+
+def report_model(name, frames, repeats, quick):
+    """Parts 1-4 for one shipped model."""
+    import upscale
+
+    fp32 = upscale.load_model(name)
+    bf16 = upscale.with_precision(fp32, "bf16")
+    print(f"model {name} ({upscale.resolve_model_path(name).name}):")
+    compiled = upscale.compile_model(upscale.load_model(name))  # --compile
+    times = model_only({"fp32": fp32, "bf16": bf16, "fp32 XLA": compiled}, repeats)
+    base = times["fp32"]
+    print(f"1. model only, one 640x360 -> x4 frame, median of {repeats} interleaved runs:")
+    for case, t in times.items():
+        print(f"   {case:9s}: {1 / t:6.3f} frames/s ({t:5.2f} s)  {base / t:5.2f}x fp32")
+    print(f"2. end to end, {frames} frames of {CLIP.name if CLIP.is_file() else 'a generated clip'} "
+          f"(libx264 {upscale.DEFAULT_PRESET}, crf {upscale.DEFAULT_CRF}, audio copied):")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, model, threaded in (("fp32 sequential", fp32, False), ("fp32 threaded", fp32, True),
+                                      ("bf16 threaded", bf16, True)):
+            rows[case] = end_to_end(model, frames, threaded, tmp)
+    base_fps = rows["fp32 sequential"][0]
+    for case, (fps, peak) in rows.items():
+        print(f"   {case:16s}: {fps:6.3f} frames/s  {fps / base_fps:5.2f}x sequential, "
+              f"{fps * times['fp32']:5.2f}x fp32 model-only; peak RSS {peak / 2**30:5.2f} GiB")
+    psnr = set5_psnr({"fp32": fp32, "bf16": bf16}, crop=96 if quick else None)
+    if psnr is None:
+        print("3. Set5 PSNR: skipped (Set5 not found at ../shared/data/benchmarks/Set5)")
+    else:
+        diff = psnr["bf16"] - psnr["fp32"]
+        verdict = "within" if abs(diff) <= 0.05 else "NOT within"
+        print(f"3. Set5 PSNR (Y, x4): fp32 {psnr['fp32']:.3f} dB, bf16 {psnr['bf16']:.3f} dB, "
+              f"difference {diff:+.4f} dB ({verdict} 0.05 dB)")
+    gif, before, after, (shared, own) = gif_grain(fp32, 3 if quick else 10)
+    print(f"4. GIF grain, {gif}: written frame minus model output, Laplacian RMS / frame-to-frame RMS / mean |error|:")
+    print(f"   Pillow, per frame : {before[0]:6.2f} / {before[1]:6.2f} / {before[2]:5.2f}")
+    print(f"   shared palette    : {after[0]:6.2f} / {after[1]:6.2f} / {after[2]:5.2f}  "
+          f"({after[0] / before[0]:.2f}x grain, {after[1] / before[1]:.2f}x flicker; {shared} frames shared, {own} own)")
+    return times, rows, psnr
 
 
 def backend_devices():
@@ -266,36 +407,41 @@ def backend_devices():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    p.add_argument("--preset", default=PRESET, help="generator preset for parts 1-2")
-    p.add_argument("--model", type=Path, default=None, help="a .keras generator instead of a fresh preset")
-    p.add_argument("--skip-memory", action="store_true", help="leave out part 2 (host memory; on a GPU it says little)")
+    p.add_argument("--models", nargs="+", default=["psnr"], help="shipped model names or .keras files")
+    p.add_argument("--frames", type=int, default=VIDEO_FRAMES, help="clip frames per end-to-end run")
+    p.add_argument("--tiling", action="store_true", help="the tiled-vs-whole speed and memory study instead")
+    p.add_argument("--preset", default=PRESET, help="generator preset for the --tiling study")
+    p.add_argument("--model", type=Path, default=None, help="--tiling: a .keras generator instead of a fresh preset")
+    p.add_argument("--skip-memory", action="store_true", help="--tiling: leave out the memory part")
     p.add_argument("--child", nargs=3, metavar=("MODE", "W", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         mode, w, h = args.child
         child_memory(mode, int(w), int(h), args.preset, args.model)
         return 0
-    cfg = dict(SPEED_SIZE=SPEED_SIZE, MEMORY_SIZE=MEMORY_SIZE, WHOLE_MEMORY_SIZE=WHOLE_MEMORY_SIZE,
-               REPEATS=REPEATS, VIDEO_FRAMES=VIDEO_FRAMES)
-    if args.quick:
-        cfg.update(QUICK)
     import keras
 
     import upscale
 
     started = time.perf_counter()
-    print(f"bench_upscale: {platform.machine()}, {os.cpu_count()} CPU cores, Keras {keras.__version__} on "
-          f"{keras.backend.backend()} ({backend_devices()}); "
-          f"model {args.model or args.preset + ' (random weights)'}; "
-          f"memory budget {upscale.memory_budget() / 2**20:.0f} MiB")
-    model = build_model(args.preset, args.model)
-    ratio = part1_speed(model, cfg["SPEED_SIZE"], cfg["REPEATS"])
-    del model
-    if not args.skip_memory:
-        part2_memory(args.preset, args.model, cfg["MEMORY_SIZE"], cfg["WHOLE_MEMORY_SIZE"])
-    fps = part3_video(cfg["VIDEO_FRAMES"], None)
-    print(f"bench_upscale: tiled/whole speed {ratio:.2f}x, video {fps:.3f} frames/s, "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(f"bench_upscale: {platform.machine()}, {os.cpu_count()} CPU cores (native bf16: "
+          f"{upscale.cpu_has_native_bf16()}), Keras {keras.__version__} on {keras.backend.backend()} "
+          f"({backend_devices()}); memory budget {upscale.memory_budget() / 2**20:.0f} MiB")
+    if args.tiling:
+        cfg = dict(SPEED_SIZE=SPEED_SIZE, MEMORY_SIZE=MEMORY_SIZE, WHOLE_MEMORY_SIZE=WHOLE_MEMORY_SIZE, REPEATS=REPEATS)
+        if args.quick:
+            cfg.update(QUICK)
+        model = build_model(args.preset, args.model)
+        ratio = part1_speed(model, cfg["SPEED_SIZE"], cfg["REPEATS"])
+        del model
+        if not args.skip_memory:
+            part2_memory(args.preset, args.model, cfg["MEMORY_SIZE"], cfg["WHOLE_MEMORY_SIZE"])
+        print(f"bench_upscale: tiled/whole speed {ratio:.2f}x, {time.perf_counter() - started:.0f} s in all")
+        return 0
+    frames = 2 if args.quick else args.frames
+    for name in args.models:
+        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick)
+    print(f"bench_upscale: {time.perf_counter() - started:.0f} s in all")
     return 0
 
 
