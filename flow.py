@@ -512,15 +512,13 @@ def evaluate(model_arg, data, scale=None, out=None):
 
 def resolve_model_path(model_arg):
     """A generator file from --model: a shipped model's short name, a .keras file, or a run folder."""
-    if model_arg in presets.SHIPPED_MODELS:
-        path = presets.SHIPPED_MODELS[model_arg]
-    else:
-        path = Path(model_arg)
-        path = path / "generator.keras" if path.is_dir() else path
-    if not path.is_file():
-        raise ValueError(f"--model {model_arg}: no such file {path} (give a .keras generator, a run folder, "
-                         f"one of {', '.join(presets.SHIPPED_MODELS)} or bicubic)")
-    return path
+    import upscale
+
+    path = Path(model_arg)
+    try:
+        return upscale.resolve_model_path(path / "generator.keras" if path.is_dir() else model_arg)
+    except FileNotFoundError as err:
+        raise ValueError(f"--model {model_arg}: {err} (or give a run folder, or bicubic)") from err
 
 
 def evaluation_pairs(data, scale):

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import resizer
+import upscale
 from metrics import bicubic_upscale, calculate_niqe, measure_pairs
 
 STATE_FILE = "state.weights.h5"  # model weights and both optimizers' variables
@@ -315,23 +316,6 @@ class StateBackup(keras.callbacks.Callback):
             save_state(self.model, self.folder, epoch + 1)
 
 
-def predict_images(generator, lr_images, batch=16):
-    """uint8 SR images for a list of uint8 LR images: batches of same-sized images, made uint8 batch by batch
-    (a large validation split never sits in memory as float SR)."""
-    out = [None] * len(lr_images)
-    by_shape = {}
-    for i, im in enumerate(lr_images):
-        by_shape.setdefault(im.shape, []).append(i)
-    for indices in by_shape.values():
-        for start in range(0, len(indices), batch):
-            chunk = indices[start:start + batch]
-            x = np.stack([lr_images[i] for i in chunk]).astype(np.float32) / 255.0
-            sr = resizer.to_uint8(np.asarray(generator.predict(x, batch_size=batch, verbose=0), np.float32))
-            for i, image in zip(chunk, sr, strict=True):
-                out[i] = image
-    return out
-
-
 def sample_grid(lr, bicubic, sr, hr, names=None):
     """A labelled grid: a header row naming the columns (LR nearest | bicubic | SR | HR), then one row per
     image, its name on the left; 2-pixel white gutters."""
@@ -392,7 +376,7 @@ class ValidationMetrics(keras.callbacks.Callback):
         if not self.guard.epoch_is_good():
             return
         logs = logs if logs is not None else {}
-        sr = predict_images(self.generator, self.val_lr)
+        sr = upscale.upscale_batch(self.generator, self.val_lr)
         psnr, ssim = measure_pairs(sr, self.val_hr, self.scale)
         logs.update(val_psnr=float(psnr.mean()), val_ssim=float(ssim.mean()),
                     bicubic_psnr=self.bicubic_psnr, bicubic_ssim=self.bicubic_ssim)

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, ImageSequence
 
+import presets
 import resizer
 from resizer import (
     ImageLoadError,
@@ -51,13 +52,8 @@ from resizer import (
 
 # -----------------------------------------------------------------------------
 # configuration
-WEIGHTS = Path(__file__).parent / "weights"
-MODEL_NAMES = {  # --model NAME: the shipped generators ("video" is reserved for a video-trained one)
-    "psnr": WEIGHTS / "srresnet_x4_psnr.keras",
-    "gan": WEIGHTS / "srgan_x4.keras",
-    "video": WEIGHTS / "video_x4.keras",
-}
-DEFAULT_MODEL = MODEL_NAMES["psnr"]
+MODEL_NAMES = presets.SHIPPED_MODELS  # --model NAME: the shipped generators
+DEFAULT_MODEL = MODEL_NAMES[presets.DEFAULT_MODEL]
 PRECISIONS = ("auto", "fp32", "bf16")  # --precision: auto is bf16 where the hardware computes it natively
 OVERLAP_PER_RADIUS = 0.8  # default tile overlap: this fraction of the model's receptive radius (auto_overlap) ...
 MIN_OVERLAP = 16  # ... in steps of 8, and at least this (measured with random weights: see auto_overlap)

@@ -240,8 +240,9 @@ def test_bad_datasets_fail_clearly_before_training(tmp_path, capsys, breakage, m
 
 def test_missing_vgg_weights_fail_before_the_run_folder_is_made(tiny_dataset, tmp_path, capsys, monkeypatch):
     """The VGG file is downloaded before the run folder is made; a download that fails is a clear error."""
-    import gan
     from fakeserver import FakeServer
+
+    import gan
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -17,6 +17,7 @@ import skimage
 from PIL import Image, ImageSequence
 from skimage import data
 
+import presets
 import resizer
 import upscale
 from generator import build_generator
@@ -604,8 +605,8 @@ def test_a_failed_file_is_named_once_and_found_before_loading(tmp_path, capsys, 
 
 
 def test_model_names_and_a_fast_help():
-    assert upscale.resolve_model_path("psnr") == upscale.WEIGHTS / "srresnet_x4_psnr.keras"
-    assert upscale.resolve_model_path("gan") == upscale.WEIGHTS / "srgan_x4.keras"
+    assert upscale.resolve_model_path("psnr") == presets.WEIGHTS / "srresnet_x4_psnr.keras"
+    assert upscale.resolve_model_path("gan") == presets.WEIGHTS / "srgan_x4.keras"
     assert upscale.resolve_model_path(None) == upscale.DEFAULT_MODEL
     import subprocess
     import sys
