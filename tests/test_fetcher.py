@@ -830,13 +830,7 @@ def ar_archive(members: dict[str, bytes]) -> bytes:
 
 
 def tar_bytes(members: dict[str, bytes], compression: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return make_tar(members, compression=compression)
 
 
 def make_deb(path: Path, package: str, files: dict[str, bytes], *, copyright: str | None = DEP5,
