@@ -138,7 +138,7 @@ def train(args, extra_callbacks=()):
         if not done["gan"]:  # built first: a missing VGG file fails now, not after phase 1
             import gan
 
-            content = gan.make_content_loss(config["content_loss"], vgg_weights=config["vgg_weights"])
+            content = gan.ContentLoss(config["content_loss"], vgg_weights=config["vgg_weights"])
         generator = build_run_generator(config)
     val_lr, val_hr = load_split_arrays(splits["val"])
     run = Run(run_path, config, splits, val_lr, val_hr, strategy, jit_compile, pipeline,
@@ -188,7 +188,7 @@ def pretrain(run, generator):
     total = cfg["pretrain_epochs"] * cfg["steps_per_epoch"]
     with runtime.strategy_scope(run.strategy):
         generator.compile(adam(cfg["lr_g"], cfg["lr_schedule"], total),
-                          loss=gan.make_content_loss(cfg["pretrain_loss"]), jit_compile=run.jit)
+                          loss=gan.ContentLoss(cfg["pretrain_loss"]), jit_compile=run.jit)
     return fit_phase(run, "pretrain", generator, generator, 0, cfg["pretrain_epochs"])
 
 

@@ -2,7 +2,7 @@
 
 Two phases, as in the paper:
   1. SRResNet: the generator alone with a pixel loss, plain Keras on any backend:
-         generator.compile(keras.optimizers.Adam(1e-4), loss=make_content_loss("mse"), metrics=[psnr])
+         generator.compile(keras.optimizers.Adam(1e-4), loss=ContentLoss("mse"), metrics=[psnr])
          generator.fit(pairs_of_lr_hr, ...)
   2. SRGAN: the pretrained generator against a discriminator, perceptual = content + 1e-3 * adversarial:
          gan = SRGAN(generator, build_discriminator(128))
@@ -143,11 +143,6 @@ class ContentLoss(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind, "vgg_weights": self.vgg_weights}
-
-
-def make_content_loss(name="mse", vgg_weights=None):
-    """The content loss called name ("mse", "l1", "vgg54", "vgg22") as a Keras loss: loss(y_true, y_pred)."""
-    return ContentLoss(name, vgg_weights=vgg_weights)
 
 
 @keras.saving.register_keras_serializable(package="srgan")
@@ -317,7 +312,7 @@ class SRGAN(keras.Model):
         self.g_optimizer = self._maybe_loss_scaled(keras.optimizers.get(g_optimizer))
         self.d_optimizer = self._maybe_loss_scaled(keras.optimizers.get(d_optimizer))
         if isinstance(content_loss, str):
-            content_loss = make_content_loss(content_loss, vgg_weights=vgg_weights)
+            content_loss = ContentLoss(content_loss, vgg_weights=vgg_weights)
         self.content_loss = content_loss
         self.adversarial_weight = float(adversarial_weight)
         self.gan_loss, self.feature_matching_weight = gan_loss, float(feature_matching_weight)

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_train_step.py --steps 3 --rounds 2 --variants fit,bf16
 
 Batch 16 of 32x32 LR -> 128x128 HR (x4), the `srresnet` generator preset, Adam(1e-4).
-  phase 1: the generator alone, MSE (generator.compile + fit, gan.make_content_loss)
+  phase 1: the generator alone, MSE (generator.compile + fit, gan.ContentLoss)
   phase 2: SRGAN, MSE content + 1e-3 adversarial against the 128x128 discriminator (gan.SRGAN + fit)
 Implementations, all from the same initial weights and the same batch:
   baseline  a @tf.function GradientTape loop without XLA, as earlier TF2 SRGAN code does (krasserm's trainer)
@@ -42,7 +42,7 @@ import tensorflow as tf  # noqa: E402
 tf.get_logger().setLevel("ERROR")  # many models trace side by side here: the retracing warnings are expected
 
 from discriminator import build_discriminator  # noqa: E402
-from gan import SRGAN, make_content_loss  # noqa: E402
+from gan import SRGAN, ContentLoss  # noqa: E402
 from generator import build_generator  # noqa: E402
 
 # ----------------------------------------------------------------------------- configuration
@@ -166,7 +166,7 @@ class FitPath:
         self.phase = phase
         if phase == "phase 1":
             self.model = generator
-            self.model.compile(keras.optimizers.Adam(LEARNING_RATE), loss=make_content_loss("mse"), jit_compile=jit)
+            self.model.compile(keras.optimizers.Adam(LEARNING_RATE), loss=ContentLoss("mse"), jit_compile=jit)
         else:
             self.model = SRGAN(generator, discriminator)
             self.model.compile(keras.optimizers.Adam(LEARNING_RATE), keras.optimizers.Adam(LEARNING_RATE),

@@ -17,7 +17,7 @@ from fakeserver import FakeServer
 
 import gan
 from discriminator import build_discriminator
-from gan import SRGAN, adversarial_losses, feature_matching_loss, make_content_loss, psnr, vgg_preprocess
+from gan import SRGAN, ContentLoss, adversarial_losses, feature_matching_loss, psnr, vgg_preprocess
 from generator import build_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +51,11 @@ def changed(before, after):
 # ----------------------------------------------------------------------------- content losses
 def test_pixel_losses_are_per_image_means():
     y, p = rand(3, 8, 8, 3, seed=1), rand(3, 8, 8, 3, seed=2)
-    mse, l1 = make_content_loss("mse"), make_content_loss("l1")
+    mse, l1 = ContentLoss("mse"), ContentLoss("l1")
     np.testing.assert_allclose(np.asarray(mse.call(y, p)), ((y - p) ** 2).mean(axis=(1, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(float(l1(y, p)), np.abs(y - p).mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="content loss"):
-        make_content_loss("ssim")
+        ContentLoss("ssim")
 
 
 def test_psnr_metric():
@@ -111,7 +111,7 @@ def test_failed_vgg_download_names_the_file_and_how_to_get_it(empty_keras_cache,
     with FakeServer() as server:
         monkeypatch.setattr(gan, "VGG19_NOTOP_URL", server.url("/missing/vgg19.h5"))
         with pytest.raises(FileNotFoundError) as error:
-            make_content_loss("vgg54")
+            ContentLoss("vgg54")
         assert len(server.requests()) == 1
         with pytest.raises(FileNotFoundError, match="not in the Keras cache"):
             gan.find_vgg_weights(download=False)
@@ -121,7 +121,7 @@ def test_failed_vgg_download_names_the_file_and_how_to_get_it(empty_keras_cache,
     assert str(empty_keras_cache.parent) in message and "404" in message
     assert not empty_keras_cache.exists()
     with pytest.raises(FileNotFoundError, match="nowhere.h5"):
-        make_content_loss("vgg22", vgg_weights=tmp_path / "nowhere.h5")
+        ContentLoss("vgg22", vgg_weights=tmp_path / "nowhere.h5")
     # a file in the Keras cache is found without being asked for
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "kh"))
     cached = tmp_path / "kh" / "models" / gan.VGG19_NOTOP_FILE
@@ -135,7 +135,7 @@ def test_vgg22_loss_uses_the_given_weights_and_the_papers_scaling(tmp_path):
     vgg = keras.applications.VGG19(include_top=False, weights=None, input_shape=(None, None, 3))
     weights = tmp_path / "vgg19.weights.h5"
     vgg.save_weights(weights)
-    loss = make_content_loss("vgg22", vgg_weights=weights)
+    loss = ContentLoss("vgg22", vgg_weights=weights)
     features = keras.Model(vgg.input, vgg.get_layer("block2_conv2").output)
 
     y, p = rand(2, 16, 16, 3, seed=1), rand(2, 16, 16, 3, seed=2)
@@ -206,7 +206,7 @@ def test_srgan_saves_and_resumes_with_optimizer_state(tmp_path):
 def test_generator_pretraining_is_plain_keras():
     keras.utils.set_random_seed(0)
     generator = build_generator(4, filters=8, blocks=1, interpolation_skip="bilinear")
-    generator.compile(keras.optimizers.Adam(1e-3), loss=make_content_loss("l1"), metrics=[psnr], run_eagerly=True)
+    generator.compile(keras.optimizers.Adam(1e-3), loss=ContentLoss("l1"), metrics=[psnr], run_eagerly=True)
     lr, hr = tiny_pair()
     before = weights_of(generator)
     history = generator.fit(lr, hr, batch_size=2, epochs=1, verbose=0).history
