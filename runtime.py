@@ -181,32 +181,43 @@ def cluster_addresses():
     return {(job, i): address for job in ("chief", "worker") for i, address in enumerate(cluster.get(job, []))}
 
 
+def own_task():
+    """(job, index) of this process in TF_CONFIG ("worker", 0 without one)."""
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
+    return task.get("type", "worker"), int(task.get("index", 0))
+
+
 def task_name(job=None, index=None):
     """'worker 1 (host:port)': a task of TF_CONFIG's cluster, this process's by default."""
     if job is None:
-        task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {})
-        job, index = task.get("type", "worker"), int(task.get("index", 0))
+        job, index = own_task()
     address = cluster_addresses().get((job, int(index)))
     return f"{job} {index}" + (f" ({address})" if address else "")
 
 
+NOISE_LINES = ("Graph execution error", "Detected at node", "File ", "The error could be", "Additional GRPC",
+               ":UNKNOWN", "Traceback", "Stack trace")
+
+
 def describe_error(err):
-    """An exception as one short line: a framework error's first line, without the tensor values some
-    messages print, naming the cluster task it is about (if it names one) by its TF_CONFIG address."""
+    """An exception as one short line: for a framework error the line that says what happened (not the graph
+    node, traceback or tensor values its message carries), naming the cluster task it is about, if any."""
     import re
 
-    text = str(err).strip() or type(err).__name__
-    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text).strip().splitlines()[0].strip()
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line[:1].isspace()]
+    lines = [line for line in lines if not line.startswith(NOISE_LINES)] or [type(err).__name__]
+    text = lines[0]
     if "PerReplica:{" in text or "tf.Tensor" in text:
         text = text.split("(PerReplica:{")[0].split("<tf.Tensor")[0].strip() + " (values elided)"
     if len(text) > 400:
         text = text[:400] + " ..."
+    if not type(err).__module__.startswith("tensorflow"):
+        return text
+    text = f"{type(err).__name__}: {text}"
     peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(err))
-    framework = type(err).__module__.startswith("tensorflow")
-    if framework:
-        text = f"{type(err).__name__}: {text}"
-    if peer and framework:
-        text = f"multi-worker training stopped (about {task_name(peer[1], peer[2])}): {text}"
+    if peer and (peer[1], int(peer[2])) != own_task():
+        text = f"multi-worker training stopped, {task_name(peer[1], peer[2])} is gone or failed: {text}"
     return text
 
 
