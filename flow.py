@@ -126,7 +126,7 @@ def train(args, extra_callbacks=()):
         return 0
 
     policy = runtime.set_seed_and_precision(config["seed"], mixed)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    replicas = runtime.replica_count(strategy)
     if config["batch_size"] % replicas:
         raise ValueError(f"--batch-size {config['batch_size']} must divide among {replicas} replicas")
     print(f"{run_path}: backend {runtime.backend()}, strategy {strategy_name} ({replicas} replica(s)), "
@@ -671,6 +671,8 @@ def main(argv=None):
         return 1 if failed else 0
     except (ValueError, FileNotFoundError) as err:  # DatasetError, ImageLoadError and StateError are ValueErrors
         return report_error(err, args, 2)
+    except TimeoutError as err:  # multi-worker peers that never came
+        return report_error(err, args, 1)
     except Exception as err:
         if not type(err).__module__.startswith("tensorflow"):
             raise

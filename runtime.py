@@ -141,18 +141,41 @@ def make_strategy(name, collective_timeout=COLLECTIVE_TIMEOUT):
     HEARTBEAT_TIMEOUT seconds, so the surviving workers stop instead of waiting forever.
     """
     if not use_tensorflow():
+        if backend() == "jax":
+            jax_data_parallel()
         return None
     import tensorflow as tf
 
     patch_keras_distributed_build()
     if name == "multiworker":
+        wait_for_peers(collective_timeout)
         configure_coordination(collective_timeout)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        with default_signal_actions():  # the wait for the peers holds the GIL: no Python handler could run
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "mirrored":
         devices = None if gpu_count() else [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     return tf.distribute.get_strategy()
+
+
+def jax_data_parallel():
+    """JAX with several local devices: keras.distribution.DataParallel over all of them (weights replicated,
+    each batch split along its first axis), set for every model built from now on. None with one device."""
+    devices = keras.distribution.list_devices()
+    if len(devices) < 2:
+        return None
+    distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
+    return distribution
+
+
+def replica_count(strategy):
+    """Devices a global batch is split across: the tf.distribute replicas, or the JAX data-parallel devices."""
+    if strategy is not None:
+        return strategy.num_replicas_in_sync
+    distribution = keras.distribution.distribution() if backend() == "jax" else None
+    return len(distribution.device_mesh.devices.reshape(-1)) if distribution is not None else 1
 
 
 def strategy_scope(strategy):
@@ -217,7 +240,10 @@ def describe_error(err):
     text = f"{type(err).__name__}: {text}"
     peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(err))
     if peer and (peer[1], int(peer[2])) != own_task():
-        text = f"multi-worker training stopped, {task_name(peer[1], peer[2])} is gone or failed: {text}"
+        return f"multi-worker training stopped, {task_name(peer[1], peer[2])} is gone or failed: {text}"
+    others = [task_name(*task) for task in cluster_addresses() if task != own_task()]
+    if others:  # a collective timed out: TensorFlow does not say on whom it waited
+        return f"multi-worker training stopped waiting for {', '.join(others)}: {text}"
     return text
 
 
@@ -246,6 +272,55 @@ def exit_on_signals(status, hint):
                     os._exit(status)
 
     threading.Thread(target=watch, name="exit-on-signal", daemon=True).start()
+
+
+def wait_for_peers(timeout):
+    """Wait, in Python, until every other task's address accepts connections; TimeoutError after `timeout` s.
+
+    TensorFlow's own wait for the peers (inside the strategy's constructor) holds the GIL and installs a SIGTERM
+    handler that only records the signal, so a worker waiting there ignores SIGTERM. Here signals still work.
+    Meanwhile this task's own address answers from a plain listening socket, so the others see it too.
+    """
+    import socket
+    import time
+
+    own = own_task()
+    addresses = cluster_addresses()
+    listener = None
+    with contextlib.suppress(OSError):
+        host, port = addresses[own].rsplit(":", 1)
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("" if host not in ("127.0.0.1", "localhost") else host, int(port)))
+        listener.listen(16)
+    waiting = {task: address for task, address in addresses.items() if task != own}
+    deadline = time.monotonic() + timeout
+    try:
+        while waiting:
+            for task, address in list(waiting.items()):
+                host, port = address.rsplit(":", 1)
+                with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+                    del waiting[task]
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(task_name(*task) for task in waiting)
+                raise TimeoutError(f"{names} did not start within --collective-timeout {timeout:g} s")
+            time.sleep(0.2 if waiting else 0)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+@contextlib.contextmanager
+def default_signal_actions():
+    """SIGINT and SIGTERM terminate the process outright (the kernel's default action) inside the block."""
+    import signal
+
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def configure_coordination(timeout):
