@@ -271,7 +271,7 @@ def training_input(run, epochs_done, steps_done=0):
         return training.tf_pair_dataset(run.splits["train"], batch_size=cfg["batch_size"], scale=cfg["scale"],
                                         patch_size=cfg["patch_size"], seed=cfg["seed"],
                                         skip_batches=epochs_done * cfg["steps_per_epoch"] + steps_done,
-                                        cache_fraction=cfg["cache_fraction"])
+                                        cache_fraction=cfg["cache_fraction"], strategy=run.strategy)
     if run.train_arrays is None:
         run.train_arrays = load_split_arrays(run.splits["train"], desc="loading train split")
     return training.PairBatches(*run.train_arrays, batch_size=cfg["batch_size"], steps=cfg["steps_per_epoch"],

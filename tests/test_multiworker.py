@@ -1,6 +1,7 @@
 """Multi-worker training with real processes: two `flow.py train` workers on 127.0.0.1 (MultiWorkerMirroredStrategy),
 in either start order; a worker killed mid-run (the survivor stops, both restarted finish without repeating an
 epoch); a worker alone (its wait is bounded, SIGTERM ends it); JAX data parallelism over two CPU devices.
+The chief-first order and the kill test are `soak` tests (pytest -m soak): each starts four TensorFlow processes.
 
 Models are the tiny ones of test_flow.py (8 filters, 1 block), on 32x32 HR / 8x8 LR pairs.
 """
@@ -90,7 +91,7 @@ def assert_same_trained_weights(a, b):
 
 # ---------------------------------------------------------------- both phases, in either start order
 @pytest.mark.slow
-@pytest.mark.parametrize("first", [0, 1], ids=["chief-first", "worker-first"])
+@pytest.mark.parametrize("first", [pytest.param(0, marks=pytest.mark.soak), 1], ids=["chief-first", "worker-first"])
 def test_two_workers_train_both_phases_in_step(tiny_dataset, tmp_path, first):
     run = tmp_path / "runs" / "mw"
     args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--pretrain-epochs", "1", "--gan-epochs", "1",
@@ -114,7 +115,7 @@ def test_two_workers_train_both_phases_in_step(tiny_dataset, tmp_path, first):
 
 
 # ---------------------------------------------------------------- a worker killed: bounded stop, clean resume
-@pytest.mark.slow
+@pytest.mark.soak  # two runs of two workers: about 100 s on 2 cores; `pytest -m soak`
 def test_a_killed_worker_stops_the_other_and_both_resume_without_repeating_an_epoch(tiny_dataset, tmp_path):
     run = tmp_path / "runs" / "mw"
     args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--pretrain-epochs", "3", "--gan-epochs", "0",
