@@ -676,19 +676,18 @@ def main(argv=None):
     except Exception as err:
         if not type(err).__module__.startswith("tensorflow"):
             raise
-        return report_error(err, args, 1)  # a framework error, e.g. a multi-worker peer gone
+        return report_error(err, args, 1, traceback_with_verbose_2=True)  # e.g. a multi-worker peer gone
 
 
-def report_error(err, args, status):
-    """One line on stderr (a framework message may hold a tensor's values), the traceback with --verbose 2;
+def report_error(err, args, status, traceback_with_verbose_2=False):
+    """One line on stderr (a framework message may hold a tensor's values; its traceback comes with --verbose 2);
     returns status. A multi-worker process leaves at once: TensorFlow's teardown would wait for lost peers."""
     import traceback
 
-    import runtime
-
-    if getattr(args, "verbose", 1) == 2:
+    runtime = sys.modules.get("runtime")  # loaded with Keras; an error found before that needs neither
+    if traceback_with_verbose_2 and getattr(args, "verbose", 1) == 2:
         traceback.print_exception(err)
-    print(f"error: {runtime.describe_error(err)}", file=sys.stderr, flush=True)
+    print(f"error: {runtime.describe_error(err) if runtime else err}", file=sys.stderr, flush=True)
     if os.environ.get("TF_CONFIG") and getattr(args, "command", "") == "train":
         sys.stdout.flush()
         os._exit(status)

@@ -223,21 +223,20 @@ NOISE_LINES = ("Graph execution error", "Detected at node", "File ", "The error 
 
 
 def describe_error(err):
-    """An exception as one short line: for a framework error the line that says what happened (not the graph
-    node, traceback or tensor values its message carries), naming the cluster task it is about, if any."""
+    """An exception as one short line. A framework error gives the line that says what happened (not the graph
+    node, traceback or tensor values its message carries) and names the cluster task it is about, if any;
+    other errors keep their message, unless it prints tensors' values."""
     import re
 
-    text = re.sub(r"\{\{function_node [^}]*\}\}", "", str(err))
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line[:1].isspace()]
-    lines = [line for line in lines if not line.startswith(NOISE_LINES)] or [type(err).__name__]
-    text = lines[0]
-    if "PerReplica:{" in text or "tf.Tensor" in text:
+    text = str(err)
+    if "PerReplica:{" in text or "<tf.Tensor" in text:
         text = text.split("(PerReplica:{")[0].split("<tf.Tensor")[0].strip() + " (values elided)"
-    if len(text) > 400:
-        text = text[:400] + " ..."
     if not type(err).__module__.startswith("tensorflow"):
         return text
-    text = f"{type(err).__name__}: {text}"
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line[:1].isspace()]
+    lines = [line for line in lines if not line.startswith(NOISE_LINES)] or [""]
+    text = f"{type(err).__name__}: {lines[0][:400]}".rstrip(": ")
     peer = re.search(r"/job:(\w+)/replica:\d+/task:(\d+)", str(err))
     if peer and (peer[1], int(peer[2])) != own_task():
         return f"multi-worker training stopped, {task_name(peer[1], peer[2])} is gone or failed: {text}"
