@@ -407,7 +407,10 @@ def patch_keras_distributed_build():
 
     def maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None and data_batch is None and self._distribute_strategy is not None:
-            data_batch = batch_spec(iterator.data_adapter.get_tf_dataset().element_spec)
+            dataset = getattr(iterator, "_distributed_dataset", None)  # what fit() iterates over
+            if dataset is None:
+                dataset = iterator.data_adapter.get_tf_dataset()
+            data_batch = batch_spec(dataset.element_spec)
             iterator = None
         return original_build(self, iterator=iterator, data_batch=data_batch)
 
