@@ -151,7 +151,9 @@ def make_strategy(name, collective_timeout=COLLECTIVE_TIMEOUT):
         wait_for_peers(collective_timeout)
         configure_coordination(collective_timeout)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
-        with default_signal_actions():  # the wait for the peers holds the GIL: no Python handler could run
+        # TensorFlow's connect holds the GIL (no Python handler can run) and catches SIGTERM only to record it;
+        # wait_for_peers made it short, and Ctrl-C ends it outright
+        with default_signal_actions():
             return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     if name == "mirrored":
         devices = None if gpu_count() else [d.name for d in tf.config.list_logical_devices("CPU")]
