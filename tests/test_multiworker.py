@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def tf_config(ports, index):
 
 
 def start_worker(index, ports, args, log):
-    """One `flow.py train` worker process; its output goes to log."""
-    env = {**os.environ, "TF_CONFIG": tf_config(ports, index), "KERAS_BACKEND": "tensorflow",
+    """One `flow.py train` worker process; its output goes to log, its temporary folder beside it (TMPDIR)."""
+    temp = Path(log).parent / "tmp"
+    temp.mkdir(exist_ok=True)
+    env = {**os.environ, "TF_CONFIG": tf_config(ports, index), "KERAS_BACKEND": "tensorflow", "TMPDIR": str(temp),
            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.Popen([sys.executable, str(ROOT / "flow.py"), *args], cwd=ROOT, env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
@@ -69,10 +72,11 @@ def run_workers(args, logs, first=0, delay=3.0, timeout=400):
 
 
 def worker_folder(run, index=1):
-    """Where worker `index` of a multi-worker run keeps its own files (outside the run folder)."""
+    """Where worker `index` of a run in tmp_path/runs/ keeps its own files: its TMPDIR (tmp_path/tmp), not the run."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TF_CONFIG", tf_config([1, 2], index))
-        return flow.worker_run_path(run, "multiworker")
+        folder = flow.worker_run_path(run, "multiworker")
+    return run.parents[1] / "tmp" / folder.relative_to(tempfile.gettempdir())
 
 
 def history_epochs(run):
