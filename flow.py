@@ -63,6 +63,7 @@ adversarial_weight = 1e-3  # perceptual = content + 1e-3 * adversarial
 vgg_weights = None  # VGG19 ImageNet weights file; None: the Keras cache
 seed = 0
 strategy = "auto"  # auto | default | mirrored | multiworker
+collective_timeout = 300  # multi-worker: seconds to wait for peers (start-up and each collective)
 mixed_precision = "auto"  # auto (on when a GPU is visible) | on (float16 on GPUs, bfloat16 on CPUs) | off
 jit = "auto"  # XLA: auto (on with a GPU or a non-TensorFlow backend; off on TF's CPU, where it measured slower) | on | off
 input_pipeline = "auto"  # auto (tf.data on the TensorFlow backend, else a PyDataset) | tfdata | pydataset
@@ -105,12 +106,16 @@ def train(args, extra_callbacks=()):
     run_path = worker_run_path(Path(args.out), strategy_name)
     check_resume(run_path, config)
     pipeline = resolve_input_pipeline(args.input_pipeline, runtime.use_tensorflow())
+    if strategy_name == "multiworker" and pipeline != "tfdata":
+        raise ValueError("--strategy multiworker needs the tf.data input (--input-pipeline tfdata or auto)")
     mixed = runtime.resolve_switch(args.mixed_precision, runtime.gpu_count() > 0)
     # benchmarks/bench_train_step.py: XLA ran training at x0.77 (phase 1) and x0.82 (phase 2) of plain graph mode
     # on a 2-core CPU; JAX always wants jit.
     jit_compile = runtime.resolve_switch(args.jit, runtime.gpu_count() > 0 or not runtime.use_tensorflow())
 
-    done = {p: (run_path / f"{p}.done").is_file() or not config[f"{p}_epochs"] for p in PHASES}
+    strategy = start_strategy(strategy_name, args.collective_timeout)
+    done = agreed_phases(strategy, {p: (run_path / f"{p}.done").is_file() or not config[f"{p}_epochs"]
+                                    for p in PHASES})
     run_path.mkdir(parents=True, exist_ok=True)
     resizer.remove_temp_outputs(run_path)  # what a killed run was writing; its finished files are whole
     for phase in PHASES:  # a kill between a phase's marker and its backup's removal leaves a stale backup
@@ -123,9 +128,8 @@ def train(args, extra_callbacks=()):
         print(summarize(run_path, None))
         return 0
 
-    strategy = runtime.make_strategy(strategy_name)
     policy = runtime.set_seed_and_precision(config["seed"], mixed)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    replicas = runtime.replica_count(strategy)
     if config["batch_size"] % replicas:
         raise ValueError(f"--batch-size {config['batch_size']} must divide among {replicas} replicas")
     print(f"{run_path}: backend {runtime.backend()}, strategy {strategy_name} ({replicas} replica(s)), "
@@ -157,7 +161,8 @@ def train(args, extra_callbacks=()):
         status = adversarial(run, generator, content)
         if status:
             return status
-    print(summarize(run_path, started))
+    print(summarize(run_path, started) if runtime.writes_run_folder()
+          else f"{runtime.task_name()}: done; the chief writes the run folder ({args.out} on its machine)")
     return 0
 
 
@@ -271,7 +276,7 @@ def training_input(run, epochs_done, steps_done=0):
         return training.tf_pair_dataset(run.splits["train"], batch_size=cfg["batch_size"], scale=cfg["scale"],
                                         patch_size=cfg["patch_size"], seed=cfg["seed"],
                                         skip_batches=epochs_done * cfg["steps_per_epoch"] + steps_done,
-                                        cache_fraction=cfg["cache_fraction"])
+                                        cache_fraction=cfg["cache_fraction"], strategy=run.strategy)
     if run.train_arrays is None:
         run.train_arrays = load_split_arrays(run.splits["train"], desc="loading train split")
     return training.PairBatches(*run.train_arrays, batch_size=cfg["batch_size"], steps=cfg["steps_per_epoch"],
@@ -413,9 +418,35 @@ def worker_run_path(run, strategy_name):
 
     if strategy_name != "multiworker" or runtime.is_chief():
         return run
+    import hashlib
+
     task = json.loads(os.environ["TF_CONFIG"])["task"]
-    tag = f"{Path(run).resolve().name}-{abs(hash(str(Path(run).resolve()))) % 10**8:08d}"
+    resolved = str(Path(run).resolve())  # the same folder for the same --out, run after run
+    tag = f"{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
     return Path(tempfile.gettempdir()) / "srgan-workers" / tag / f"{task['type']}-{task['index']}"
+
+
+def start_strategy(strategy_name, collective_timeout):
+    """The strategy; a multi-worker one waits (at most collective_timeout seconds) for every worker, and from
+    then on SIGINT/SIGTERM end the process at once, even while it waits in a collective (see runtime)."""
+    import runtime
+
+    if strategy_name == "multiworker":
+        runtime.exit_on_signals(EXIT_STOPPED, "the run continues from its last finished epoch when every worker "
+                                "runs the same command again")
+        print(f"multi-worker: {runtime.task_name()} of {len(runtime.cluster_addresses())}, waiting up to "
+              f"{collective_timeout:g} s for the others", flush=True)
+    return runtime.make_strategy(strategy_name, collective_timeout)
+
+
+def agreed_phases(strategy, done):
+    """Which phases are finished: the chief's markers decide for every worker of a multi-worker run."""
+    import runtime
+
+    if not runtime.is_multi_worker(strategy):
+        return done
+    agreed = runtime.chief_values(strategy, [int(v) for v in done.values()])
+    return {p: bool(v) for p, v in zip(done, agreed, strict=True)}
 
 
 def build_run_generator(config):
@@ -624,6 +655,8 @@ def parse_args(argv=None):
     t.add_argument("--init-generator", help="start from this saved generator (.keras)")
     t.add_argument("--seed", type=int, default=seed)
     t.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"), default=strategy)
+    t.add_argument("--collective-timeout", type=float, default=collective_timeout, metavar="SECONDS",
+                   help="multi-worker: how long a worker waits for the others (at start, and in each step)")
     t.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=mixed_precision,
                    help="auto: on with a GPU (float16); on a CPU, 'on' means bfloat16")
     t.add_argument("--jit", choices=("auto", "on", "off"), default=jit, help="XLA compilation")
@@ -657,6 +690,8 @@ def check_train_args(parser, args):
         parser.error("--feature-matching must be >= 0")
     if not 0 <= args.cache_fraction <= 1:
         parser.error("--cache-fraction must be in [0, 1]")
+    if args.collective_timeout <= 0:
+        parser.error("--collective-timeout must be > 0")
 
 
 def main(argv=None):
@@ -668,8 +703,28 @@ def main(argv=None):
         _, failed = evaluate(args.model, args.data, args.scale, args.out)
         return 1 if failed else 0
     except (ValueError, FileNotFoundError) as err:  # DatasetError, ImageLoadError and StateError are ValueErrors
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return report_error(err, args, 2)
+    except TimeoutError as err:  # multi-worker peers that never came
+        return report_error(err, args, 1)
+    except Exception as err:
+        if not type(err).__module__.startswith("tensorflow"):
+            raise
+        return report_error(err, args, 1, traceback_with_verbose_2=True)  # e.g. a multi-worker peer gone
+
+
+def report_error(err, args, status, traceback_with_verbose_2=False):
+    """One line on stderr (a framework message may hold a tensor's values; its traceback comes with --verbose 2);
+    returns status. A multi-worker process leaves at once: TensorFlow's teardown would wait for lost peers."""
+    import traceback
+
+    runtime = sys.modules.get("runtime")  # loaded with Keras; an error found before that needs neither
+    if traceback_with_verbose_2 and getattr(args, "verbose", 1) == 2:
+        traceback.print_exception(err)
+    print(f"error: {runtime.describe_error(err) if runtime else err}", file=sys.stderr, flush=True)
+    if os.environ.get("TF_CONFIG") and getattr(args, "command", "") == "train":
+        sys.stdout.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

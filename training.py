@@ -25,7 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
-import runtime  # noqa: F401  (first: Keras starts without TensorFlow's C++ log lines)
+import runtime  # first: Keras starts without TensorFlow's C++ log lines
 
 # isort: split
 import keras
@@ -97,19 +97,45 @@ class PairBatches(keras.utils.PyDataset):
 
 
 def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_batches=0, cache=None,
-                    cache_fraction=0.25):
+                    cache_fraction=0.25, strategy=None):
     """tf.data training input: PNG decode, (cache), seeded shuffle, repeat, aligned random crop, flips and
     turns, batch (drop_remainder: static shapes for XLA and replicas), prefetch.
 
     Randomness is stateless, keyed on (seed, element index), so it is the same for the same seed whatever the
     parallelism; skip_batches fast-forwards a resumed run to where the interrupted one was. cache None: decoded
     images are cached when they fit in cache_fraction of the memory available.
+
+    Under a multi-worker strategy the result is a distributed dataset: each worker reads only its own share of
+    the files (the path list sharded by worker index) and batches batch_size / replicas per replica. Sharding
+    by file this way rather than with tf.data's auto-sharding: FILE needs several input files and our source is
+    one in-memory path list, and DATA makes every worker read, decode and crop every image only to keep 1/N.
     """
+    if runtime.is_multi_worker(strategy):
+        if len(split) < strategy.extended._num_workers:
+            raise ValueError(f"{len(split)} training image(s) cannot be shared among "
+                             f"{strategy.extended._num_workers} workers")
+
+        def worker_input(context):
+            return _pair_pipeline(split, context.get_per_replica_batch_size(batch_size), scale, patch_size, seed,
+                                  skip_batches, cache, cache_fraction,
+                                  shard=(context.input_pipeline_id, context.num_input_pipelines))
+
+        return strategy.distribute_datasets_from_function(worker_input)
+    return _pair_pipeline(split, batch_size, scale, patch_size, seed, skip_batches, cache, cache_fraction)
+
+
+def _pair_pipeline(split, batch_size, scale, patch_size, seed, skip_batches, cache, cache_fraction, shard=None):
+    """tf_pair_dataset's pipeline, over the whole split or over shard = (index, count) of its files."""
     import tensorflow as tf
 
-    n, autotune = len(split), tf.data.AUTOTUNE
+    lr_paths, hr_paths = [str(p) for p in split.lr_paths], [str(p) for p in split.hr_paths]
+    if shard is not None:
+        index, count = shard
+        lr_paths, hr_paths = lr_paths[index::count], hr_paths[index::count]
+        seed = seed * count + index  # each worker its own crops and order
+    n, autotune = len(lr_paths), tf.data.AUTOTUNE
     if cache is None:
-        cache = split.decoded_bytes <= cache_fraction * resizer.available_memory_bytes()
+        cache = split.decoded_bytes * n / len(split) <= cache_fraction * resizer.available_memory_bytes()
     lr_patch = patch_size // scale if patch_size else None
     if lr_patch:
         lr_shape, hr_shape = (lr_patch, lr_patch, 3), (lr_patch * scale, lr_patch * scale, 3)
@@ -139,7 +165,7 @@ def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_b
         lr, hr = tf.ensure_shape(lr, lr_shape), tf.ensure_shape(hr, hr_shape)
         return tf.cast(lr, tf.float32) / 255.0, tf.cast(hr, tf.float32) / 255.0
 
-    paths = tf.data.Dataset.from_tensor_slices(([str(p) for p in split.lr_paths], [str(p) for p in split.hr_paths]))
+    paths = tf.data.Dataset.from_tensor_slices((lr_paths, hr_paths))
     if cache:  # decode once, then shuffle decoded images
         ds = paths.map(decode, num_parallel_calls=autotune).cache()
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
@@ -150,7 +176,9 @@ def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_b
         ds = ds.map(lambda i, p: augment(i, *decode(*p)), num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(autotune)
     options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # sharded above when there are several workers; a single worker's replicas split each batch (DATA)
+    options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.OFF if shard
+                                                         else tf.data.experimental.AutoShardPolicy.DATA)
     return ds.with_options(options)
 
 
@@ -164,7 +192,8 @@ def build_for_state(model):
     optimizers lazily, at the first step). SRGAN builds its two in compile."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is not None and not optimizer.built:
-        optimizer.build(model.trainable_variables)
+        with runtime.strategy_scope(getattr(model, "distribute_strategy", None)):  # where its variables live
+            optimizer.build(model.trainable_variables)
 
 
 def save_state(model, folder, epoch, step=0):
@@ -206,8 +235,47 @@ def restore_state(model, folder):
     """Load the newest readable state of folder into model; (epoch, step) to resume at, (0, 0) when none.
 
     An unreadable state (cut short, corrupt) is reported in one line and the previous one is tried; when none
-    can be read, StateError says what to do.
+    can be read, StateError says what to do. In a multi-worker run the chief's state is everyone's
+    (restore_from_chief).
     """
+    strategy = getattr(model, "distribute_strategy", None)
+    if runtime.is_multi_worker(strategy):
+        return restore_from_chief(model, folder, strategy)
+    return _restore_newest(model, folder)
+
+
+def restore_from_chief(model, folder, strategy):
+    """Multi-worker: the chief restores its newest state, then every worker takes the chief's weights,
+    optimizer variables and (epoch, step) in one collective. A worker's own state is never needed, so workers
+    may start on a fresh machine, or behind or ahead of the chief after a crash."""
+    build_for_state(model)
+    epoch, step = 0, 0
+    failed = ""
+    if runtime.is_chief():
+        try:
+            epoch, step = _restore_newest(model, folder)
+        except StateError as err:  # the others must still hear about it, or they would wait for the chief
+            epoch, failed = -1, str(err)
+    epoch, step = runtime.chief_values(strategy, [epoch, step])
+    if epoch < 0:
+        raise StateError(failed or "the chief cannot read its saved training state; see the chief's output")
+    runtime.sync_from_chief(strategy, state_variables(model))
+    return epoch, step
+
+
+def state_variables(model):
+    """Every variable of the training state: the model's weights and its optimizers' variables."""
+    optimizers = [getattr(model, name, None) for name in ("optimizer", "g_optimizer", "d_optimizer")]
+    variables, seen = [], set()
+    for v in list(model.weights) + [v for o in optimizers if o is not None for v in o.variables]:
+        if id(v) not in seen:
+            seen.add(id(v))
+            variables.append(v)
+    return variables
+
+
+def _restore_newest(model, folder):
+    """restore_state on one process: the newest readable state of folder, (0, 0) when there is none."""
     states = list_states(folder)
     for path in states:
         try:
@@ -261,7 +329,9 @@ class Guard(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._pending = None
-        if self.save_to is not None and _in_main_thread():
+        # multi-worker: runtime.exit_on_signals ends the process (one worker cannot stop mid-epoch alone)
+        if self.save_to is not None and _in_main_thread() and not runtime.is_multi_worker(
+                getattr(self.model, "distribute_strategy", None)):
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._on_signal)
 
@@ -366,14 +436,18 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.bicubic = [bicubic_upscale(lr, scale) for lr in val_lr]
         psnr, ssim = measure_pairs(self.bicubic, val_hr, scale)
         self.bicubic_psnr, self.bicubic_ssim = float(psnr.mean()), float(ssim.mean())
+        if runtime.is_multi_worker(getattr(generator, "distribute_strategy", None)):
+            # predict() would split the images among the workers with collectives, which only the chief
+            # calls here: upscale_batch then runs a local compiled forward pass instead
+            upscale.compile_model(generator)
         self.writer = None
-        if tensorboard:
+        if tensorboard and runtime.writes_run_folder():
             import tensorflow as tf
 
             self.writer = tf.summary.create_file_writer(str(self.run / "tensorboard" / "samples"))
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.guard.epoch_is_good():
+        if not self.guard.epoch_is_good() or not runtime.writes_run_folder():
             return
         logs = logs if logs is not None else {}
         sr = upscale.upscale_batch(self.generator, self.val_lr)
@@ -413,7 +487,12 @@ class ExportBest(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         score = logs.get("val_ssim")
-        if not self.guard.epoch_is_good() or score is None or not np.isfinite(score):
+        if not self.guard.epoch_is_good():
+            return
+        if not runtime.writes_run_folder():  # a multi-worker task's own copy, outside the run folder
+            self.export(self.generator, self.run / "generator_last.keras")
+            return
+        if score is None or not np.isfinite(score):
             return
         self.export(self.generator, self.run / "generator_last.keras")
         best = json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -442,7 +521,7 @@ class HistoryCSV(keras.callbacks.Callback):
         self.path, self.phase, self.guard = Path(path), phase, guard
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.guard.signalled is not None:  # a part-done epoch: its row comes when it is finished
+        if self.guard.signalled is not None or not runtime.writes_run_folder():  # part-done epoch: row comes later
             return
         rows = [r for r in read_history(self.path) if int(r["epoch"]) != epoch + 1]
         rows.append({"epoch": epoch + 1, "phase": self.phase,
