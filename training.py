@@ -436,9 +436,10 @@ class ValidationMetrics(keras.callbacks.Callback):
         self.bicubic = [bicubic_upscale(lr, scale) for lr in val_lr]
         psnr, ssim = measure_pairs(self.bicubic, val_hr, scale)
         self.bicubic_psnr, self.bicubic_ssim = float(psnr.mean()), float(ssim.mean())
-        if runtime.is_multi_worker(getattr(generator, "distribute_strategy", None)):
-            # predict() would split the images among the workers with collectives, which only the chief
-            # calls here: upscale_batch then runs a local compiled forward pass instead
+        strategy = getattr(generator, "distribute_strategy", None)
+        if strategy is not None and strategy.num_replicas_in_sync > 1:
+            # predict_on_batch would split the images among the replicas (with collectives, which under
+            # multi-worker only the chief calls here): upscale_batch runs a local compiled forward pass instead
             upscale.compile_model(generator)
         self.writer = None
         if tensorboard and runtime.writes_run_folder():

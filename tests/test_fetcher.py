@@ -587,8 +587,8 @@ def test_benchmark_folder_is_evaluate_input(server, raw, retry, monkeypatch):
     server.add(f"/{filename}", data)
     monkeypatch.setitem(fetcher.DATASETS, "set5", {**fetcher.DATASETS["set5"], "sha256": sha(data)})
     assert fetcher.main(["dataset", "set5", "--out", str(raw), "--base-url", server.url("/"), "-q"]) == 0
-    pairs, scale, failed = flow.evaluation_pairs(raw / "set5", 4)
-    assert [name for name, _, _ in pairs] == ["baby.png", "bird.png"] and scale == 4 and not failed
+    pairs, scale = flow.evaluation_pairs(raw / "set5", 4)
+    assert [name for name, _, _ in pairs] == ["baby.png", "bird.png"] and scale == 4
 
 
 def test_registry_hash_mismatch_is_a_clear_error_and_leaves_nothing(server, raw, retry, monkeypatch, caplog):
