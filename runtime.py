@@ -146,8 +146,8 @@ def make_strategy(name, collective_timeout=COLLECTIVE_TIMEOUT):
         return None
     import tensorflow as tf
 
-    patch_keras_distributed_build()
     if name == "multiworker":
+        patch_keras_distributed_build()
         wait_for_peers(collective_timeout)
         configure_coordination(collective_timeout)
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout)
@@ -391,7 +391,9 @@ def sync_from_chief(strategy, variables):
 
 
 def patch_keras_distributed_build():
-    """Two fixes that let Keras 3's fit() train under MultiWorkerMirroredStrategy (applied once, any strategy).
+    """Two fixes that let Keras 3's fit() train under MultiWorkerMirroredStrategy (applied once, for that
+    strategy alone: single-process runs use Keras untouched). They replace two functions of Keras' TensorFlow
+    trainer, which is not public API: a Keras release that renames them is refused with a clear error here.
 
     1. Before training, the TensorFlow trainer builds the model from a first input batch, which it reduces
        across replicas with strategy.reduce(MEAN, (x, y)); MultiWorkerMirroredStrategy cannot reduce a tuple
@@ -401,9 +403,14 @@ def patch_keras_distributed_build():
        the scalar losses and metrics ("Invalid reduction dimension 0 for input with 0 dimensions"). Replicas
        hold equal batches, so the mean over replicas (axis=None) is the global batch's mean.
     """
-    from keras.src.backend.tensorflow import trainer
+    try:
+        from keras.src.backend.tensorflow import trainer
 
-    original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+        original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
+        original_reduce = trainer.reduce_per_replica
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"multi-worker training needs Keras' TensorFlow trainer as Keras 3.15 has it "
+                           f"(keras {keras.__version__}: {err})") from err
     if getattr(original_build, "builds_from_spec", False):
         return
 
@@ -415,8 +422,6 @@ def patch_keras_distributed_build():
             data_batch = batch_spec(dataset.element_spec)
             iterator = None
         return original_build(self, iterator=iterator, data_batch=data_batch)
-
-    original_reduce = trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):
         if reduction in ("auto", "mean") and is_multi_worker(strategy):
