@@ -129,11 +129,10 @@ def resolve_strategy_name(requested):
     return "mirrored" if gpu_count() > 1 else "default"
 
 
-COLLECTIVE_TIMEOUT = 300  # seconds a multi-worker collective (or the start-up) waits for its peers
 HEARTBEAT_TIMEOUT = 30  # seconds without a heartbeat before a worker process counts as gone
 
 
-def make_strategy(name, collective_timeout=COLLECTIVE_TIMEOUT):
+def make_strategy(name, collective_timeout):
     """The tf.distribute strategy (None on other backends). Mirrored uses all GPUs, or all logical CPUs.
 
     multiworker: every collective (and the wait for the peers at start-up) gives up after collective_timeout
