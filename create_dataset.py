@@ -146,10 +146,10 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
                          format, shard_mb)
     if not sources and not samples:
         raise DatasetError("no sources: give folders, manifest.jsonl files or images, or --samples")
-    if params["format"] == "png" and _has_scheme(out):
+    if params["format"] == "png" and has_scheme(out):
         raise DatasetError(f"{out}: the png format writes a local folder; use --format tfrecord for {out}")
 
-    candidates = _discover(sources, samples, None if _has_scheme(out) else Path(out))
+    candidates = _discover(sources, samples, None if has_scheme(out) else Path(out))
     candidates = _choose_at_most(candidates, max_images, seed)
     workers = _worker_count(workers)
     if params["format"] == "tfrecord":
@@ -680,7 +680,7 @@ def _pair_seed(seed, photo, index):
 # ----------------------------------------------------------------------------- tfrecord format (writing)
 
 
-def _has_scheme(path):
+def has_scheme(path):
     """True for a path on a filesystem TensorFlow reaches by scheme (gs://, s3://, hdfs://, ...)."""
     return "://" in str(path)
 
@@ -690,7 +690,7 @@ class _Folder:
     TensorFlow's tf.io.gfile knows (a path with a scheme; a rename there may be a copy)."""
 
     def __init__(self, path):
-        self.path, self.remote = str(path), _has_scheme(path)
+        self.path, self.remote = str(path), has_scheme(path)
         if self.remote:
             import tensorflow as tf  # only for paths with a scheme
 
@@ -968,16 +968,22 @@ class _Pool:
 # ----------------------------------------------------------------------------- reading a DATASET (flow.py, notebooks)
 @dataclass
 class Split:
-    """One split's pairs: LR and HR paths by NAME, the common LR size (w, h) or None, decoded bytes."""
+    """One split's pairs: LR and HR paths by NAME, the common LR size (w, h) or None, decoded bytes.
+
+    A tfrecord DATASET's split has no paths: its pairs are records in `shards` (TFRecord files, local or
+    gs://...), `pairs` of them, all of lr_size.
+    """
 
     name: str
     lr_paths: list
     hr_paths: list
     lr_size: tuple | None
     decoded_bytes: int
+    shards: tuple = ()
+    pairs: int | None = None
 
     def __len__(self):
-        return len(self.lr_paths)
+        return self.pairs if self.shards else len(self.lr_paths)
 
 
 def _png_names(folder):
@@ -1040,14 +1046,39 @@ def scan_split(dataset, split, scale=None):
 
 
 def check_dataset(dataset, splits=("train", "val")):
-    """Every split checked (clear DatasetError otherwise); returns ({split: Split}, scale)."""
-    dataset = Path(dataset)
-    if not dataset.is_dir():
+    """Every split checked (clear DatasetError otherwise); returns ({split: Split}, scale).
+
+    PNG DATASETs are local folders; a tfrecord DATASET may also be on any filesystem TensorFlow reads (gs://).
+    """
+    if not has_scheme(dataset) and not Path(dataset).is_dir():
         raise DatasetError(f"DATASET not found: {dataset}")
+    if dataset_format(dataset) == "tfrecord":
+        return {split: tfrecord_split(dataset, split) for split in splits}, _manifest_scale(dataset)
+    dataset = Path(dataset)
     scale, found = dataset_scale(dataset), {}
     for split in splits:
         found[split], scale = scan_split(dataset, split, scale)
     return found, scale
+
+
+def _manifest_scale(dataset):
+    try:
+        return int(read_manifest(dataset)["parameters"]["scale"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{_Folder(dataset).join(MANIFEST)}: no readable parameters.scale ({err})") from err
+
+
+def tfrecord_split(dataset, split):
+    """A tfrecord DATASET's split as a Split (shards, pair count, the one LR size), from its manifest alone."""
+    files = tfrecord_files(dataset, split)
+    manifest = read_manifest(dataset)
+    pairs = int(manifest.get("counts", {}).get(split, 0))
+    if not files or not pairs:
+        raise DatasetError(f"{dataset}: the {split} split holds no pairs")
+    params = manifest["parameters"]
+    hr, scale = int(params["hr_size"]), int(params["scale"])
+    lr = hr // scale  # both modes write square hr_size crops
+    return Split(split, [], [], (lr, lr), pairs * 3 * (lr * lr + hr * hr), shards=tuple(files), pairs=pairs)
 
 
 def check_patch_size(splits, patch, scale):
@@ -1059,14 +1090,17 @@ def check_patch_size(splits, patch, scale):
         return
     if patch % scale or patch < scale:
         raise DatasetError(f"--patch-size {patch} must be a positive multiple of the scale {scale}")
-    for path in splits["train"].lr_paths:
-        w, h = _image_size(path)
+    train = splits["train"]
+    sizes = [(train.name, train.lr_size)] if train.shards else [(p, _image_size(p)) for p in train.lr_paths]
+    for where, (w, h) in sizes:
         if min(w, h) * scale < patch:
-            raise DatasetError(f"{path}: LR {w}x{h} is smaller than --patch-size {patch} / scale {scale}")
+            raise DatasetError(f"{where}: LR {w}x{h} is smaller than --patch-size {patch} / scale {scale}")
 
 
 def load_split_arrays(split, desc=None):
-    """(lr list, hr list) of uint8 RGB arrays, decoded once into memory."""
+    """(lr list, hr list) of uint8 RGB arrays, decoded once into memory (PNG files or TFRecord shards)."""
+    if split.shards:
+        return _tfrecord_arrays(split.shards, len(split), desc)
     pairs = [(resizer.load_image(lp), resizer.load_image(hp))
              for lp, hp in tqdm(list(zip(split.lr_paths, split.hr_paths, strict=True)), desc=desc,
                                 disable=desc is None, leave=False)]
@@ -1116,14 +1150,15 @@ def tfrecord_files(dataset, split):
 
 
 def tfrecord_pair_dataset(files, *, num_workers=None, worker_index=0, shuffle_files=False, seed=0,
-                          parallel_reads=4):
+                          parallel_reads=4, decode=True):
     """tf.data.Dataset of (lr, hr) uint8 (H, W, 3) tensors decoded from TFRecord shards (tfrecord_files).
 
     Sharding is by file: with num_workers (and this worker's worker_index) each worker reads its own subset
     of the files (Dataset.shard on the file list; tf.distribute's auto-sharding is then off). Without it the
     dataset asks tf.distribute to shard by file (AutoShardPolicy.FILE), which needs at least as many files
     as workers. shuffle_files: a seeded new file order each epoch. parallel_reads: files read at once,
-    interleaved record by record (deterministic order for a given file order).
+    interleaved record by record (deterministic order for a given file order). decode False: the serialized
+    records, for decode_tfrecord_pair later (after a shuffle or skip of the small encoded records).
     """
     import tensorflow as tf
 
@@ -1141,21 +1176,26 @@ def tfrecord_pair_dataset(files, *, num_workers=None, worker_index=0, shuffle_fi
             raise DatasetError(f"{len(files)} TFRecord files cannot be shared among {num_workers} workers by "
                                "file: write smaller shards (create_dataset.py --shard-mb)")
         ds = ds.shard(num_workers, worker_index)
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        if num_workers > 1:  # sharded here; one worker leaves the policy to its caller (DATA among replicas)
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     if shuffle_files:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(parallel_reads, len(files))),
                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.with_options(options)
+    return ds.map(decode_tfrecord_pair, num_parallel_calls=tf.data.AUTOTUNE) if decode else ds
+
+
+def decode_tfrecord_pair(record):
+    """(lr, hr) uint8 (H, W, 3) tensors from one serialized pair record (inside a tf.data map)."""
+    import tensorflow as tf
+
     spec = {key: tf.io.FixedLenFeature([], tf.string) for key in ("name", "lr_png", "hr_png")}
     spec |= {key: tf.io.FixedLenFeature([], tf.int64) for key in ("lr_height", "lr_width", "hr_height", "hr_width")}
-
-    def decode(record):
-        fields = tf.io.parse_single_example(record, spec)
-        lr = tf.reshape(tf.io.decode_png(fields["lr_png"], channels=3), [fields["lr_height"], fields["lr_width"], 3])
-        hr = tf.reshape(tf.io.decode_png(fields["hr_png"], channels=3), [fields["hr_height"], fields["hr_width"], 3])
-        return lr, hr
-
-    return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).with_options(options)
+    fields = tf.io.parse_single_example(record, spec)
+    lr = tf.reshape(tf.io.decode_png(fields["lr_png"], channels=3), [fields["lr_height"], fields["lr_width"], 3])
+    hr = tf.reshape(tf.io.decode_png(fields["hr_png"], channels=3), [fields["hr_height"], fields["hr_width"], 3])
+    return lr, hr
 
 
 def load_tfrecord_arrays(dataset, split, desc=None):
@@ -1163,7 +1203,10 @@ def load_tfrecord_arrays(dataset, split, desc=None):
     files = tfrecord_files(dataset, split)
     if not files:
         return [], []
-    total = (read_manifest(dataset) or {}).get("counts", {}).get(split)
+    return _tfrecord_arrays(files, (read_manifest(dataset) or {}).get("counts", {}).get(split), desc)
+
+
+def _tfrecord_arrays(files, total, desc):
     pairs = [(lr.numpy(), hr.numpy()) for lr, hr in tqdm(tfrecord_pair_dataset(files), total=total, desc=desc,
                                                          disable=desc is None, leave=False)]
     return [p[0] for p in pairs], [p[1] for p in pairs]

@@ -40,7 +40,14 @@ from tqdm import tqdm
 
 import presets
 import resizer
-from create_dataset import check_dataset, check_patch_size, dataset_scale, load_split_arrays, scan_split
+from create_dataset import (
+    check_dataset,
+    check_patch_size,
+    dataset_scale,
+    has_scheme,
+    load_split_arrays,
+    scan_split,
+)
 from metrics import bicubic_upscale, calculate_niqe, calculate_psnr, calculate_ssim
 
 # ---------------------------------------------------------------- configuration: `flow.py train` defaults
@@ -254,7 +261,7 @@ def phase_callbacks(run, phase, generator, guard):
     tensorboard = runtime.tensorboard_available()
     cbs = [guard,
            training.ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, guard,
-                                      count=run.config["sample_count"], names=run.splits["val"].hr_paths,
+                                      count=run.config["sample_count"], names=run.splits["val"].hr_paths or None,
                                       tensorboard=tensorboard, niqe=phase == "gan"),
            training.ExportBest(generator, lambda g, path: export_generator(g, run.config, path), run.path, phase,
                                guard),
@@ -367,7 +374,7 @@ def resolve_config(args, splits, scale):
                                         batch_norm=args.batch_norm, interpolation_skip=args.interpolation_skip)
     init = str(Path(args.init_generator).resolve()) if args.init_generator else None
     return {
-        "data": str(Path(args.data).resolve()), "scale": scale, "train_images": len(train_split),
+        "data": args.data if has_scheme(args.data) else str(Path(args.data).resolve()), "scale": scale, "train_images": len(train_split),
         "val_images": len(splits["val"]), "patch_size": args.patch_size, "hr_size": hr_size,
         "pretrain_epochs": args.pretrain_epochs, "gan_epochs": args.gan_epochs, "batch_size": args.batch_size,
         "steps_per_epoch": steps, "preset": args.preset, "generator": arch,
@@ -621,7 +628,8 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a generator (phase 1) and the GAN (phase 2) on a DATASET")
-    t.add_argument("--data", required=True, help="DATASET folder ({train,val,test}/{lr,hr}/NAME.png)")
+    t.add_argument("--data", required=True, help="DATASET: a folder of {train,val,test}/{lr,hr}/NAME.png, or "
+                                                 "sharded TFRecords (create_dataset.py --format tfrecord; also gs://)")
     t.add_argument("--out", required=True, help="run folder, e.g. runs/demo (rerun to resume)")
     t.add_argument("--pretrain-epochs", type=int, default=pretrain_epochs)
     t.add_argument("--gan-epochs", type=int, default=gan_epochs)

@@ -1,4 +1,5 @@
-"""SRResNet generator (Ledig et al. 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN").
+"""SRResNet generator (Ledig et al. 2017, "Photo-Realistic Single Image Super-Resolution Using a GAN"), and
+the light ESPCN-style tail of the "video" preset.
 
     LR (N,H,W,3) float32 in [0,1]
       -> 9x9 conv + PReLU                      (head)
@@ -7,6 +8,9 @@
       -> per x2 (or the single x3) stage: 3x3 conv(filters*r*r), PixelShuffle(r), PReLU
       -> 9x9 conv to 3 channels, linear        (+ optional interpolated copy of the input)
     SR (N,s*H,s*W,3) float32, roughly [0,1] (not clipped: clipping belongs to whoever makes uint8 of it)
+
+upsampler="subpixel" (the "video" preset) replaces the body conv, global skip, stages and 9x9 conv with one 3x3
+conv to 3*s*s channels and one PixelShuffle(s), so every convolution runs at the LR resolution (ESPCN).
 
 Fully convolutional, so a model built once upscales any input size. Only keras.layers / keras.ops are used and
 the custom layers below are registered, so saved .keras files load with safe_mode=True.
@@ -126,13 +130,17 @@ class InterpolationUpsample(keras.layers.Layer):
                 for c in range(3):
                     kernel[:, :, c, (i * r + j) * 3 + c] = np.outer(taps[i], taps[j])
         self._kernel = kernel
+        self._phase_kernel = np.ascontiguousarray(kernel[:, :, :1, 0::3])  # channel 0's taps per output phase
 
     def call(self, x):
         kernel = ops.convert_to_tensor(self._kernel, dtype=x.dtype)
         pad = ((0, 0), (2, 2), (2, 2), (0, 0))
         weighted = ops.conv(ops.pad(x, pad), kernel, padding="valid")
-        weights = ops.conv(ops.pad(ops.ones_like(x), pad), kernel, padding="valid")
-        return pixel_shuffle(weighted / weights, self.scale)
+        # the taps' sum per output phase, the same for every channel: one channel of ones is enough
+        ones = ops.pad(ops.ones_like(x[..., :1]), pad)
+        phase_kernel = ops.convert_to_tensor(self._phase_kernel, dtype=x.dtype)
+        weights = ops.conv(ones, phase_kernel, padding="valid")  # (N, H, W, r*r), in phase order
+        return pixel_shuffle(weighted / ops.repeat(weights, 3, axis=-1), self.scale)
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
@@ -157,8 +165,9 @@ def _prelu(init, name):
     return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(init), shared_axes=[1, 2], name=name)
 
 
-def _conv(filters, kernel, name, use_bias=True):
-    return keras.layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, name=name)
+def _conv(filters, kernel, name, use_bias=True, kernel_initializer="glorot_uniform"):
+    return keras.layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, name=name,
+                               kernel_initializer=kernel_initializer)
 
 
 def _residual_block(x, filters, batch_norm, prelu_init, name):
@@ -181,41 +190,60 @@ def _interpolate(x, scale, method):
 
 
 def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_norm=None, interpolation_skip=None,
-                    prelu_init=PRELU_INIT, name="generator"):
-    """Build an SRResNet generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
+                    upsampler=None, head_kernel=None, prelu_init=PRELU_INIT, name="generator"):
+    """Build a generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
 
-    preset: a PRESETS name ("srresnet", "fast"), None for the paper's SRResNet. Its filters, blocks, batch_norm
-        and interpolation_skip are used where the argument is None; an argument given overrides the preset's.
+    preset: a PRESETS name ("srresnet", "fast", "video"), None for the paper's SRResNet. Its settings are used
+        where the argument is None; an argument given overrides the preset's.
     interpolation_skip: "none", "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
         the network learns the residual and starts at interpolation quality. Both are fixed-kernel convolutions
         (see InterpolationUpsample), so they compile under XLA and trace with unknown H, W.
+    upsampler: "stages" (the paper's: conv + PixelShuffle + PReLU per x2 stage, then a 9x9 conv at HR) or
+        "subpixel" (ESPCN: one 3x3 conv to 3*scale^2 channels at LR and one PixelShuffle, no global skip conv).
+    head_kernel: the first convolution's size (the paper's 9).
     prelu_init: initial PReLU slope (0.25 as in the paper).
     The last layer casts to float32, so the model also works under a mixed_float16/mixed_bfloat16 policy.
     """
     settings = presets.resolve_architecture(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
-                                            interpolation_skip=interpolation_skip)
+                                            interpolation_skip=interpolation_skip, upsampler=upsampler,
+                                            head_kernel=head_kernel)
     filters, blocks = int(settings["filters"]), int(settings["blocks"])
     batch_norm, skip = bool(settings["batch_norm"]), settings["interpolation_skip"]
-    stages = upsample_stages(scale)
 
     lr = keras.Input((None, None, 3), dtype="float32", name="lr")
-    head = _prelu(prelu_init, "head_prelu")(_conv(filters, 9, "head_conv")(lr))
+    head = _prelu(prelu_init, "head_prelu")(_conv(filters, int(settings["head_kernel"]), "head_conv")(lr))
     x = head
     for b in range(blocks):
         x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}")
-    x = _conv(filters, 3, "body_conv", use_bias=not batch_norm)(x)
-    if batch_norm:
-        x = keras.layers.BatchNormalization(name="body_bn")(x)
-    x = keras.layers.Add(name="global_skip")([head, x])
-    for k, r in enumerate(stages):
-        x = _conv(filters * r * r, 3, f"up{k}_conv")(x)
-        x = PixelShuffle(r, name=f"up{k}_shuffle")(x)
-        x = _prelu(prelu_init, f"up{k}_prelu")(x)
-    x = _conv(3, 9, "out_conv")(x)
+    if settings["upsampler"] == "subpixel":
+        x = _subpixel_tail(x, scale)
+    else:
+        x = _stages_tail(head, x, scale, filters, batch_norm, prelu_init)
     sr = keras.layers.Activation("linear", dtype="float32", name="sr")(x)
     if skip is not None:
         sr = keras.layers.Add(dtype="float32", name="sr_plus_interpolation")([sr, _interpolate(lr, scale, skip)])
     return keras.Model(lr, sr, name=name)
+
+
+def _stages_tail(head, x, scale, filters, batch_norm, prelu_init):
+    """The paper's: body conv (+BN) and global skip, a sub-pixel stage per x2 (or the x3), then a 9x9 conv."""
+    x = _conv(filters, 3, "body_conv", use_bias=not batch_norm)(x)
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="body_bn")(x)
+    x = keras.layers.Add(name="global_skip")([head, x])
+    for k, r in enumerate(upsample_stages(scale)):
+        x = _conv(filters * r * r, 3, f"up{k}_conv")(x)
+        x = PixelShuffle(r, name=f"up{k}_shuffle")(x)
+        x = _prelu(prelu_init, f"up{k}_prelu")(x)
+    return _conv(3, 9, "out_conv")(x)
+
+
+def _subpixel_tail(x, scale):
+    """ESPCN's: one 3x3 conv at LR to 3*scale^2 channels, rearranged into the HR image."""
+    upsample_stages(scale)  # the same scales as the paper's tail
+    # zeros: an untrained net outputs its interpolation skip exactly, and training starts from bicubic quality
+    x = _conv(3 * scale * scale, 3, "out_conv", kernel_initializer="zeros")(x)
+    return PixelShuffle(scale, name="out_shuffle")(x)
 
 
 def load_generator(path):

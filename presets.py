@@ -12,16 +12,27 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 # Generator architectures. The paper's SRResNet is the default everywhere a preset is not named.
 GENERATOR_PRESETS = {
     # The paper's SRResNet: 16 residual blocks of 64 filters with batch norm, no interpolation skip.
-    "srresnet": dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None),
+    "srresnet": dict(filters=64, blocks=16, batch_norm=True, interpolation_skip=None, upsampler="stages",
+                     head_kernel=9),
     # Light enough for CPUs and video. Measured on a 2-core CPU, 180x320 -> 720x1280 x4 under XLA: 16x64+BN
     # 2.8 s/frame, 8x48 1.8 s, 8x32 0.89 s, 6x32 0.87 s, 4x32 0.84 s: the x2 stages at high resolution dominate
     # and scale with filters^2, so width is what costs and depth is nearly free -> 8 blocks of 32. BN is dropped: at
     # inference it is only an affine op, but in training with small batches it costs time and adds noise;
     # the bilinear skip makes the net learn a residual over interpolation, so it starts at bilinear quality.
-    "fast": dict(filters=32, blocks=8, batch_norm=False, interpolation_skip="bilinear"),
+    "fast": dict(filters=32, blocks=8, batch_norm=False, interpolation_skip="bilinear", upsampler="stages",
+                 head_kernel=9),
+    # For video on CPUs (ESPCN, Shi et al. 2016; ABPN, Du et al. 2021): every convolution at the LR resolution,
+    # one 3x3 conv to 3*r*r channels and one PixelShuffle, over a bicubic copy of the input. About 55 kMAC per
+    # LR pixel against 1.1 MMAC for "fast" and 4.4 MMAC for srresnet: the x2 stages and the 9x9 output conv at
+    # HR resolution are what those pay for. 32 filters: on a 2-core AVX2 CPU 32 ran faster than 28 (x1.06).
+    "video": dict(filters=32, blocks=2, batch_norm=False, interpolation_skip="bicubic", upsampler="subpixel",
+                  head_kernel=3),
 }
 DEFAULT_PRESET = "srresnet"
-ARCHITECTURE_KEYS = ("filters", "blocks", "batch_norm", "interpolation_skip")
+ARCHITECTURE_KEYS = ("filters", "blocks", "batch_norm", "interpolation_skip", "upsampler", "head_kernel")
+# stages: the paper's conv + x2 PixelShuffle + PReLU per stage, then a 9x9 conv at HR; subpixel: ESPCN's single
+# conv to 3*r*r channels at LR and one PixelShuffle
+UPSAMPLERS = ("stages", "subpixel")
 
 # Training losses.
 PIXEL_LOSSES = ("l1", "mse")
@@ -35,13 +46,13 @@ WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHIPPED_MODELS = {
     "psnr": WEIGHTS / "srresnet_x4_psnr.keras",
     "gan": WEIGHTS / "srgan_x4.keras",
-    "video": WEIGHTS / "video_x4.keras",  # reserved for a light model trained for video; not shipped yet
+    "video": WEIGHTS / "video_x4.keras",  # the "video" preset: light enough for frames/s on a CPU
 }
 DEFAULT_MODEL = "psnr"
 
 
 def resolve_architecture(preset=None, **overrides):
-    """Generator settings (filters, blocks, batch_norm, interpolation_skip): the preset's (the paper's SRResNet
+    """Generator settings (ARCHITECTURE_KEYS): the preset's (the paper's SRResNet
     when None), then every override that is not None. interpolation_skip "none" means no skip."""
     name = DEFAULT_PRESET if preset is None else preset
     if name not in GENERATOR_PRESETS:
@@ -52,6 +63,8 @@ def resolve_architecture(preset=None, **overrides):
     settings = {**GENERATOR_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     if settings["interpolation_skip"] == "none":
         settings["interpolation_skip"] = None
+    if settings["upsampler"] not in UPSAMPLERS:
+        raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {settings['upsampler']!r}")
     skip = settings["interpolation_skip"]
     if skip is not None and skip not in INTERPOLATIONS:
         raise ValueError(f"interpolation_skip must be one of {INTERPOLATIONS} or None, got {skip!r}")

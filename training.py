@@ -32,6 +32,7 @@ import keras
 import numpy as np
 from PIL import Image, ImageDraw
 
+import create_dataset
 import resizer
 import upscale
 from metrics import bicubic_upscale, calculate_niqe, measure_pairs
@@ -41,6 +42,9 @@ STATE_META = "state.json"  # {"epoch": finished epochs (global), "step": steps d
 STATES_KEPT = 2  # the newest state and the one before it, to fall back on
 GRID_COLUMNS = ("LR (nearest)", "bicubic", "SR", "HR")
 GRID_HEADER = 14  # pixels of the sample grids' title row
+# uncached TFRecord input: a shuffle buffer of this many encoded records (the shards are also read in a new file
+# order each epoch, so the buffer only has to mix neighbouring records; a PNG split shuffles all its paths)
+RECORD_SHUFFLE = 20_000
 
 
 # ----------------------------------------------------------------------------- input
@@ -98,22 +102,25 @@ class PairBatches(keras.utils.PyDataset):
 
 def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_batches=0, cache=None,
                     cache_fraction=0.25, strategy=None):
-    """tf.data training input: PNG decode, (cache), seeded shuffle, repeat, aligned random crop, flips and
-    turns, batch (drop_remainder: static shapes for XLA and replicas), prefetch.
+    """tf.data training input: PNG files or TFRecord shards, decode, (cache), seeded shuffle, repeat, aligned
+    random crop, flips and turns, batch (drop_remainder: static shapes for XLA and replicas), prefetch.
 
     Randomness is stateless, keyed on (seed, element index), so it is the same for the same seed whatever the
     parallelism; skip_batches fast-forwards a resumed run to where the interrupted one was. cache None: decoded
     images are cached when they fit in cache_fraction of the memory available.
 
     Under a multi-worker strategy the result is a distributed dataset: each worker reads only its own share of
-    the files (the path list sharded by worker index) and batches batch_size / replicas per replica. Sharding
-    by file this way rather than with tf.data's auto-sharding: FILE needs several input files and our source is
-    one in-memory path list, and DATA makes every worker read, decode and crop every image only to keep 1/N.
+    the files (the path list, or the TFRecord shards, by worker index) and batches batch_size / replicas per
+    replica. Sharded by hand rather than by tf.data's auto-sharding: FILE cannot see files behind an in-memory
+    path list, and DATA makes every worker read, decode and crop every image only to keep 1/N.
     """
     if runtime.is_multi_worker(strategy):
-        if len(split) < strategy.extended._num_workers:
-            raise ValueError(f"{len(split)} training image(s) cannot be shared among "
-                             f"{strategy.extended._num_workers} workers")
+        workers = strategy.extended._num_workers
+        if split.shards and len(split.shards) < workers:
+            raise ValueError(f"{len(split.shards)} TFRecord shard(s) cannot be shared among {workers} workers by "
+                             "file: rewrite the DATASET with smaller shards (create_dataset.py --shard-mb)")
+        if len(split) < workers:
+            raise ValueError(f"{len(split)} training image(s) cannot be shared among {workers} workers")
 
         def worker_input(context):
             return _pair_pipeline(split, context.get_per_replica_batch_size(batch_size), scale, patch_size, seed,
@@ -128,12 +135,10 @@ def _pair_pipeline(split, batch_size, scale, patch_size, seed, skip_batches, cac
     """tf_pair_dataset's pipeline, over the whole split or over shard = (index, count) of its files."""
     import tensorflow as tf
 
-    lr_paths, hr_paths = [str(p) for p in split.lr_paths], [str(p) for p in split.hr_paths]
+    worker, workers = shard or (0, 1)
     if shard is not None:
-        index, count = shard
-        lr_paths, hr_paths = lr_paths[index::count], hr_paths[index::count]
-        seed = seed * count + index  # each worker its own crops and order
-    n, autotune = len(lr_paths), tf.data.AUTOTUNE
+        seed = seed * workers + worker  # each worker its own crops and order
+    n, autotune = -(-len(split) // workers), tf.data.AUTOTUNE  # this worker's share (the largest)
     if cache is None:
         cache = split.decoded_bytes * n / len(split) <= cache_fraction * resizer.available_memory_bytes()
     lr_patch = patch_size // scale if patch_size else None
@@ -165,21 +170,35 @@ def _pair_pipeline(split, batch_size, scale, patch_size, seed, skip_batches, cac
         lr, hr = tf.ensure_shape(lr, lr_shape), tf.ensure_shape(hr, hr_shape)
         return tf.cast(lr, tf.float32) / 255.0, tf.cast(hr, tf.float32) / 255.0
 
-    paths = tf.data.Dataset.from_tensor_slices((lr_paths, hr_paths))
+    # source: the worker's pairs in a seeded new order each epoch; load: what decodes one of its elements.
+    # Uncached, decoding comes after skip(), so a resumed run does not decode what it skips.
+    if split.shards:  # TFRecords: this worker's shards; records shuffled while still encoded (small)
+        items = create_dataset.tfrecord_pair_dataset(split.shards, num_workers=workers, worker_index=worker,
+                                                     shuffle_files=True, seed=seed, decode=False)
+        load, buffer = create_dataset.decode_tfrecord_pair, min(n, RECORD_SHUFFLE)
+    else:  # PNG files: this worker's path pairs
+        items = tf.data.Dataset.from_tensor_slices(([str(p) for p in split.lr_paths][worker::workers],
+                                                    [str(p) for p in split.hr_paths][worker::workers]))
+        load, buffer = decode, n
     if cache:  # decode once, then shuffle decoded images
-        ds = paths.map(decode, num_parallel_calls=autotune).cache()
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
-        ds = ds.skip(skip_batches * batch_size).map(lambda i, p: augment(i, *p), num_parallel_calls=autotune)
-    else:  # shuffle paths, decode in parallel as they come
-        ds = paths.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat().enumerate()
-        ds = ds.skip(skip_batches * batch_size)
-        ds = ds.map(lambda i, p: augment(i, *decode(*p)), num_parallel_calls=autotune)
+        source = items.map(load, num_parallel_calls=autotune).cache()
+        source = source.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        load = None
+    else:
+        source = items.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = source.repeat().enumerate().skip(skip_batches * batch_size)
+    ds = ds.map(lambda i, item: augment(i, *(_apply(load, item) if load else item)), num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=True).prefetch(autotune)
     options = tf.data.Options()
     # sharded above when there are several workers; a single worker's replicas split each batch (DATA)
     options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.OFF if shard
                                                          else tf.data.experimental.AutoShardPolicy.DATA)
     return ds.with_options(options)
+
+
+def _apply(function, element):
+    """function on a tf.data element as Dataset.map would call it: a tuple's parts as separate arguments."""
+    return function(*element) if isinstance(element, tuple) else function(element)
 
 
 # ----------------------------------------------------------------------------- crash-safe training state

@@ -54,6 +54,24 @@ def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path / "dataset")
 
 
+@pytest.fixture
+def png_and_tfrecord_datasets(tmp_path):
+    """The same pairs as a PNG DATASET and as a tfrecord DATASET of several shards (32 px HR, x4)."""
+    import create_dataset  # imported here: most tests need no dataset writer
+    import resizer
+
+    rng = np.random.default_rng(5)
+    photos = tmp_path / "photos"
+    for i in range(6):
+        smooth = np.kron(rng.integers(0, 256, (12, 12, 3)), np.ones((6, 6, 1))).astype(np.uint8)
+        resizer.save_image(photos / f"p{i}.png", smooth)
+    kwargs = {"mode": "patches", "patches": 4, "hr_size": 32, "min_variance": 0.0, "split": (0.5, 0.25, 0.25),
+              "workers": 1, "progress": False}
+    create_dataset.build_dataset([photos], tmp_path / "png", **kwargs)
+    create_dataset.build_dataset([photos], tmp_path / "tfr", **kwargs, format="tfrecord", shard_mb=0.005)
+    return tmp_path / "png", tmp_path / "tfr"
+
+
 def assert_committed_without_outputs(notebook: Path):
     """A committed notebook has no outputs or execution counts, and a `parameters` cell to inject values into."""
     import nbformat

@@ -56,7 +56,8 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
 
     config = json.loads((run / "config.json").read_text())
     assert config["scale"] == 4 and config["hr_size"] == 32 and config["steps_per_epoch"] == 2
-    assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None}
+    assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None,
+                                   "upsampler": "stages", "head_kernel": 9}
     assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1
 
     rows = history(run)
@@ -386,6 +387,53 @@ def test_tf_data_batches_are_aligned_seeded_and_resumable(tmp_path):
         np.testing.assert_array_equal(next(iter(skipped))[1].numpy(), batches[2][1])
     whole = next(iter(training.tf_pair_dataset(splits["train"], batch_size=2, scale=4)))
     assert whole[0].shape == (2, 6, 6, 3) and whole[1].shape == (2, 24, 24, 3)
+
+
+def dihedral_key(img):
+    """The same bytes for an image whatever flip or quarter turn the training input gave it."""
+    turns = [np.rot90(img, k) for k in range(4)]
+    return min(t.tobytes() + bytes(t.shape) for t in turns + [np.fliplr(t) for t in turns])
+
+
+def test_tfrecord_dataset_feeds_training_as_the_png_one_does(png_and_tfrecord_datasets):
+    png, tfr = png_and_tfrecord_datasets
+    png_splits, png_scale = create_dataset.check_dataset(png)
+    splits, scale = create_dataset.check_dataset(tfr)
+    train = splits["train"]
+    assert scale == png_scale == 4 and len(train) == len(png_splits["train"]) and len(train.shards) >= 2
+    assert train.lr_size == (8, 8) and not train.lr_paths
+    create_dataset.check_patch_size(splits, 16, 4)
+    with pytest.raises(create_dataset.DatasetError, match="train: LR 8x8 is smaller than --patch-size 64"):
+        create_dataset.check_patch_size(splits, 64, 4)
+    png_hr = sorted(dihedral_key(hr) for hr in create_dataset.load_split_arrays(png_splits["train"])[1])
+    assert sorted(dihedral_key(hr) for hr in create_dataset.load_split_arrays(train)[1]) == png_hr
+    n = len(train)
+    for cache in (True, False):
+        data = training.tf_pair_dataset(train, batch_size=1, scale=4, seed=3, cache=cache)
+        epochs = [hr.numpy()[0] for _, hr in data.take(2 * n)]
+        for epoch in (epochs[:n], epochs[n:]):  # every pair once per epoch, in a new order
+            assert sorted(dihedral_key(np.round(hr * 255).astype(np.uint8)) for hr in epoch) == png_hr
+        assert not all(np.array_equal(a, b) for a, b in zip(epochs[:n], epochs[n:], strict=True))
+        resumed = training.tf_pair_dataset(train, batch_size=1, scale=4, seed=3, cache=cache, skip_batches=n + 1)
+        np.testing.assert_array_equal(next(iter(resumed))[1].numpy()[0], epochs[n + 1])
+
+
+@pytest.mark.slow
+def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, capsys):
+    png, tfr = png_and_tfrecord_datasets
+    run = tmp_path / "run"
+    assert flow.main(train_args(tfr, run, 1, 1)) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"] == str(tfr.resolve()) and config["train_images"] == len(
+        create_dataset.check_dataset(tfr)[0]["train"])
+    assert [row["phase"] for row in history(run)] == ["pretrain", "gan"]
+    val_lr, val_hr = create_dataset.load_split_arrays(create_dataset.check_dataset(png)[0]["val"])
+    bicubic = metrics.measure_pairs([metrics.bicubic_upscale(lr, 4) for lr in val_lr], val_hr, 4)[0].mean()
+    for row in history(run):  # the validation split came from the records whole
+        assert float(row["bicubic_psnr"]) == pytest.approx(bicubic, abs=1e-3)
+        assert np.isfinite(float(row["val_psnr"]))
+    assert load_generator(run / "generator.keras") is not None
+    assert f"{config['train_images']} train / " in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Multi-worker training with real processes: two `flow.py train` workers on 127.0.0.1 (MultiWorkerMirroredStrategy),
 in either start order; a worker killed mid-run (the survivor stops, both restarted finish without repeating an
 epoch); a worker alone (its wait is bounded, SIGTERM ends it); JAX data parallelism over two CPU devices.
-The chief-first order and the kill test are `soak` tests (pytest -m soak): each starts four TensorFlow processes.
+The chief-first order, a TFRecord DATASET sharded by file and the kill test are `soak` tests (pytest -m soak): each
+starts two or four TensorFlow processes.
 
 Models are the tiny ones of test_flow.py (8 filters, 1 block), on 32x32 HR / 8x8 LR pairs.
 """
@@ -95,10 +96,13 @@ def assert_same_trained_weights(a, b):
 
 # ---------------------------------------------------------------- both phases, in either start order
 @pytest.mark.slow
-@pytest.mark.parametrize("first", [pytest.param(0, marks=pytest.mark.soak), 1], ids=["chief-first", "worker-first"])
-def test_two_workers_train_both_phases_in_step(tiny_dataset, tmp_path, first):
+@pytest.mark.parametrize("first, data", [pytest.param(0, "png", marks=pytest.mark.soak), (1, "png"),
+                                         pytest.param(1, "tfrecord", marks=pytest.mark.soak)],
+                         ids=["chief-first", "worker-first", "tfrecord-shards"])
+def test_two_workers_train_both_phases_in_step(tiny_dataset, png_and_tfrecord_datasets, tmp_path, first, data):
     run = tmp_path / "runs" / "mw"
-    args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--pretrain-epochs", "1", "--gan-epochs", "1",
+    dataset = png_and_tfrecord_datasets[1] if data == "tfrecord" else tiny_dataset
+    args = ["train", "--data", str(dataset), "--out", str(run), "--pretrain-epochs", "1", "--gan-epochs", "1",
             *TINY]
     statuses, (chief, worker) = run_workers(args, [tmp_path / "w0.log", tmp_path / "w1.log"], first=first)
     assert statuses == [0, 0], chief[-3000:] + worker[-3000:]
