@@ -665,9 +665,9 @@ def parse_args(argv=None):
     t.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker"), default=strategy)
     t.add_argument("--collective-timeout", type=float, default=collective_timeout, metavar="SECONDS",
                    help="multi-worker: how long a worker waits for the others (at start, and in each step)")
-    t.add_argument("--mixed-precision", choices=("auto", "on", "off"), default=mixed_precision,
+    t.add_argument("--mixed-precision", choices=presets.SWITCHES, default=mixed_precision,
                    help="auto: on with a GPU (float16); on a CPU, 'on' means bfloat16")
-    t.add_argument("--jit", choices=("auto", "on", "off"), default=jit, help="XLA compilation")
+    t.add_argument("--jit", choices=presets.SWITCHES, default=jit, help="XLA compilation")
     t.add_argument("--input-pipeline", choices=("auto", "tfdata", "pydataset"), default=input_pipeline)
     t.add_argument("--cache-fraction", type=float, default=cache_fraction,
                    help="tf.data caches decoded training images when they fit in this share of free memory")

@@ -107,6 +107,9 @@ def interpolation_taps(scale, interpolation):
 class InterpolationUpsample(keras.layers.Layer):
     """Integer-factor bilinear or bicubic upscaling as one fixed-kernel convolution + PixelShuffle.
 
+    shuffle False: the output before the PixelShuffle, (N, H, W, 3*r*r) in depth_to_space order, to be added to
+    a network's own sub-pixel output so that one shuffle serves both.
+
     Why not keras.layers.UpSampling2D / tf.image.resize: TensorFlow's bicubic resize does not compile under XLA
     on CPU, and UpSampling2D(interpolation="bilinear") fails to trace when H and W are unknown (a tf.function
     with a (None, None, None, 3) signature). A convolution does both, on any backend. Like PIL and
@@ -116,11 +119,11 @@ class InterpolationUpsample(keras.layers.Layer):
     scale 3 differs by ~1e-3).
     """
 
-    def __init__(self, scale, interpolation="bicubic", **kwargs):
+    def __init__(self, scale, interpolation="bicubic", shuffle=True, **kwargs):
         super().__init__(**kwargs)
         if interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
-        self.scale, self.interpolation = int(scale), interpolation
+        self.scale, self.interpolation, self.shuffle = int(scale), interpolation, bool(shuffle)
         r = self.scale
         taps = interpolation_taps(r, interpolation)
         # kernel[ky, kx, c, (i*r+j)*3 + c] = taps[i, ky] * taps[j, kx]: per channel, in depth_to_space order
@@ -140,15 +143,19 @@ class InterpolationUpsample(keras.layers.Layer):
         ones = ops.pad(ops.ones_like(x[..., :1]), pad)
         phase_kernel = ops.convert_to_tensor(self._phase_kernel, dtype=x.dtype)
         weights = ops.conv(ones, phase_kernel, padding="valid")  # (N, H, W, r*r), in phase order
-        return pixel_shuffle(weighted / ops.repeat(weights, 3, axis=-1), self.scale)
+        phases = weighted / ops.repeat(weights, 3, axis=-1)
+        return pixel_shuffle(phases, self.scale) if self.shuffle else phases
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape
         r = self.scale
+        if not self.shuffle:
+            return (n, h, w, c * r * r)
         return (n, None if h is None else h * r, None if w is None else w * r, c)
 
     def get_config(self):
-        return {**super().get_config(), "scale": self.scale, "interpolation": self.interpolation}
+        return {**super().get_config(), "scale": self.scale, "interpolation": self.interpolation,
+                "shuffle": self.shuffle}
 
 
 def upsample_stages(scale):
@@ -182,11 +189,11 @@ def _residual_block(x, filters, batch_norm, prelu_init, name):
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
-def _interpolate(x, scale, method):
+def _interpolate(x, scale, method, shuffle=True):
     """The input upscaled by plain interpolation, in float32 (it is added to the output, whatever the policy)."""
     if method not in INTERPOLATIONS:
         raise ValueError(f"interpolation_skip must be one of {INTERPOLATIONS} or None, got {method!r}")
-    return InterpolationUpsample(scale, method, dtype="float32", name=f"skip_{method}")(x)
+    return InterpolationUpsample(scale, method, shuffle=shuffle, dtype="float32", name=f"skip_{method}")(x)
 
 
 def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_norm=None, interpolation_skip=None,
@@ -216,9 +223,8 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     for b in range(blocks):
         x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}")
     if settings["upsampler"] == "subpixel":
-        x = _subpixel_tail(x, scale)
-    else:
-        x = _stages_tail(head, x, scale, filters, batch_norm, prelu_init)
+        return keras.Model(lr, _subpixel_tail(lr, x, scale, skip), name=name)
+    x = _stages_tail(head, x, scale, filters, batch_norm, prelu_init)
     sr = keras.layers.Activation("linear", dtype="float32", name="sr")(x)
     if skip is not None:
         sr = keras.layers.Add(dtype="float32", name="sr_plus_interpolation")([sr, _interpolate(lr, scale, skip)])
@@ -238,12 +244,18 @@ def _stages_tail(head, x, scale, filters, batch_norm, prelu_init):
     return _conv(3, 9, "out_conv")(x)
 
 
-def _subpixel_tail(x, scale):
-    """ESPCN's: one 3x3 conv at LR to 3*scale^2 channels, rearranged into the HR image."""
+def _subpixel_tail(lr, x, scale, skip):
+    """ESPCN's: one 3x3 conv at LR to 3*scale^2 channels, plus the skip's interpolation in the same sub-pixel
+    layout, and one PixelShuffle into the HR image (one shuffle and one add for both: at HR resolution these
+    element-wise passes cost a quarter of this light network's time)."""
     upsample_stages(scale)  # the same scales as the paper's tail
     # zeros: an untrained net outputs its interpolation skip exactly, and training starts from bicubic quality
     x = _conv(3 * scale * scale, 3, "out_conv", kernel_initializer="zeros")(x)
-    return PixelShuffle(scale, name="out_shuffle")(x)
+    x = keras.layers.Activation("linear", dtype="float32", name="out_float32")(x)
+    if skip is not None:
+        x = keras.layers.Add(dtype="float32", name="out_plus_interpolation")(
+            [x, _interpolate(lr, scale, skip, shuffle=False)])
+    return PixelShuffle(scale, dtype="float32", name="sr")(x)
 
 
 def load_generator(path):

@@ -7,6 +7,7 @@ generator.py, gan.py, discriminator.py, flow.py and upscale.py all read them fro
 from pathlib import Path
 
 SCALES = (2, 3, 4, 8)
+SWITCHES = ("auto", "on", "off")  # flags that default to auto: on where they help (--jit, --compile, ...)
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 # Generator architectures. The paper's SRResNet is the default everywhere a preset is not named.
@@ -22,8 +23,8 @@ GENERATOR_PRESETS = {
     "fast": dict(filters=32, blocks=8, batch_norm=False, interpolation_skip="bilinear", upsampler="stages",
                  head_kernel=9),
     # For video on CPUs (ESPCN, Shi et al. 2016; ABPN, Du et al. 2021): every convolution at the LR resolution,
-    # one 3x3 conv to 3*r*r channels and one PixelShuffle, over a bicubic copy of the input. About 55 kMAC per
-    # LR pixel against 1.1 MMAC for "fast" and 4.4 MMAC for srresnet: the x2 stages and the 9x9 output conv at
+    # one 3x3 conv to 3*r*r channels and one PixelShuffle, over a bicubic copy of the input. 56 kMAC per
+    # LR pixel against 0.48 MMAC for "fast" and 2.2 MMAC for srresnet: the x2 stages and the 9x9 output conv at
     # HR resolution are what those pay for. 32 filters: on a 2-core AVX2 CPU 32 ran faster than 28 (x1.06).
     "video": dict(filters=32, blocks=2, batch_norm=False, interpolation_skip="bicubic", upsampler="subpixel",
                   head_kernel=3),

@@ -1,15 +1,17 @@
 """Benchmark upscale.py: per model, frames/s of a 640x360 -> x4 video, fp32 against bf16, and more.
 
-    python benchmarks/bench_upscale.py                    # the shipped PSNR model (a few frames: minutes on 2 cores)
-    python benchmarks/bench_upscale.py --models psnr gan  # both shipped models
+    python benchmarks/bench_upscale.py                    # the shipped video and PSNR models (minutes on 2 cores)
+    python benchmarks/bench_upscale.py --models gan       # another shipped model, or a .keras file
     python benchmarks/bench_upscale.py --quick            # 2 frames, smaller Set5 crops: a smoke test
     python benchmarks/bench_upscale.py --tiling           # the tiled-vs-whole speed and memory study instead
 
 Prints, per model, in one run, every figure also as a ratio against a baseline measured in the same run
 (the machine may be shared, so absolute times drift; ratios of interleaved runs much less):
+0. the CPU's peak GFLOP/s (benchmarks/peak.py: matmul and 3x3 conv, fp32 and bf16), measured first;
 1. model-only frames/s of one 640x360 frame (upscale_array: tiles, blending and all), fp32 (the baseline),
    bf16 (a mixed_bfloat16 copy of the model; emulated on CPUs without native bfloat16), and fp32
-   XLA-compiled (upscale.compile_model, the CLI's --compile) instead of Keras' predict_on_batch;
+   XLA-compiled (upscale.compile_model, the CLI's --compile) instead of Keras' predict_on_batch, each with
+   its share of the peak (the convolutions' FLOPs per frame, benchmarks/peak.py's generator_flops);
 2. end-to-end frames/s (decode, upscale, encode with libx264 at the default preset and CRF, copy audio) of
    the first frames of ../shared/data/clips/big_buck_bunny.mp4 (or a generated 640x360 clip): the
    threaded pipeline against the sequential one, and the peak resident memory during each run (sampled);
@@ -39,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from peak import describe_peak, generator_flops, measure_peak  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # configuration
 PRESET = "srresnet"  # the model for parts 1 and 2: the paper's 16 blocks x 64 filters
-VIDEO_PRESET = "fast"  # the light preset, for part 3
 SPEED_SIZE = (480, 270)  # LR width, height for part 1 (whole-image inference must fit in memory)
 MEMORY_SIZE = (960, 540)  # part 2, tiled
 WHOLE_MEMORY_SIZE = (480, 270)  # part 2, whole-image (960x540 does not fit: > 22 GB)
@@ -349,19 +351,23 @@ def laplacian(x):
     return 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
 
 
-def report_model(name, frames, repeats, quick):
-    """Parts 1-4 for one shipped model."""
+def report_model(name, frames, repeats, quick, peak):
+    """Parts 1-4 for one shipped model (or .keras file); peak: measure_peak() of this run."""
     import upscale
 
     fp32 = upscale.load_model(name)
     bf16 = upscale.with_precision(fp32, "bf16")
-    print(f"model {name} ({upscale.resolve_model_path(name).name}):")
+    flops = generator_flops(fp32, 360, 640)
+    print(f"model {name} ({upscale.resolve_model_path(name).name}, {fp32.count_params():,} parameters, "
+          f"{flops / 1e9:.1f} GFLOP per 640x360 frame):")
     compiled = upscale.compile_model(upscale.load_model(name))  # --compile
     times = model_only({"fp32": fp32, "bf16": bf16, "fp32 XLA": compiled}, repeats)
     base = times["fp32"]
-    print(f"1. model only, one 640x360 -> x4 frame, median of {repeats} interleaved runs:")
+    print(f"1. model only, one 640x360 -> x4 frame, median of {repeats} interleaved runs; share of this run's "
+          f"peak of the case's precision:")
     for case, t in times.items():
-        print(f"   {case:9s}: {1 / t:6.3f} frames/s ({t:5.2f} s)  {base / t:5.2f}x fp32")
+        share = flops / t / 1e9 / peak[case.split()[0]]
+        print(f"   {case:9s}: {1 / t:6.3f} frames/s ({t:5.2f} s)  {base / t:5.2f}x fp32, {share:5.1%} of peak")
     print(f"2. end to end, {frames} frames of {CLIP.name if CLIP.is_file() else 'a generated clip'} "
           f"(libx264 {upscale.DEFAULT_PRESET}, crf {upscale.DEFAULT_CRF}, audio copied):")
     rows = {}
@@ -407,7 +413,7 @@ def backend_devices():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    p.add_argument("--models", nargs="+", default=["psnr"], help="shipped model names or .keras files")
+    p.add_argument("--models", nargs="+", default=["video", "psnr"], help="shipped model names or .keras files")
     p.add_argument("--frames", type=int, default=VIDEO_FRAMES, help="clip frames per end-to-end run")
     p.add_argument("--tiling", action="store_true", help="the tiled-vs-whole speed and memory study instead")
     p.add_argument("--preset", default=PRESET, help="generator preset for the --tiling study")
@@ -439,8 +445,10 @@ def main(argv=None):
         print(f"bench_upscale: tiled/whole speed {ratio:.2f}x, {time.perf_counter() - started:.0f} s in all")
         return 0
     frames = 2 if args.quick else args.frames
+    peak = measure_peak()
+    print(f"peak of this CPU now: {describe_peak(peak)}")
     for name in args.models:
-        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick)
+        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick, peak)
     print(f"bench_upscale: {time.perf_counter() - started:.0f} s in all")
     return 0
 

@@ -105,6 +105,24 @@ def test_fast_preset_and_overrides():
     assert wider.get_layer("skip_bicubic").interpolation == "bicubic"
 
 
+def test_video_preset_runs_every_convolution_at_lr_resolution_and_starts_at_bicubic(tmp_path):
+    model = build_generator(4, preset="video")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    x = rand(1, 6, 5, 3)
+    per_conv = keras.Model(model.input, [layer.output for layer in convs])(x)
+    assert all(tuple(out.shape[1:3]) == (6, 5) for out in per_conv)  # no convolution at HR resolution
+    assert model.get_layer("head_conv").kernel.shape == (3, 3, 3, 32)
+    assert model.get_layer("out_conv").kernel.shape == (3, 3, 32, 48)
+    assert 40_000 < model.count_params() < 60_000 and generator_scale(model) == 4
+    # untrained, it is exactly bicubic (zero-initialised output conv), whatever the size
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(InterpolationUpsample(4, "bicubic")(x)), atol=1e-6)
+    with pytest.raises(ValueError, match="upsampler must be one of"):
+        build_generator(4, preset="video", upsampler="deconv")
+    model.get_layer("out_conv").set_weights([w + 0.01 for w in model.get_layer("out_conv").get_weights()])
+    model.save(tmp_path / "video.keras")
+    np.testing.assert_array_equal(np.asarray(load_generator(tmp_path / "video.keras")(x)), np.asarray(model(x)))
+
+
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_interpolation_skip_starts_from_interpolation(interpolation):
     """With the output conv zeroed the generator is exactly the interpolated input."""

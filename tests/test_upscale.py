@@ -835,6 +835,14 @@ def test_pipeline_queues_are_bounded_and_errors_stop_every_stage():
     assert not [t for t in threading.enumerate() if t.name.startswith("upscale-")]
 
 
+def test_compile_auto_is_on_for_frames_and_off_for_still_images():
+    still, anim = upscale.Job(Path("a.png"), Path("b.png"), "image"), upscale.Job(Path("a.gif"), Path("b.gif"), "animation")
+    assert not upscale.wants_compile("auto", [still]) and upscale.wants_compile("auto", [still, anim])
+    assert upscale.wants_compile("on", [still]) and not upscale.wants_compile("off", [anim])
+    assert upscale.parse_args(["x.png", "-o", "y.png", "--compile"]).compile == "on"
+    assert upscale.parse_args(["x.png", "-o", "y.png"]).compile == "auto"
+
+
 def test_compiled_inference_gives_the_same_pixels(model_path, tmp_path):
     model = upscale.load_model(model_path)
     img = data.astronaut()[100:150, 150:210]
