@@ -16,6 +16,8 @@ bf16 is another precision: rtol 5e-2, atol 1e-3). The batch is crops of scikit-i
 machine, so load drifts and comes in bursts): the best round's img/s is the headline, with the median of
 per-round ratios and the ratio of CPU seconds per step (the work done; little affected by other processes)
 beside it.
+Phase 1 also gives each path's share of the CPU's peak (benchmarks/peak.py, measured first in the same run):
+its img/s times 3 forward passes' FLOPs over the fp32 peak (the bf16 peak for bf16).
 Last: phase-1 fit fed by the real tf.data pipeline over PNG files (flow.tf_pair_dataset) vs in-memory tensors.
 
 NO_AUTOTUNE: on this 2-core machine, fit() fed by a tf.data pipeline with autotuning on (which Keras' own array
@@ -40,6 +42,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")  # many models trace side by side here: the retracing warnings are expected
+
+from peak import describe_peak, generator_flops, measure_peak  # noqa: E402
 
 from discriminator import build_discriminator  # noqa: E402
 from gan import SRGAN, ContentLoss  # noqa: E402
@@ -243,18 +247,25 @@ def speedups(results, name):
             statistics.median(base["cpu"]) / statistics.median(mine["cpu"]))
 
 
-def report(phase, results):
-    """Best round (least disturbed by other processes), median of rounds, and CPU time (the work done)."""
+def report(phase, results, peak):
+    """Best round (least disturbed by other processes), median of rounds, and CPU time (the work done); for
+    phase 1, the best round's share of this run's peak (training ~ 3 forward passes: forward, and the
+    backward pass's two products per layer)."""
     print(f"  {phase} summary (the issue's baseline figure: {BASELINE_FIGURES[phase]} img/s). Speed-ups by best round"
           f" | median round | CPU time per step:")
+    train_flops = 3 * generator_flops(build_generator(SCALE, preset=PRESET), LR_SIZE, LR_SIZE)
     for name, r in results.items():
         best, median_ratio, cpu_ratio = speedups(results, name)
+        share = ""
+        if phase == "phase 1":
+            precision = "bf16" if name == "bf16" else "fp32"
+            share = f" | {max(r['rate']) * train_flops / 1e9 / peak[precision]:5.1%} of the {precision} peak"
         print(f"    {name:9s} best {max(r['rate']):6.2f} img/s ({1000 * BATCH / max(r['rate']):5.0f} ms/step) "
               f"x{best:.2f} | median {statistics.median(r['rate']):6.2f} img/s x{median_ratio:.2f} | "
-              f"{statistics.median(r['cpu']):5.2f} CPU-s/step x{cpu_ratio:.2f}")
+              f"{statistics.median(r['cpu']):5.2f} CPU-s/step x{cpu_ratio:.2f}{share}")
 
 
-def bench_phase(phase, weights, batch, variants, steps, rounds):
+def bench_phase(phase, weights, batch, variants, steps, rounds, peak):
     print(f"\n== {phase}: batch {BATCH}, {LR_SIZE}x{LR_SIZE} -> {LR_SIZE * SCALE}x{LR_SIZE * SCALE}, {PRESET} ==",
           flush=True)
     lr, hr = batch
@@ -264,7 +275,7 @@ def bench_phase(phase, weights, batch, variants, steps, rounds):
     ok = check_losses(impls, lr, hr)
     print(f"  (loss check and warm-up, tracing and compilation included: {time.perf_counter() - start:.0f}s)")
     results = measure(impls, lr, hr, steps, rounds)
-    report(phase, results)
+    report(phase, results, peak)
     return results, ok
 
 
@@ -349,13 +360,15 @@ def main(argv=None):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"devices {[d.device_type for d in tf.config.list_physical_devices()]}")
+    peak = measure_peak()
+    print(f"peak of this CPU now: {describe_peak(peak)}")
     weights = template_weights()
     tmp = tempfile.TemporaryDirectory()
     root = write_png_dataset(Path(tmp.name) / "dataset", DATA_IMAGES)
     batch = fixed_batch(root)
     all_ok, summary = True, []
     for phase in (f"phase {p}" for p in args.phases.split(",")):
-        results, ok = bench_phase(phase, weights, batch, variants, args.steps, args.rounds)
+        results, ok = bench_phase(phase, weights, batch, variants, args.steps, args.rounds, peak)
         all_ok &= ok
         for name in results:
             if name != "baseline":
