@@ -16,9 +16,12 @@ bf16 is another precision: rtol 5e-2, atol 1e-3). The batch is crops of scikit-i
 machine, so load drifts and comes in bursts): the best round's img/s is the headline, with the median of
 per-round ratios and the ratio of CPU seconds per step (the work done; little affected by other processes)
 beside it.
+--ab-steps N: phase 1 of a preset trained N steps twice by flow.py, --mixed-precision off and on, the same seed
+and data (scikit-image's samples as patches): the validation PSNR difference decides whether bf16 training is
+safe (within 0.05 dB) where the hardware has it natively.
 Phase 1 also gives each path's share of the CPU's peak (benchmarks/peak.py, measured first in the same run):
 its img/s times 3 forward passes' FLOPs over the fp32 peak (the bf16 peak for bf16).
-Last: phase-1 fit fed by the real tf.data pipeline over PNG files (flow.tf_pair_dataset) vs in-memory tensors.
+Last: phase-1 fit fed by the real tf.data pipeline over PNG files (training.tf_pair_dataset) vs in-memory tensors.
 
 NO_AUTOTUNE: on this 2-core machine, fit() fed by a tf.data pipeline with autotuning on (which Keras' own array
 adapter also uses) stalls: a 3.1 s step often takes 5.1 s of wall time, for the same CPU time. The in-memory feed
@@ -302,10 +305,10 @@ def write_png_dataset(root, count):
 def png_input(root):
     """flow.py's training pipeline over the PNGs (decode, cache, shuffle, augment, batch, prefetch)."""
     import create_dataset
-    import flow
+    import training
 
     split, scale = create_dataset.scan_split(root, "train")
-    return flow.tf_pair_dataset(split, batch_size=BATCH, scale=scale, seed=SEED), "flow.tf_pair_dataset"
+    return training.tf_pair_dataset(split, batch_size=BATCH, scale=scale, seed=SEED), "training.tf_pair_dataset"
 
 
 def without_autotune(dataset):
@@ -346,6 +349,35 @@ def bench_input(weights, root, batch, name, steps, rounds):
     return ratio
 
 
+# ----------------------------------------------------------------------------- bf16 vs float32: quality A/B
+def precision_ab(steps, preset):
+    """Two `flow.py train` runs of phase 1 that differ only in --mixed-precision (off: float32; on: bfloat16
+    compute on a CPU), same seed, data and steps; returns {precision: (val PSNR dB, seconds)}."""
+    import csv
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "samples"
+        subprocess.run([sys.executable, str(ROOT / "create_dataset.py"), "--samples", "--mode", "patches",
+                        "--patches", "60", "--hr-size", str(LR_SIZE * SCALE), "--out", str(data), "--quiet"],
+                       check=True, stdout=subprocess.DEVNULL)
+        results = {}
+        for precision, flag in (("fp32", "off"), ("bf16", "on")):
+            run = Path(tmp) / precision
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(ROOT / "flow.py"), "train", "--data", str(data), "--out", str(run),
+                            "--preset", preset, "--pretrain-epochs", "1", "--gan-epochs", "0", "--steps-per-epoch",
+                            str(steps), "--batch-size", str(BATCH), "--pretrain-loss", "l1", "--lr-g", "1e-3",
+                            "--lr-schedule", "cosine", "--seed", str(SEED), "--mixed-precision", flag,
+                            "--verbose", "2"], check=True, stdout=subprocess.DEVNULL)
+            with open(run / "history.csv", newline="") as f:
+                psnr = float(list(csv.DictReader(f))[-1]["val_psnr"])
+            results[precision] = (psnr, time.perf_counter() - start)
+            print(f"  {precision}: validation PSNR {psnr:.3f} dB after {steps} steps ({results[precision][1]:.0f} s)",
+                  flush=True)
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per implementation per round")
@@ -353,6 +385,9 @@ def main(argv=None):
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     parser.add_argument("--phases", default="1,2", help="which phases to time: 1, 2 or 1,2")
     parser.add_argument("--input-variant", default="fit", help="the fit path timed with real input ('' to skip)")
+    parser.add_argument("--ab-steps", type=int, default=0,
+                        help="also train phase 1 this many steps in float32 and in bf16 and compare validation PSNR")
+    parser.add_argument("--ab-preset", default="video", help="the generator preset of the A/B runs")
     args = parser.parse_args(argv)
     variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
     unknown = set(variants) - set(VARIANTS)
@@ -378,6 +413,13 @@ def main(argv=None):
         ratio = bench_input(weights, root, batch, args.input_variant, args.steps, args.rounds)
         summary.append(f"PNG input {100 * (ratio - 1):+.1f}% vs in-memory")
     tmp.cleanup()
+    if args.ab_steps:
+        print(f"\n== A/B: phase 1 of the {args.ab_preset} preset, {args.ab_steps} steps, float32 vs bf16 ==",
+              flush=True)
+        ab = precision_ab(args.ab_steps, args.ab_preset)
+        diff = ab["bf16"][0] - ab["fp32"][0]
+        summary.append(f"bf16 validation PSNR {diff:+.3f} dB vs float32 ({'within' if abs(diff) <= 0.05 else 'NOT within'}"
+                       f" 0.05 dB) after {args.ab_steps} steps, {ab['fp32'][1] / ab['bf16'][1]:.2f}x the speed")
     print(f"\nsummary: {'; '.join(summary)}; losses {'match' if all_ok else 'DIFFER'} (see above)")
     return 0 if all_ok else 1
 
