@@ -567,7 +567,7 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(upscale, "load_model", refuse)
 
 
-def test_arguments_are_checked_before_any_model_loads(model_path, tmp_path, capsys, no_model_load):
+def test_arguments_are_checked_before_any_model_loads(model_path, tmp_path, capsys, no_model_load, monkeypatch):
     src = tmp_path / "in.png"
     Image.fromarray(data.coffee()[:16, :16]).save(src)
     out = tmp_path / "out.png"
@@ -584,8 +584,9 @@ def test_arguments_are_checked_before_any_model_loads(model_path, tmp_path, caps
     with pytest.raises(SystemExit) as exit_:
         run_cli(src, "-o", out, "--start", "1:75")
     assert exit_.value.code == 2
+    monkeypatch.setitem(upscale.MODEL_NAMES, "video", tmp_path / "absent_x4.keras")  # a copy without that file
     assert run_cli(src, "-o", out, "--model", "video") == 2
-    assert "video_x4.keras" in capsys.readouterr().err
+    assert "absent_x4.keras" in capsys.readouterr().err
     assert run_cli(src, "-o", out, "--model", tmp_path / "nosuch.keras") == 2
     assert not out.exists()
 
