@@ -62,9 +62,10 @@ MIN_TILE, TILE_STEP = 32, 16  # an explicit --tile shrinks in steps of TILE_STEP
 MAX_TILE = 512  # automatic tiles hold at most MAX_TILE**2 LR pixels (more memory goes into batches)
 TILE_MEMORY_BUDGET = 512 * 2**20  # bytes of activations one model call may use (keeps a 960x540 x4 < 1.5 GB) ...
 MEMORY_FRACTION = 0.5  # ... and at most this fraction of the memory still available
-# Peak activation memory of an SRResNet forward pass, in bytes per output pixel and per filter of its trunk
-# (17-18 measured for both presets at 128-384 px tiles, float32, TensorFlow 2.21 on CPU): sizes the tiles.
-ACTIVATION_BYTES_PER_FILTER = 18
+# Peak activation memory of a forward pass, in bytes per value of its widest feature map per LR pixel
+# (widest_map; 17-18 measured for SRResNet and the fast preset at 128-384 px tiles, float32, TensorFlow 2.21 on
+# CPU): sizes the tiles.
+ACTIVATION_BYTES_PER_VALUE = 18
 MAX_FRAME_BATCH = 8  # frames per model call when whole frames fit in one call (small GIFs)
 QUEUE_FRAMES = 4  # frames (or batches) waiting between decoder, model and encoder: memory stays flat
 QUEUE_ITEMS = 64  # decoded items (frames and audio packets) waiting for the model
@@ -141,14 +142,19 @@ def model_scale(model):
     return generator_scale(model)
 
 
-def model_filters(model):
-    """Width of the model's trunk: the filters of its first convolution (64 for SRResNet)."""
+def widest_map(model):
+    """Values per LR pixel of the model's widest feature map: each convolution's filters times the upsampling
+    done before it, squared (SRResNet x4: its last x2 stage, 256 filters at 2x = 1024 = 64 filters x 16; the
+    video preset, all at LR: its 48-channel output conv), and the output's 3 x scale^2."""
     import keras
 
+    widest, factor = 3 * model_scale(model) ** 2, 1
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):
-            return int(layer.filters)
-    return 64
+            widest = max(widest, int(layer.filters) * factor * factor)
+        elif type(layer).__name__ == "PixelShuffle":
+            factor *= layer.scale
+    return widest
 
 
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
@@ -347,10 +353,9 @@ def memory_budget():
     return min(TILE_MEMORY_BUDGET, MEMORY_FRACTION * resizer.available_memory_bytes())
 
 
-def activation_bytes_per_pixel(model, scale=None):
+def activation_bytes_per_pixel(model):
     """Estimated peak activation memory of one forward pass, in bytes per input (LR) pixel."""
-    scale = model_scale(model) if scale is None else scale
-    return ACTIVATION_BYTES_PER_FILTER * model_filters(model) * scale * scale
+    return ACTIVATION_BYTES_PER_VALUE * widest_map(model)
 
 
 def auto_overlap(model):
@@ -360,11 +365,11 @@ def auto_overlap(model):
     return overlap_for_radius(receptive_radius(model))
 
 
-def auto_tile_pixels(model, *, budget=None, scale=None):
+def auto_tile_pixels(model, *, budget=None):
     """LR pixels one model call may take: the memory budget (default memory_budget()) over the estimated
     activation bytes per pixel."""
     budget = memory_budget() if budget is None else budget
-    return int(budget // activation_bytes_per_pixel(model, scale))
+    return int(budget // activation_bytes_per_pixel(model))
 
 
 def _tile_side(length, count, overlap):
@@ -493,7 +498,7 @@ def upscale_float(model, x, *, tile=None, overlap=None, batch_size=None):
         raise ValueError(f"overlap must be >= 0 and batch_size >= 1, got {overlap} and {batch_size}")
     height, width = x.shape[:2]
     asked = (tile, overlap, batch_size)
-    pixels = auto_tile_pixels(model, scale=state.scale)  # what one call may hold
+    pixels = auto_tile_pixels(model)  # what one call may hold
     tile, pixels, batch_size = state.reduced.get(asked, (tile, pixels, batch_size))
     while True:
         if tile is not None and tile <= 2 * overlap and tile < max(height, width):

@@ -125,6 +125,9 @@ def test_automatic_tile_overlap_and_batch_follow_the_model_and_memory(model):
     fast = build_generator(scale=4, preset="fast")
     assert upscale.activation_bytes_per_pixel(srresnet) == 8 * upscale.activation_bytes_per_pixel(model)
     assert upscale.auto_tile_pixels(srresnet, budget=64 * 2**20) == pytest.approx(small / 8, rel=1e-3)
+    video = build_generator(scale=4, preset="video")  # every conv at LR: its widest map is the 48-channel output
+    assert upscale.widest_map(video) == 48 and upscale.widest_map(srresnet) == 64 * 16
+    assert upscale.auto_tile_pixels(video) >= 640 * 360 or upscale.memory_budget() < 256 * 2**20  # whole frames
     assert (upscale.receptive_radius(srresnet), upscale.auto_overlap(srresnet)) == (39.5, 32)
     assert (upscale.receptive_radius(fast), upscale.auto_overlap(fast)) == (23.5, 24)
     assert resizer.available_memory_bytes() > 0 and 0 < upscale.memory_budget() <= upscale.TILE_MEMORY_BUDGET
