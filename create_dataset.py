@@ -998,15 +998,16 @@ def _image_size(path):
         raise DatasetError(str(err)) from err
 
 
-def dataset_scale(dataset):
-    """The scale recorded in DATASET/manifest.json, or None when there is no manifest."""
-    manifest = Path(dataset) / "manifest.json"
-    if not manifest.is_file():
+def dataset_scale(dataset, manifest=None):
+    """The scale recorded in DATASET/manifest.json (read_manifest's, or the one given), or None when there is no
+    manifest."""
+    manifest = read_manifest(dataset) if manifest is None else manifest
+    if manifest is None:
         return None
     try:
-        return int(json.loads(manifest.read_text())["parameters"]["scale"])
+        return int(manifest["parameters"]["scale"])
     except (ValueError, KeyError, TypeError) as err:
-        raise DatasetError(f"{manifest}: no readable parameters.scale ({err})") from err
+        raise DatasetError(f"{_Folder(dataset).join(MANIFEST)}: no readable parameters.scale ({err})") from err
 
 
 def scan_split(dataset, split, scale=None):
@@ -1052,26 +1053,21 @@ def check_dataset(dataset, splits=("train", "val")):
     """
     if not has_scheme(dataset) and not Path(dataset).is_dir():
         raise DatasetError(f"DATASET not found: {dataset}")
-    if dataset_format(dataset) == "tfrecord":
-        return {split: tfrecord_split(dataset, split) for split in splits}, _manifest_scale(dataset)
-    dataset = Path(dataset)
-    scale, found = dataset_scale(dataset), {}
+    manifest = read_manifest(dataset)  # once: on gs:// each read is a request
+    scale = dataset_scale(dataset, manifest)
+    if _format_of(manifest) == "tfrecord":
+        return {split: tfrecord_split(dataset, split, manifest) for split in splits}, scale
+    found = {}
     for split in splits:
-        found[split], scale = scan_split(dataset, split, scale)
+        found[split], scale = scan_split(Path(dataset), split, scale)
     return found, scale
 
 
-def _manifest_scale(dataset):
-    try:
-        return int(read_manifest(dataset)["parameters"]["scale"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise DatasetError(f"{_Folder(dataset).join(MANIFEST)}: no readable parameters.scale ({err})") from err
-
-
-def tfrecord_split(dataset, split):
-    """A tfrecord DATASET's split as a Split (shards, pair count, the one LR size), from its manifest alone."""
-    files = tfrecord_files(dataset, split)
-    manifest = read_manifest(dataset)
+def tfrecord_split(dataset, split, manifest=None):
+    """A tfrecord DATASET's split as a Split (shards, pair count, the one LR size), from its manifest alone
+    (read_manifest's, or the one given)."""
+    manifest = read_manifest(dataset) if manifest is None else manifest
+    files = tfrecord_files(dataset, split, manifest)
     pairs = int(manifest.get("counts", {}).get(split, 0))
     if not files or not pairs:
         raise DatasetError(f"{dataset}: the {split} split holds no pairs")
@@ -1121,19 +1117,22 @@ def read_manifest(dataset):
 
 def dataset_format(dataset):
     """"png" or "tfrecord", as DATASET/manifest.json says ("png" when it has no manifest or no format)."""
-    manifest = read_manifest(dataset)
+    return _format_of(read_manifest(dataset))
+
+
+def _format_of(manifest):
     return manifest.get("parameters", {}).get("format", "png") if manifest else "png"
 
 
-def tfrecord_files(dataset, split):
+def tfrecord_files(dataset, split, manifest=None):
     """Paths of one split's TFRecord shards, in order, as DATASET/manifest.json lists them (checked present).
 
     dataset may be local or any path TensorFlow reads (gs://...). Raises DatasetError for a dataset that
     is not in the tfrecord format or a missing shard; an empty split gives []. The split's pair count is
-    read_manifest(dataset)["counts"][split].
+    read_manifest(dataset)["counts"][split]. manifest: read_manifest(dataset) when already read.
     """
     folder = _Folder(dataset)
-    manifest = read_manifest(dataset)
+    manifest = read_manifest(dataset) if manifest is None else manifest
     if manifest is None:
         raise DatasetError(f"{folder.join(MANIFEST)} not found: not a DATASET (python create_dataset.py "
                            "--format tfrecord writes one)")

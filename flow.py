@@ -376,7 +376,8 @@ def resolve_config(args, splits, scale):
                                         batch_norm=args.batch_norm, interpolation_skip=args.interpolation_skip)
     init = str(Path(args.init_generator).resolve()) if args.init_generator else None
     return {
-        "data": args.data if has_scheme(args.data) else str(Path(args.data).resolve()), "scale": scale, "train_images": len(train_split),
+        "data": args.data if has_scheme(args.data) else str(Path(args.data).resolve()), "scale": scale,
+        "train_images": len(train_split),
         "val_images": len(splits["val"]), "patch_size": args.patch_size, "hr_size": hr_size,
         "pretrain_epochs": args.pretrain_epochs, "gan_epochs": args.gan_epochs, "batch_size": args.batch_size,
         "steps_per_epoch": steps, "preset": args.preset, "generator": arch,

@@ -367,9 +367,9 @@ def auto_overlap(model):
 
 def auto_tile_pixels(model, *, budget=None):
     """LR pixels one model call may take: the memory budget (default memory_budget()) over the estimated
-    activation bytes per pixel."""
+    activation bytes per pixel (worked out once per model)."""
     budget = memory_budget() if budget is None else budget
-    return int(budget // activation_bytes_per_pixel(model))
+    return int(budget // _state(model).bytes_per_pixel)
 
 
 def _tile_side(length, count, overlap):
@@ -420,6 +420,7 @@ class _ModelState:
 
     scale: int
     overlap: int
+    bytes_per_pixel: int  # activation_bytes_per_pixel
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
     compiled: object = None  # an XLA-compiled forward (compile_model), or None for model.predict_on_batch
 
@@ -462,7 +463,8 @@ _STATES = weakref.WeakKeyDictionary()
 def _state(model):
     state = _STATES.get(model)
     if state is None:
-        state = _STATES[model] = _ModelState(scale=model_scale(model), overlap=auto_overlap(model))
+        state = _STATES[model] = _ModelState(scale=model_scale(model), overlap=auto_overlap(model),
+                                             bytes_per_pixel=activation_bytes_per_pixel(model))
     return state
 
 
