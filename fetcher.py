@@ -1535,6 +1535,8 @@ def image_kind(path: Path) -> str:
     thumbnail: vector art, gradients, logos), else "photo". A heuristic: it reads the pixels only."""
     with Image.open(path) as im:
         im.draft("RGB", (256, 256))  # JPEGs decode at a fraction of their size
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # as Pillow asks: straight to RGB it warns that the transparency is lost
         rgb = im.convert("RGB")
     size = (min(128, rgb.width), min(128, rgb.height))
     # colours of a nearest-neighbour sample: averaging would invent in-between shades at every edge

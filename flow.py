@@ -61,6 +61,7 @@ discriminator = "srgan"  # srgan (the paper's) | unet (Real-ESRGAN's per-pixel U
 d_filters = 64  # discriminator width (the paper's 64 -> 512)
 gan_loss = "vanilla"  # vanilla (the paper's) | ragan (ESRGAN's relativistic average)
 feature_matching = 0.0  # weight of discriminator feature matching in the generator's loss
+ema = 0.0  # decay of the generator weights' moving average (0: off; ESRGAN's 0.999)
 lr_g = 1e-4  # Adam, both phases (the paper's 1e-4)
 lr_d = 1e-4
 lr_schedule = "constant"  # constant | cosine (to 0 over each phase) | step (x0.1 half-way, as the paper's GAN)
@@ -201,9 +202,9 @@ def pretrain(run, generator):
     cfg = run.config
     total = cfg["pretrain_epochs"] * cfg["steps_per_epoch"]
     with runtime.strategy_scope(run.strategy):
-        generator.compile(adam(cfg["lr_g"], cfg["lr_schedule"], total),
-                          loss=gan.ContentLoss(cfg["pretrain_loss"]), jit_compile=run.jit)
-    return fit_phase(run, "pretrain", generator, generator, 0, cfg["pretrain_epochs"])
+        optimizer = adam(cfg["lr_g"], cfg["lr_schedule"], total, cfg["ema"])
+        generator.compile(optimizer, loss=gan.ContentLoss(cfg["pretrain_loss"]), jit_compile=run.jit)
+    return fit_phase(run, "pretrain", generator, generator, 0, cfg["pretrain_epochs"], optimizer)
 
 
 def adversarial(run, generator, content):
@@ -218,16 +219,17 @@ def adversarial(run, generator, content):
         d = cfg["discriminator"]
         discriminator = build_discriminator(hr_size=d["hr_size"], filters=d["filters"], kind=d["kind"])
         srgan = gan.SRGAN(generator, discriminator)
-        srgan.compile(g_optimizer=adam(cfg["lr_g"], cfg["lr_schedule"], total),
-                      d_optimizer=adam(cfg["lr_d"], cfg["lr_schedule"], total),
+        g_optimizer = adam(cfg["lr_g"], cfg["lr_schedule"], total, cfg["ema"])
+        srgan.compile(g_optimizer=g_optimizer, d_optimizer=adam(cfg["lr_d"], cfg["lr_schedule"], total),
                       content_loss=content, adversarial_weight=cfg["adversarial_weight"], gan_loss=cfg["gan_loss"],
                       feature_matching_weight=cfg["feature_matching_weight"], jit_compile=run.jit)
     first = cfg["pretrain_epochs"]
-    return fit_phase(run, "gan", srgan, generator, first, first + cfg["gan_epochs"])
+    return fit_phase(run, "gan", srgan, generator, first, first + cfg["gan_epochs"], g_optimizer)
 
 
-def fit_phase(run, phase, model, generator, first_epoch, last_epoch):
+def fit_phase(run, phase, model, generator, first_epoch, last_epoch, g_optimizer):
     """model.fit over global epochs [first_epoch, last_epoch), resuming from the phase's saved state.
+    g_optimizer: the generator's optimizer (its moving average, with --ema, is what validation and exports see).
 
     A state saved mid-epoch (after Ctrl-C) first finishes that epoch's remaining steps. Returns the exit status
     (0 when the phase is done). Epochs count globally across both phases.
@@ -246,7 +248,7 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch):
         guard = training.Guard(save_to=backup, steps_done=step)
         until = epoch + 1 if step else last_epoch  # a part-done epoch runs alone, then the rest together
         model.fit(training_input(run, epoch - first_epoch, step), epochs=until, initial_epoch=epoch,
-                  steps_per_epoch=steps - step, callbacks=phase_callbacks(run, phase, generator, guard),
+                  steps_per_epoch=steps - step, callbacks=phase_callbacks(run, phase, generator, guard, g_optimizer),
                   verbose=run.verbose, shuffle=False)  # the input shuffles itself (seeded)
         if not guard.epoch_is_good():
             return stopped(run, phase, guard, backup)
@@ -254,14 +256,16 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch):
     return finish_phase(run, phase)
 
 
-def phase_callbacks(run, phase, generator, guard):
+def phase_callbacks(run, phase, generator, guard, g_optimizer):
     """Order matters: the metrics enter the logs before the export, the CSV and TensorBoard read them; the
-    state comes last, so a kill between them redoes the epoch rather than skipping its export."""
+    state comes last, so a kill between them redoes the epoch rather than skipping its export. With --ema the
+    moving average is swapped in for the metrics and exports, and the raw weights back before the state."""
     import runtime
     import training
 
     tensorboard = runtime.tensorboard_available()
-    cbs = [guard,
+    average = training.MovingAverageSwap(g_optimizer) if getattr(g_optimizer, "use_ema", False) else None
+    cbs = [guard, *([average.swap_in] if average else []),
            training.ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, guard,
                                       count=run.config["sample_count"], names=run.splits["val"].hr_paths or None,
                                       tensorboard=tensorboard, niqe=phase == "gan"),
@@ -272,6 +276,8 @@ def phase_callbacks(run, phase, generator, guard):
         import keras
 
         cbs.append(keras.callbacks.TensorBoard(str(run.path / "tensorboard"), write_graph=False))
+    if average:
+        cbs.append(average.swap_out)
     cbs.append(training.StateBackup(backup_folder(run, phase), guard))
     return cbs + list(run.extra_callbacks)
 
@@ -319,8 +325,9 @@ def finish_phase(run, phase):
     return 0
 
 
-def adam(base, schedule, total_steps):
-    """Adam with the paper's beta_1 = 0.9, its learning rate constant or a schedule over one phase's steps."""
+def adam(base, schedule, total_steps, ema_decay=0.0):
+    """Adam with the paper's beta_1 = 0.9, its learning rate constant or a schedule over one phase's steps;
+    ema_decay > 0 keeps a moving average of the weights (Keras' use_ema) with that momentum."""
     import keras
 
     learning_rate = base
@@ -328,6 +335,8 @@ def adam(base, schedule, total_steps):
         learning_rate = keras.optimizers.schedules.CosineDecay(base, decay_steps=total_steps)
     elif schedule == "step" and total_steps > 1:
         learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay([total_steps // 2], [base, base * 0.1])
+    if ema_decay > 0:
+        return keras.optimizers.Adam(learning_rate, beta_1=0.9, use_ema=True, ema_momentum=ema_decay)
     return keras.optimizers.Adam(learning_rate, beta_1=0.9)
 
 
@@ -382,7 +391,7 @@ def resolve_config(args, splits, scale):
         "pretrain_epochs": args.pretrain_epochs, "gan_epochs": args.gan_epochs, "batch_size": args.batch_size,
         "steps_per_epoch": steps, "preset": args.preset, "generator": arch,
         "discriminator": {"kind": args.discriminator, "filters": args.d_filters, "hr_size": hr_size},
-        "gan_loss": args.gan_loss, "feature_matching_weight": args.feature_matching,
+        "gan_loss": args.gan_loss, "feature_matching_weight": args.feature_matching, "ema": args.ema,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "lr_schedule": args.lr_schedule, "pretrain_loss": args.pretrain_loss,
         "content_loss": args.content_loss, "adversarial_weight": args.adversarial_weight,
         "vgg_weights": str(Path(args.vgg_weights).resolve()) if args.vgg_weights else None,
@@ -393,8 +402,17 @@ def resolve_config(args, splits, scale):
     }
 
 
+# settings added after run folders were made, with the value that such a run trained with, so it still resumes
+LATER_SETTINGS = {"ema": 0.0}
+LATER_GENERATOR_SETTINGS = {"block": "residual"}
+
+
 def config_differences(old, new):
-    """'key: old -> new' for every key that defines the training (runtime keys aside)."""
+    """'key: old -> new' for every key that defines the training (runtime keys aside). An old config.json that
+    predates a setting is read with the value it trained with (LATER_SETTINGS)."""
+    old = {**LATER_SETTINGS, **old}
+    if isinstance(old.get("generator"), dict):
+        old["generator"] = {**LATER_GENERATOR_SETTINGS, **old["generator"]}
     keys = sorted((set(old) | set(new)) - set(RUNTIME_KEYS) - {"versions"})
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
@@ -656,6 +674,9 @@ def parse_args(argv=None):
     t.add_argument("--feature-matching", type=float, default=feature_matching,
                    help="weight of an L1 loss between the discriminator's features of HR and SR (needs no "
                         "pretrained network)")
+    t.add_argument("--ema", type=float, default=ema, metavar="DECAY",
+                   help="validate and export a moving average of the generator's weights with this decay per step "
+                        "(e.g. 0.999, as ESRGAN; 0: off); training goes on with the raw weights")
     t.add_argument("--lr-g", type=float, default=lr_g)
     t.add_argument("--lr-d", type=float, default=lr_d)
     t.add_argument("--lr-schedule", choices=presets.LR_SCHEDULES, default=lr_schedule)
@@ -700,6 +721,8 @@ def check_train_args(parser, args):
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.feature_matching < 0:
         parser.error("--feature-matching must be >= 0")
+    if not 0 <= args.ema < 1:
+        parser.error("--ema must be in [0, 1)")
     if not 0 <= args.cache_fraction <= 1:
         parser.error("--cache-fraction must be in [0, 1]")
     if args.collective_timeout <= 0:

@@ -9,7 +9,10 @@ the light ESPCN-style tail of the "video" preset.
       -> 9x9 conv to 3 channels, linear        (+ optional interpolated copy of the input)
     SR (N,s*H,s*W,3) float32, roughly [0,1] (not clipped: clipping belongs to whoever makes uint8 of it)
 
-upsampler="subpixel" (the "video" preset) replaces the body conv, global skip, stages and 9x9 conv with one 3x3
+block="distill" (the "imdn" preset, Hui et al. 2019) replaces the residual blocks and body conv with information
+multi-distillation blocks whose outputs a 1x1 conv fuses, plus the head (see _distillation_body).
+
+upsampler="subpixel" (the "video" and "imdn" presets) replaces the body conv, global skip, stages and 9x9 conv with one 3x3
 conv to 3*s*s channels and one PixelShuffle(s), so every convolution runs at the LR resolution (ESPCN).
 
 Fully convolutional, so a model built once upscales any input size. Only keras.layers / keras.ops are used and
@@ -189,6 +192,67 @@ def _residual_block(x, filters, batch_norm, prelu_init, name):
     return keras.layers.Add(name=f"{name}_add")([x, y])
 
 
+@keras.saving.register_keras_serializable(package="srgan")
+class ChannelContrast(keras.layers.Layer):
+    """Per channel, the mean plus the standard deviation over the spatial axes: (N, H, W, C) -> (N, 1, 1, C).
+    The statistic of IMDN's contrast-aware channel attention (computed in float32 under any policy)."""
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True))
+        return ops.cast(mean + std, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, 1, input_shape[-1])
+
+
+DISTILL_SLOPE = 0.05  # IMDN's LeakyReLU slope
+DISTILL_SHARE = 4  # a block keeps 1/4 of its channels after each conv and refines the other 3/4
+
+
+def _leaky(name):
+    return keras.layers.LeakyReLU(negative_slope=DISTILL_SLOPE, name=name)
+
+
+def _contrast_attention(x, filters, name, reduction=16):
+    """IMDN's CCA: the channels weighted by a sigmoid of a 2-layer 1x1 MLP of their contrast (mean + std)."""
+    w = ChannelContrast(name=f"{name}_contrast")(x)
+    w = keras.layers.Conv2D(max(1, filters // reduction), 1, activation="relu", name=f"{name}_squeeze")(w)
+    w = keras.layers.Conv2D(filters, 1, activation="sigmoid", name=f"{name}_excite")(w)
+    return keras.layers.Multiply(name=f"{name}_weighted")([x, w])
+
+
+def _distillation_block(x, filters, name):
+    """IMDN's information multi-distillation block: three 3x3 convs, each splitting its output into a distilled
+    quarter (kept) and three quarters (refined by the next), a last 3x3 conv to a quarter, the four quarters
+    concatenated, channel attention, a 1x1 fusion and the block's input added. The split is written as two
+    convolutions (the same weights and FLOPs as one conv sliced), so the model has no slicing ops."""
+    kept, rest = filters // DISTILL_SHARE, filters - filters // DISTILL_SHARE
+    distilled, y = [], x
+    for k in range(3):
+        distilled.append(_leaky(f"{name}_act{k}d")(_conv(kept, 3, f"{name}_conv{k}d")(y)))
+        y = _leaky(f"{name}_act{k}r")(_conv(rest, 3, f"{name}_conv{k}r")(y))
+    distilled.append(_conv(kept, 3, f"{name}_conv3")(y))
+    y = keras.layers.Concatenate(name=f"{name}_concat")(distilled)
+    y = _contrast_attention(y, kept * DISTILL_SHARE, name=f"{name}_cca")
+    y = _conv(filters, 1, f"{name}_fuse")(y)
+    return keras.layers.Add(name=f"{name}_add")([x, y])
+
+
+def _distillation_body(head, filters, blocks):
+    """IMDN's body: the blocks in a chain, all their outputs fused by a 1x1 conv + LeakyReLU, a 3x3 conv, plus the
+    head's features (a global skip)."""
+    outputs, x = [], head
+    for b in range(blocks):
+        x = _distillation_block(x, filters, f"imdb{b}")
+        outputs.append(x)
+    x = keras.layers.Concatenate(name="blocks_concat")(outputs) if len(outputs) > 1 else outputs[0]
+    x = _leaky("blocks_fuse_act")(_conv(filters, 1, "blocks_fuse")(x))
+    x = _conv(filters, 3, "body_conv")(x)
+    return keras.layers.Add(name="global_skip")([head, x])
+
+
 def _interpolate(x, scale, method, shuffle=True):
     """The input upscaled by plain interpolation, in float32 (it is added to the output, whatever the policy)."""
     if method not in INTERPOLATIONS:
@@ -197,7 +261,7 @@ def _interpolate(x, scale, method, shuffle=True):
 
 
 def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_norm=None, interpolation_skip=None,
-                    upsampler=None, head_kernel=None, prelu_init=PRELU_INIT, name="generator"):
+                    upsampler=None, head_kernel=None, block=None, prelu_init=PRELU_INIT, name="generator"):
     """Build a generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
 
     preset: a PRESETS name ("srresnet", "fast", "video"), None for the paper's SRResNet. Its settings are used
@@ -205,6 +269,8 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     interpolation_skip: "none", "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
         the network learns the residual and starts at interpolation quality. Both are fixed-kernel convolutions
         (see InterpolationUpsample), so they compile under XLA and trace with unknown H, W.
+    block: "residual" (the paper's block; PReLU) or "distill" (IMDN's distillation blocks and fused body; LeakyReLU,
+        no batch norm).
     upsampler: "stages" (the paper's: conv + PixelShuffle + PReLU per x2 stage, then a 9x9 conv at HR) or
         "subpixel" (ESPCN: one 3x3 conv to 3*scale^2 channels at LR and one PixelShuffle, no global skip conv).
     head_kernel: the first convolution's size (the paper's 9).
@@ -213,12 +279,17 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     """
     settings = presets.resolve_architecture(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
                                             interpolation_skip=interpolation_skip, upsampler=upsampler,
-                                            head_kernel=head_kernel)
+                                            head_kernel=head_kernel, block=block)
     filters, blocks = int(settings["filters"]), int(settings["blocks"])
     batch_norm, skip = bool(settings["batch_norm"]), settings["interpolation_skip"]
 
     lr = keras.Input((None, None, 3), dtype="float32", name="lr")
-    head = _prelu(prelu_init, "head_prelu")(_conv(filters, int(settings["head_kernel"]), "head_conv")(lr))
+    head = _conv(filters, int(settings["head_kernel"]), "head_conv")(lr)
+    if settings["block"] == "distill":
+        if batch_norm or settings["upsampler"] != "subpixel":
+            raise ValueError("distillation blocks come without batch norm and with the subpixel upsampler")
+        return keras.Model(lr, _subpixel_tail(lr, _distillation_body(head, filters, blocks), scale, skip), name=name)
+    head = _prelu(prelu_init, "head_prelu")(head)
     x = head
     for b in range(blocks):
         x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}")

@@ -6,9 +6,11 @@ on (seed, position), so a resumed run sees the batches an uninterrupted one woul
 
 Callbacks, in the order a run uses them (flow.phase_callbacks):
     Guard               stops on non-finite losses or weights, and after the current step on SIGINT/SIGTERM
+    MovingAverageSwap   (--ema) its swap_in puts the weights' moving average in the generator for what follows ...
     ValidationMetrics   PSNR/SSIM of the whole validation split, and of bicubic, into the logs; sample grids
     ExportBest          generator_<phase>.keras / generator.keras (best val SSIM), generator_last.keras
     HistoryCSV          history.csv, one whole row per epoch
+                        (TensorBoard, and MovingAverageSwap's swap_out: the raw weights back for training and state)
     StateBackup         the training state (weights, both optimizers, epoch, step) after every epoch
 
 Every file is written to a temporary name, flushed to disk and renamed (resizer.atomic_output), so a crash at any
@@ -526,6 +528,56 @@ class ExportBest(keras.callbacks.Callback):
                                                     ("val_psnr", "val_ssim", "bicubic_psnr", "bicubic_ssim")}}
         best["latest"] = self.phase
         resizer.write_json(self.path, best)
+
+
+def swap_moving_average(optimizer):
+    """Exchange the values of the weights an optimizer with use_ema=True trains and their moving averages (as
+    keras.callbacks.SwapEMAWeights does, through the same attributes, on any backend)."""
+    for var, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True):
+        raw = keras.ops.convert_to_numpy(var)
+        var.assign(average)
+        average.assign(raw)
+
+
+class MovingAverageSwap:
+    """Two epoch-end callbacks around the ones that should see the moving average of the weights (validation,
+    exports, history): `swap_in` puts the average in the model, `swap_out` puts the raw weights back, so training
+    goes on from them and the saved training state holds both as they are.
+
+    keras.callbacks.SwapEMAWeights does not fit here: it swaps for evaluate(), which validation does not use, and
+    with swap_on_epoch leaves the average in the model for every callback after it, the state backup included.
+    Also, fit() ends with optimizer.finalize_variable_values, which overwrites the raw weights with the average;
+    flow.py calls fit() again after a resumed part-epoch, so swap_out restores the raw weights when fit() ends.
+    """
+
+    def __init__(self, optimizer):
+        self.optimizer, self.raw = optimizer, None
+        self.swap_in = _EpochEndCall(lambda: swap_moving_average(optimizer))
+        self.swap_out = _EpochEndCall(self._swap_out, on_train_end=self._restore_raw)
+
+    def _swap_out(self):
+        swap_moving_average(self.optimizer)
+        self.raw = [keras.ops.convert_to_numpy(v) for v in self.optimizer._trainable_variables]
+
+    def _restore_raw(self):
+        if self.raw is not None:
+            for var, value in zip(self.optimizer._trainable_variables, self.raw, strict=True):
+                var.assign(value)
+
+
+class _EpochEndCall(keras.callbacks.Callback):
+    """A callback that calls `action` at the end of each epoch (and `on_train_end`, if given, when fit() ends)."""
+
+    def __init__(self, action, on_train_end=None):
+        super().__init__()
+        self.action, self.train_end = action, on_train_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.action()
+
+    def on_train_end(self, logs=None):
+        if self.train_end is not None:
+            self.train_end()
 
 
 class HistoryCSV(keras.callbacks.Callback):

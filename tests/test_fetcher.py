@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -974,6 +975,12 @@ def test_image_kind_tells_photos_from_drawings(tmp_path):
     for name, (body, kind) in cases.items():
         (tmp_path / name).write_bytes(body)
         assert fetcher.image_kind(tmp_path / name) == kind, name
+    palette = Image.open(io.BytesIO(drawn_bytes((640, 480)))).convert("P")
+    palette.info["transparency"] = b"\x80" + b"\xff" * 255  # partial alpha stays bytes; convert("RGB") warns
+    palette.save(tmp_path / "palette.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fetcher.image_kind(tmp_path / "palette.png") == "drawn"
 
 
 def test_check_archive_checks_every_published_digest(tmp_path):

@@ -59,7 +59,7 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
     config = json.loads((run / "config.json").read_text())
     assert config["scale"] == 4 and config["hr_size"] == 32 and config["steps_per_epoch"] == 2
     assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None,
-                                   "upsampler": "stages", "head_kernel": 9}
+                                   "upsampler": "stages", "head_kernel": 9, "block": "residual"}
     assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1
 
     rows = history(run)
@@ -184,6 +184,13 @@ def test_resume_with_a_different_config_names_the_differing_keys(tiny_dataset, t
     # runtime-only options (strategy, XLA, mixed precision, input) may change between resumes
     assert flow.main(train_args(tiny_dataset, run, 2, 1, "--jit", "off", "--strategy", "default")) == 0
     assert "nothing to do" in capsys.readouterr().out
+    # a config.json from before --ema and the generator's "block" existed still resumes
+    older = json.loads((run / "config.json").read_text())
+    del older["ema"], older["generator"]["block"]
+    resizer.write_json(run / "config.json", older)
+    assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
+    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--ema", "0.9")) == 2
+    assert "ema: 0.0 -> 0.9" in capsys.readouterr().err
 
     stranger = tmp_path / "not-a-run"
     stranger.mkdir()
@@ -295,6 +302,62 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp
     assert not (run / "pretrain.done").exists() and not (run / "gan.done").exists()
     assert [r["phase"] for r in history(run)] == ["pretrain", "pretrain"]  # the NaN epoch is on record
     assert history(run)[1]["loss"] == "nan"
+
+
+# ---------------------------------------------------------------- --ema: the moving average of the weights
+class WeightsAtEpochEnd(keras.callbacks.Callback):
+    """Records the generator's weights whenever an epoch ends (where it sits among the callbacks matters)."""
+
+    def __init__(self, generator=None):
+        super().__init__()
+        self.generator, self.seen = generator, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen.append([np.asarray(w).copy() for w in (self.generator or self.model).get_weights()])
+
+
+def test_moving_average_swap_shows_the_average_and_keeps_training_on_the_raw_weights():
+    keras.utils.set_random_seed(0)
+    model = build_generator(4, filters=8, blocks=1, batch_norm=False)
+    optimizer = keras.optimizers.Adam(1e-2, use_ema=True, ema_momentum=0.5)
+    model.compile(optimizer, loss="mae")
+    swap, between, after = training.MovingAverageSwap(optimizer), WeightsAtEpochEnd(), WeightsAtEpochEnd()
+    rng = np.random.default_rng(0)
+    lr, hr = rng.random((4, 8, 8, 3), dtype=np.float32), rng.random((4, 32, 32, 3), dtype=np.float32)
+    model.fit(lr, hr, batch_size=2, epochs=2, verbose=0, callbacks=[swap.swap_in, between, swap.swap_out, after])
+
+    averages = [np.asarray(v) for v in optimizer._model_variables_moving_average]
+    raw = [np.asarray(v) for v in optimizer._trainable_variables]
+    trainable = [id(v) for v in model.trainable_variables]
+    between_last = [w for w, v in zip(between.seen[-1], model.weights, strict=True) if id(v) in trainable]
+    for seen, average in zip(between_last, averages, strict=True):
+        np.testing.assert_array_equal(seen, average)  # the callbacks in between saw the average ...
+    for now, before in zip(model.get_weights(), after.seen[-1], strict=True):
+        np.testing.assert_array_equal(now, before)  # ... and fit()'s finalize did not leave the average in the model
+    assert any(not np.array_equal(a, b) for a, b in zip(averages, raw, strict=True))
+
+
+@pytest.mark.slow
+def test_ema_run_exports_the_average_and_trains_as_one_without(tiny_dataset, tmp_path):
+    """The same seeded run with and without --ema: identical raw weights after every phase-1 epoch (the average
+    never feeds back into training; phase 2 starts from phase 1's best export, which with --ema is the average),
+    and with --ema the exported generator is the average, not the raw weights."""
+    raw_weights, exported = {}, {}
+    for name, extra in (("plain", []), ("ema", ["--ema", "0.5"])):
+        run = tmp_path / name
+        args = flow.parse_args(train_args(tiny_dataset, run, 2, 1, "--jit", "off", *extra))
+        recorder = WeightsAtEpochEnd()
+        assert flow.train(args, extra_callbacks=[recorder]) == 0
+        raw_weights[name] = recorder.seen
+        exported[name] = load_generator(run / "generator_last.keras").get_weights()
+        assert json.loads((run / "config.json").read_text())["ema"] == (0.5 if extra else 0.0)
+    assert len(raw_weights["plain"]) == len(raw_weights["ema"]) == 3
+    for plain, ema in zip(raw_weights["plain"][:2], raw_weights["ema"][:2], strict=True):
+        for a, b in zip(plain, ema, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(a, b) for a, b in zip(exported["plain"], exported["ema"], strict=True))
+    with pytest.raises(SystemExit):
+        flow.parse_args(train_args(tiny_dataset, tmp_path / "x", 1, 0, "--ema", "1"))
 
 
 # ---------------------------------------------------------------- MirroredStrategy on two logical CPUs

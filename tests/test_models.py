@@ -9,6 +9,7 @@ from PIL import Image
 from discriminator import FEATURE_LAYERS, build_discriminator, feature_layer_names
 from generator import (
     PRESETS,
+    ChannelContrast,
     InterpolationUpsample,
     PixelShuffle,
     build_generator,
@@ -121,6 +122,32 @@ def test_video_preset_runs_every_convolution_at_lr_resolution_and_starts_at_bicu
     model.get_layer("out_conv").set_weights([w + 0.01 for w in model.get_layer("out_conv").get_weights()])
     model.save(tmp_path / "video.keras")
     np.testing.assert_array_equal(np.asarray(load_generator(tmp_path / "video.keras")(x)), np.asarray(model(x)))
+
+
+def test_imdn_preset_is_the_published_network_on_a_bicubic_skip(tmp_path):
+    model = build_generator(4, preset="imdn")
+    assert model.count_params() == 715_176  # IMDN's published x4 parameter count (Hui et al. 2019, Table 1)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    x = rand(1, 6, 5, 3)
+    per_conv = keras.Model(model.input, [layer.output for layer in convs])(x)
+    assert all(tuple(out.shape[1:3]) in {(6, 5), (1, 1)} for out in per_conv)  # LR maps and the attention's 1x1
+    assert model.get_layer("imdb0_conv0d").kernel.shape == (3, 3, 64, 16)  # a quarter kept ...
+    assert model.get_layer("imdb0_conv0r").kernel.shape == (3, 3, 64, 48)  # ... three quarters refined
+    assert model.get_layer("blocks_fuse").kernel.shape == (1, 1, 6 * 64, 64)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(InterpolationUpsample(4, "bicubic")(x)), atol=1e-6)
+    with pytest.raises(ValueError, match="without batch norm"):
+        build_generator(4, preset="imdn", batch_norm=True)
+    with pytest.raises(ValueError, match="block must be one of"):
+        build_generator(4, preset="imdn", block="dense")
+    model.get_layer("out_conv").set_weights([w + 0.01 for w in model.get_layer("out_conv").get_weights()])
+    model.save(tmp_path / "imdn.keras")
+    np.testing.assert_array_equal(np.asarray(load_generator(tmp_path / "imdn.keras")(x)), np.asarray(model(x)))
+
+
+def test_channel_contrast_is_mean_plus_standard_deviation_per_channel():
+    x = rand(2, 5, 7, 4)
+    expected = x.mean(axis=(1, 2), keepdims=True) + x.std(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(np.asarray(ChannelContrast()(x)), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])

@@ -1,0 +1,164 @@
+"""Generator presets at equal training time: which architecture gives the most quality per unit of compute.
+
+    python benchmarks/bench_presets.py --data data/photos-x4 --eval SET5_HR_DIR SET14_HR_DIR --minutes 30
+    python benchmarks/bench_presets.py      # scikit-image's samples, scored on their test split, 5 min each
+
+Each preset is trained by `flow.py train` (phase 1 only) with one recipe: L1 loss, Adam at --lr with cosine decay,
+the same batch, patches and seed. What differs is the number of steps: each preset's phase-1 step rate is
+measured first in this run, on the same CPU, with nothing else training, and the steps are what fit in --minutes
+at that rate. So a cheaper network gets more steps, as it would in a user's hour. The trained generators are
+then scored by `flow.py evaluate` (Y-PSNR/SSIM, border = scale) on each --eval folder, beside bicubic.
+
+srresnet is trained as the shipped PSNR model is (no batch norm, bicubic skip): the comparison is against the
+architecture that ships, not against the paper's BN variant. The printed table gives, per preset: parameters,
+GFLOP per 640x360 frame, measured ms per step, steps, the run's wall time (start-up and validation included) and
+each eval set's mean PSNR/SSIM.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import runtime  # noqa: E402, F401  (first: Keras starts without TensorFlow's C++ log lines)
+
+# isort: split
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from peak import generator_flops  # noqa: E402
+
+import flow  # noqa: E402
+import gan  # noqa: E402
+from generator import build_generator  # noqa: E402
+
+# srresnet as the shipped PSNR model has it; the others as their presets define them
+VARIANTS = {
+    "srresnet": ["--preset", "srresnet", "--no-batch-norm", "--interpolation-skip", "bicubic"],
+    "imdn": ["--preset", "imdn"],
+    "fast": ["--preset", "fast"],
+    "video": ["--preset", "video"],
+}
+BUILD_OVERRIDES = {"srresnet": dict(batch_norm=False, interpolation_skip="bicubic")}
+EPOCHS = 2  # validation points per run (history.csv); each validates the whole val split, which costs minutes
+WARMUP_STEPS, TIMED_STEPS = 3, 12
+
+
+def step_seconds(name, batch_size, patch, scale):
+    """Seconds per phase-1 training step of a preset (L1, Adam; flow.py's compile), the fastest of TIMED_STEPS
+    after a warm-up (the least disturbed by anything else on the machine), on in-memory batches: the input
+    pipeline is measured elsewhere (bench_train_step.py)."""
+    model = build_generator(scale, preset=name, **BUILD_OVERRIDES.get(name, {}))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=gan.ContentLoss("l1"), jit_compile=False)
+    rng = np.random.default_rng(0)
+    lr = rng.random((batch_size, patch // scale, patch // scale, 3), dtype=np.float32)
+    hr = rng.random((batch_size, patch, patch, 3), dtype=np.float32)
+    times = []
+    for k in range(WARMUP_STEPS + TIMED_STEPS):
+        start = time.perf_counter()
+        model.train_on_batch(lr, hr)
+        if k >= WARMUP_STEPS:
+            times.append(time.perf_counter() - start)
+    return min(times), model.count_params(), generator_flops(model, 360, 640) / 1e9
+
+
+def train(name, data, out, steps, args):
+    """flow.py train, phase 1 only, with the shared recipe; returns the wall time in seconds."""
+    per_epoch = max(1, steps // EPOCHS)
+    command = [sys.executable, str(ROOT / "flow.py"), "train", "--data", str(data), "--out", str(out),
+               *VARIANTS[name], "--pretrain-epochs", str(EPOCHS), "--gan-epochs", "0",
+               "--steps-per-epoch", str(per_epoch), "--batch-size", str(args.batch_size),
+               "--patch-size", str(args.patch_size), "--pretrain-loss", "l1", "--lr-g", str(args.lr),
+               "--lr-schedule", "cosine", "--seed", str(args.seed), "--mixed-precision", args.mixed_precision,
+               "--jit", "off", "--verbose", "2"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start, per_epoch * EPOCHS
+
+
+def score(run, folders, out):
+    """{folder name: (mean Y-PSNR, mean SSIM, bicubic PSNR)} of the run's best generator."""
+    result = {}
+    for folder in folders:
+        rows, _ = flow.evaluate(str(run / "generator.keras"), str(folder), out=str(out))
+        mean = rows[-1]
+        result[Path(folder).name] = (mean["model_psnr"], mean["model_ssim"], mean["bicubic_psnr"])
+    return result
+
+
+def sample_dataset(root):
+    """A DATASET of scikit-image's sample photos as patches (what the project brings), in root."""
+    data = Path(root) / "samples"
+    subprocess.run([sys.executable, str(ROOT / "create_dataset.py"), "--samples", "--mode", "patches", "--patches",
+                    "60", "--out", str(data), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    return data
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="DATASET to train on (default: scikit-image's samples as patches)")
+    parser.add_argument("--eval", nargs="+",
+                        help="folders of HR images (e.g. Set5) or DATASETs (their test split) to score on "
+                             "(default: --data)")
+    parser.add_argument("--presets", default="srresnet,imdn", help=f"comma-separated subset of {tuple(VARIANTS)}")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time per preset")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=128, help="HR patch side")
+    parser.add_argument("--lr", type=float, default=2e-4, help="Adam's initial learning rate (cosine decay)")
+    parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    names = [n for n in args.presets.split(",") if n]
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown presets {sorted(unknown)}; choose from {tuple(VARIANTS)}")
+    print(f"Keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs; {args.minutes:g} min per "
+          f"preset, batch {args.batch_size}, HR patch {args.patch_size}, L1, lr {args.lr:g} cosine", flush=True)
+
+    if runtime.resolve_switch(args.mixed_precision, runtime.native_bf16()):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")  # the rate of what flow.py will train in
+    rates = {}
+    for name in names:  # all step rates first, while nothing else runs
+        rates[name] = step_seconds(name, args.batch_size, args.patch_size, scale=4)
+        seconds, params, gflop = rates[name]
+        print(f"  {name}: {params:,} parameters, {gflop:.0f} GFLOP per 640x360 frame, {1000 * seconds:.0f} ms/step",
+              flush=True)
+
+    keep = tempfile.TemporaryDirectory() if args.out is None else None
+    out = Path(args.out or keep.name)
+    args.data = args.data or sample_dataset(out)
+    args.eval = args.eval or [args.data]
+    rows = []
+    for name in names:
+        seconds, params, gflop = rates[name]
+        steps = max(EPOCHS, int(args.minutes * 60 / seconds))
+        print(f"== {name}: {steps} steps ==", flush=True)
+        wall, steps = train(name, args.data, out / name, steps, args)
+        scores = score(out / name, args.eval, out / "eval")
+        rows.append((name, params, gflop, seconds, steps, wall, scores))
+        print(f"  {name}: trained {steps} steps in {wall / 60:.1f} min; " + ", ".join(
+            f"{k} {p:.2f} dB / {s:.4f} (bicubic {b:.2f})" for k, (p, s, b) in scores.items()), flush=True)
+
+    sets = list(rows[0][6])
+    print("\n| preset | parameters | GFLOP/frame | ms/step | steps | train min | "
+          + " | ".join(f"{k} PSNR / SSIM" for k in sets) + " |")
+    print("|---" * (6 + len(sets)) + "|")
+    for name, params, gflop, seconds, steps, wall, scores in rows:
+        print(f"| {name} | {params:,} | {gflop:.0f} | {1000 * seconds:.0f} | {steps} | {wall / 60:.1f} | "
+              + " | ".join(f"{scores[k][0]:.2f} / {scores[k][1]:.4f}" for k in sets) + " |")
+    best = max(rows, key=lambda r: np.mean([r[6][k][0] for k in sets]))
+    print(f"\nsummary: at {args.minutes:g} min each, {best[0]} scores best (mean over {', '.join(sets)}: "
+          + ", ".join(f"{r[0]} {np.mean([r[6][k][0] for k in sets]):.2f} dB" for r in rows) + ")")
+    if keep:
+        keep.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
