@@ -146,7 +146,7 @@ def main(argv=None):
             f"{k} {p:.2f} dB / {s:.4f} (bicubic {b:.2f})" for k, (p, s, b) in scores.items()), flush=True)
 
     sets = list(rows[0][6])
-    print("\n| preset | parameters | GFLOP/frame | ms/step | steps | train min | "
+    print("\n| preset | parameters | GFLOP/frame | ms/step | steps | run min | "
           + " | ".join(f"{k} PSNR / SSIM" for k in sets) + " |")
     print("|---" * (6 + len(sets)) + "|")
     for name, params, gflop, seconds, steps, wall, scores in rows:

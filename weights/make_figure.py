@@ -1,4 +1,5 @@
 """The README's comparison picture: bicubic | PSNR model | GAN model | original, on x4 crops of benchmark images,
+each panel captioned with its whole image's PSNR (Y, border 4) and NIQE (no reference, lower = more natural),
 and a texture measure: each method's high-frequency energy (variance of the Laplacian of Y) as a fraction of
 the original's, averaged over whole images (1.0 = as much fine detail as the original; PSNR does not see this).
 
@@ -26,14 +27,17 @@ SCALE, CROP = 4, 40  # LR pixels per crop side: 160 px shown per panel
 
 
 def comparison_row(path, models):
-    """The panels for one image: bicubic, each model, original, on its most detailed crop."""
+    """(panels, captions) for one image: bicubic, each model, original, on its most detailed crop; each caption
+    gives the whole image's PSNR against the original and its NIQE (the original: NIQE only)."""
     hr = resizer.mod_crop(resizer.load_image(path), SCALE)
     lr = resizer.lr_from_hr(hr, SCALE)
     top, left = upscale.detail_crop(lr, CROP)
     window = (slice(top * SCALE, (top + CROP) * SCALE), slice(left * SCALE, (left + CROP) * SCALE))
     bicubic = resizer.resize(lr, (lr.shape[1] * SCALE, lr.shape[0] * SCALE), "bicubic")
-    panels = [bicubic[window]] + [upscale.upscale_array(m, lr)[window] for m in models.values()] + [hr[window]]
-    return panels
+    outputs = [bicubic] + [upscale.upscale_array(m, lr) for m in models.values()]
+    captions = [f"{metrics.calculate_psnr(out, hr, SCALE):.2f} dB, NIQE {metrics.calculate_niqe(out, SCALE):.2f}"
+                for out in outputs] + [f"NIQE {metrics.calculate_niqe(hr, SCALE):.2f}"]
+    return [out[window] for out in outputs] + [hr[window]], captions
 
 
 def high_frequency_energy(rgb):
@@ -65,14 +69,17 @@ def main(argv=None):
     models = {name: upscale.load_model(path) for name, path in MODELS.items()}
     rows = [comparison_row(path, models) for path in args.images]
     labels = ["bicubic", *models, "original"]
-    side, gap, band = CROP * SCALE, 6, 26
-    canvas = Image.new("RGB", (len(labels) * (side + gap) - gap, band + len(rows) * (side + gap) - gap), "white")
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default(size=18)
+    side, gap, band, caption = CROP * SCALE, 6, 26, 20
+    row_height = side + caption + gap
+    canvas = Image.new("RGB", (len(labels) * (side + gap) - gap, band + len(rows) * row_height - gap), "white")
+    draw, font, small = ImageDraw.Draw(canvas), ImageFont.load_default(size=18), ImageFont.load_default(size=13)
     for c, label in enumerate(labels):
         draw.text((c * (side + gap) + 4, 3), label, fill="black", font=font)
-    for r, panels in enumerate(rows):
-        for c, panel in enumerate(panels):
-            canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (c * (side + gap), band + r * (side + gap)))
+    for r, (panels, captions) in enumerate(rows):
+        y = band + r * row_height
+        for c, (panel, text) in enumerate(zip(panels, captions, strict=True)):
+            canvas.paste(Image.fromarray(np.ascontiguousarray(panel)), (c * (side + gap), y))
+            draw.text((c * (side + gap) + 2, y + side + 3), text, fill="black", font=small)
     with resizer.atomic_output(args.output) as tmp:
         canvas.save(tmp, format="PNG")
     print(f"wrote {args.output} ({len(rows)} image(s), {' | '.join(labels)})")
