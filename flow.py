@@ -264,7 +264,7 @@ def phase_callbacks(run, phase, generator, guard, g_optimizer):
     import training
 
     tensorboard = runtime.tensorboard_available()
-    average = training.MovingAverageSwap(g_optimizer) if getattr(g_optimizer, "use_ema", False) else None
+    average = training.MovingAverageSwap(g_optimizer) if run.config["ema"] else None
     cbs = [guard, *([average.swap_in] if average else []),
            training.ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, guard,
                                       count=run.config["sample_count"], names=run.splits["val"].hr_paths or None,

@@ -264,7 +264,7 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
                     upsampler=None, head_kernel=None, block=None, prelu_init=PRELU_INIT, name="generator"):
     """Build a generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
 
-    preset: a PRESETS name ("srresnet", "fast", "video"), None for the paper's SRResNet. Its settings are used
+    preset: a PRESETS name ("srresnet", "fast", "video", "imdn"), None for the paper's SRResNet. Its settings are used
         where the argument is None; an argument given overrides the preset's.
     interpolation_skip: "none", "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
         the network learns the residual and starts at interpolation quality. Both are fixed-kernel convolutions

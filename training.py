@@ -532,11 +532,14 @@ class ExportBest(keras.callbacks.Callback):
 
 def swap_moving_average(optimizer):
     """Exchange the values of the weights an optimizer with use_ema=True trains and their moving averages (as
-    keras.callbacks.SwapEMAWeights does, through the same attributes, on any backend)."""
+    keras.callbacks.SwapEMAWeights does, through the same attributes, on any backend); returns the values taken
+    out of the weights, as numpy arrays."""
+    taken = []
     for var, average in zip(optimizer._trainable_variables, optimizer._model_variables_moving_average, strict=True):
-        raw = keras.ops.convert_to_numpy(var)
+        taken.append(keras.ops.convert_to_numpy(var))
         var.assign(average)
-        average.assign(raw)
+        average.assign(taken[-1])
+    return taken
 
 
 class MovingAverageSwap:
@@ -547,37 +550,23 @@ class MovingAverageSwap:
     keras.callbacks.SwapEMAWeights does not fit here: it swaps for evaluate(), which validation does not use, and
     with swap_on_epoch leaves the average in the model for every callback after it, the state backup included.
     Also, fit() ends with optimizer.finalize_variable_values, which overwrites the raw weights with the average;
-    flow.py calls fit() again after a resumed part-epoch, so swap_out restores the raw weights when fit() ends.
+    flow.py calls fit() again after a resumed part-epoch, so swap_out restores the raw weights when fit() ends
+    (those swap_in took out at the last epoch's end: nothing trains between the two).
     """
 
     def __init__(self, optimizer):
         self.optimizer, self.raw = optimizer, None
-        self.swap_in = _EpochEndCall(lambda: swap_moving_average(optimizer))
-        self.swap_out = _EpochEndCall(self._swap_out, on_train_end=self._restore_raw)
+        self.swap_in = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self._swap_in())
+        self.swap_out = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: swap_moving_average(optimizer),
+                                                       on_train_end=lambda logs: self._restore_raw())
 
-    def _swap_out(self):
-        swap_moving_average(self.optimizer)
-        self.raw = [keras.ops.convert_to_numpy(v) for v in self.optimizer._trainable_variables]
+    def _swap_in(self):
+        self.raw = swap_moving_average(self.optimizer)
 
     def _restore_raw(self):
         if self.raw is not None:
             for var, value in zip(self.optimizer._trainable_variables, self.raw, strict=True):
                 var.assign(value)
-
-
-class _EpochEndCall(keras.callbacks.Callback):
-    """A callback that calls `action` at the end of each epoch (and `on_train_end`, if given, when fit() ends)."""
-
-    def __init__(self, action, on_train_end=None):
-        super().__init__()
-        self.action, self.train_end = action, on_train_end
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.action()
-
-    def on_train_end(self, logs=None):
-        if self.train_end is not None:
-            self.train_end()
 
 
 class HistoryCSV(keras.callbacks.Callback):

@@ -67,18 +67,25 @@ def step_seconds(name, batch_size, patch, scale):
     return min(times), model.count_params(), generator_flops(model, 360, 640) / 1e9
 
 
-def train(name, data, out, steps, args):
-    """flow.py train, phase 1 only, with the shared recipe; returns the wall time in seconds."""
-    per_epoch = max(1, steps // EPOCHS)
+def train_phase1(data, out, epochs, steps_per_epoch, batch_size, flags):
+    """`flow.py train` of phase 1 alone, L1 loss, with the given further flags (preset, learning rate, seed, ...);
+    returns the wall time in seconds. bench_train_step.py's A/Bs run through here too."""
     command = [sys.executable, str(ROOT / "flow.py"), "train", "--data", str(data), "--out", str(out),
-               *VARIANTS[name], "--pretrain-epochs", str(EPOCHS), "--gan-epochs", "0",
-               "--steps-per-epoch", str(per_epoch), "--batch-size", str(args.batch_size),
-               "--patch-size", str(args.patch_size), "--pretrain-loss", "l1", "--lr-g", str(args.lr),
-               "--lr-schedule", "cosine", "--seed", str(args.seed), "--mixed-precision", args.mixed_precision,
-               "--jit", "off", "--verbose", "2"]
+               "--pretrain-epochs", str(epochs), "--gan-epochs", "0", "--steps-per-epoch", str(steps_per_epoch),
+               "--batch-size", str(batch_size), "--pretrain-loss", "l1", *flags, "--verbose", "2"]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start, per_epoch * EPOCHS
+    return time.perf_counter() - start
+
+
+def train(name, data, out, steps, args):
+    """A preset trained with the shared recipe; returns (wall time in seconds, steps trained)."""
+    per_epoch = max(1, steps // EPOCHS)
+    wall = train_phase1(data, out, EPOCHS, per_epoch, args.batch_size,
+                        [*VARIANTS[name], "--patch-size", str(args.patch_size), "--lr-g", str(args.lr),
+                         "--lr-schedule", "cosine", "--seed", str(args.seed), "--mixed-precision",
+                         args.mixed_precision, "--jit", "off"])
+    return wall, per_epoch * EPOCHS
 
 
 def score(run, folders, out):
@@ -91,11 +98,12 @@ def score(run, folders, out):
     return result
 
 
-def sample_dataset(root):
-    """A DATASET of scikit-image's sample photos as patches (what the project brings), in root."""
+def sample_dataset(root, hr_size=128):
+    """A DATASET of scikit-image's sample photos as patches of hr_size px (what the project brings), in root."""
     data = Path(root) / "samples"
     subprocess.run([sys.executable, str(ROOT / "create_dataset.py"), "--samples", "--mode", "patches", "--patches",
-                    "60", "--out", str(data), "--quiet"], check=True, stdout=subprocess.DEVNULL)
+                    "60", "--hr-size", str(hr_size), "--out", str(data), "--quiet"], check=True,
+                   stdout=subprocess.DEVNULL)
     return data
 
 

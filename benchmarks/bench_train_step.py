@@ -377,27 +377,20 @@ def flow_ab(kind, steps, preset):
     """Two `flow.py train` runs of phase 1 that differ only in AB_VARIANTS[kind], the same seed, data and steps;
     returns {variant: (val PSNR dB of the exported weights, seconds)}."""
     import csv
-    import subprocess
+
+    from bench_presets import sample_dataset, train_phase1
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "samples"
-        subprocess.run([sys.executable, str(ROOT / "create_dataset.py"), "--samples", "--mode", "patches",
-                        "--patches", "60", "--hr-size", str(LR_SIZE * SCALE), "--out", str(data), "--quiet"],
-                       check=True, stdout=subprocess.DEVNULL)
+        data = sample_dataset(tmp, hr_size=LR_SIZE * SCALE)
         results = {}
         for variant, flags in AB_VARIANTS[kind].items():
             run = Path(tmp) / variant
-            start = time.perf_counter()
-            subprocess.run([sys.executable, str(ROOT / "flow.py"), "train", "--data", str(data), "--out", str(run),
-                            "--preset", preset, "--pretrain-epochs", "1", "--gan-epochs", "0", "--steps-per-epoch",
-                            str(steps), "--batch-size", str(BATCH), "--pretrain-loss", "l1", *AB_RECIPES[kind],
-                            *ab_init(kind, preset), "--seed", str(SEED), *flags, "--verbose", "2"],
-                           check=True, stdout=subprocess.DEVNULL)
+            seconds = train_phase1(data, run, 1, steps, BATCH, ["--preset", preset, *AB_RECIPES[kind],
+                                                                 *ab_init(kind, preset), "--seed", str(SEED), *flags])
             with open(run / "history.csv", newline="") as f:
                 psnr = float(list(csv.DictReader(f))[-1]["val_psnr"])
-            results[variant] = (psnr, time.perf_counter() - start)
-            print(f"  {variant}: validation PSNR {psnr:.3f} dB after {steps} steps ({results[variant][1]:.0f} s)",
-                  flush=True)
+            results[variant] = (psnr, seconds)
+            print(f"  {variant}: validation PSNR {psnr:.3f} dB after {steps} steps ({seconds:.0f} s)", flush=True)
     return results
 
 
