@@ -48,7 +48,7 @@ from create_dataset import (
     load_split_arrays,
     scan_split,
 )
-from metrics import bicubic_upscale, calculate_niqe, calculate_psnr, calculate_ssim
+from metrics import bicubic_upscale, calculate_niqe, calculate_psnr, calculate_ssim, grid_error
 
 # ---------------------------------------------------------------- configuration: `flow.py train` defaults
 pretrain_epochs = 10
@@ -61,6 +61,7 @@ discriminator = "srgan"  # srgan (the paper's) | unet (Real-ESRGAN's per-pixel U
 d_filters = 64  # discriminator width (the paper's 64 -> 512)
 gan_loss = "vanilla"  # vanilla (the paper's) | ragan (ESRGAN's relativistic average)
 feature_matching = 0.0  # weight of discriminator feature matching in the generator's loss
+grid_weight = 0.0  # weight of gan.grid_loss (against a fixed pattern every `scale` pixels) in the generator's loss
 ema = 0.0  # decay of the generator weights' moving average (0: off; ESRGAN's 0.999)
 lr_g = 1e-4  # Adam, both phases (the paper's 1e-4)
 lr_d = 1e-4
@@ -222,7 +223,8 @@ def adversarial(run, generator, content):
         g_optimizer = adam(cfg["lr_g"], cfg["lr_schedule"], total, cfg["ema"])
         srgan.compile(g_optimizer=g_optimizer, d_optimizer=adam(cfg["lr_d"], cfg["lr_schedule"], total),
                       content_loss=content, adversarial_weight=cfg["adversarial_weight"], gan_loss=cfg["gan_loss"],
-                      feature_matching_weight=cfg["feature_matching_weight"], jit_compile=run.jit)
+                      feature_matching_weight=cfg["feature_matching_weight"], grid_weight=cfg["grid_weight"],
+                      jit_compile=run.jit)
     first = cfg["pretrain_epochs"]
     return fit_phase(run, "gan", srgan, generator, first, first + cfg["gan_epochs"], g_optimizer)
 
@@ -392,6 +394,7 @@ def resolve_config(args, splits, scale):
         "steps_per_epoch": steps, "preset": args.preset, "generator": arch,
         "discriminator": {"kind": args.discriminator, "filters": args.d_filters, "hr_size": hr_size},
         "gan_loss": args.gan_loss, "feature_matching_weight": args.feature_matching, "ema": args.ema,
+        "grid_weight": args.grid_weight,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "lr_schedule": args.lr_schedule, "pretrain_loss": args.pretrain_loss,
         "content_loss": args.content_loss, "adversarial_weight": args.adversarial_weight,
         "vgg_weights": str(Path(args.vgg_weights).resolve()) if args.vgg_weights else None,
@@ -403,7 +406,7 @@ def resolve_config(args, splits, scale):
 
 
 # settings added after run folders were made, with the value that such a run trained with, so it still resumes
-LATER_SETTINGS = {"ema": 0.0}
+LATER_SETTINGS = {"ema": 0.0, "grid_weight": 0.0}
 LATER_GENERATOR_SETTINGS = {"block": "residual"}
 
 
@@ -514,7 +517,9 @@ def load_generator_weights(generator, path):
 # ---------------------------------------------------------------- evaluate: model vs bicubic on a test set
 def evaluate(model_arg, data, scale=None, out=None):
     """Per-image PSNR/SSIM (Y, border = scale) of a model and bicubic, and NIQE (no reference; lower = more
-    natural) of the model, bicubic and the originals; table printed and written (CSV, md).
+    natural) of the model, bicubic and the originals; table printed and written (CSV, md). model_grid is the
+    largest mean error (grey levels) at one of the scale x scale sub-pixel positions (metrics.grid_error): per
+    image in its row, and in the mean row that of the set's mean grid, which is what shows a fixed pattern.
 
     Returns (rows, failed): rows of dicts with the mean last; failed lists (name, reason).
     """
@@ -529,7 +534,7 @@ def evaluate(model_arg, data, scale=None, out=None):
             raise ValueError(f"--scale {scale} but {model_path} upscales x{generator_scale(model)}")
         scale = generator_scale(model)
     pairs, scale = evaluation_pairs(data, scale)
-    rows, failed = [], []
+    rows, failed, grids = [], [], []
     for name, lr_path, hr_path in tqdm(pairs, desc=f"evaluate x{scale}", unit="img"):
         try:
             lr, hr = load_eval_pair(lr_path, hr_path, scale)
@@ -544,11 +549,16 @@ def evaluate(model_arg, data, scale=None, out=None):
             sr = upscale.upscale_array(model, lr)
             row.update(model_psnr=calculate_psnr(sr, hr, scale), model_ssim=calculate_ssim(sr, hr, scale),
                        model_niqe=niqe_or_nan(sr, scale))
+            grids.append(grid_error(sr, hr, scale, crop_border=scale))
+            row["model_grid"] = float(np.abs(grids[-1]).max())
         rows.append(row)
     if not rows:
         raise ValueError(f"{data}: no image could be evaluated ({'; '.join(r for _, r in failed)})")
     numeric = [k for k in rows[0] if k not in ("image", "size")]
     rows.append({"image": "mean", "size": "", **{k: nanmean([r[k] for r in rows]) for k in numeric}})
+    if grids:
+        set_grid = np.mean(grids, axis=0)
+        rows[-1]["model_grid"] = float(np.abs(set_grid).max())
     label = "bicubic" if model is None else f"{model_path.resolve().parent.name}-{model_path.stem}"
     out = Path(out or "out/eval")
     stem = out / f"{label}_{Path(data).resolve().name}_x{scale}"
@@ -563,7 +573,9 @@ def evaluate(model_arg, data, scale=None, out=None):
     summary = (f"bicubic {mean['bicubic_psnr']:.2f} dB / {mean['bicubic_ssim']:.4f} / {mean['bicubic_niqe']:.2f}, "
                f"originals' NIQE {mean['hr_niqe']:.2f}")
     if model is not None:
-        summary = f"model {mean['model_psnr']:.2f} dB / {mean['model_ssim']:.4f} / {mean['model_niqe']:.2f} vs " + summary
+        summary = (f"model {mean['model_psnr']:.2f} dB / {mean['model_ssim']:.4f} / {mean['model_niqe']:.2f} "
+                   f"(mean error per {scale}x{scale} sub-pixel position {set_grid.min():+.2f} to "
+                   f"{set_grid.max():+.2f} grey levels) vs " + summary)
     print(f"{len(rows) - 1} image(s) x{scale}: {summary} (mean PSNR/SSIM/NIQE, NIQE lower = more natural); "
           f"{len(failed)} failed; table: {stem}.csv, {stem}.md")
     return rows, failed
@@ -621,13 +633,13 @@ def nanmean(values):
 
 
 def markdown_table(rows):
-    """A markdown table of evaluate's rows, numbers at 2 (PSNR), 3 (NIQE) or 4 (SSIM) decimals."""
+    """A markdown table of evaluate's rows, numbers at 2 (PSNR), 3 (NIQE, grid error) or 4 (SSIM) decimals."""
     keys = list(rows[0])
 
     def fmt(k, v):
         if isinstance(v, str):
             return v
-        return f"{v:.2f}" if k.endswith("psnr") else f"{v:.3f}" if k.endswith("niqe") else f"{v:.4f}"
+        return f"{v:.2f}" if k.endswith("psnr") else f"{v:.3f}" if k.endswith(("niqe", "grid")) else f"{v:.4f}"
 
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
     lines += ["| " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
@@ -674,6 +686,9 @@ def parse_args(argv=None):
     t.add_argument("--feature-matching", type=float, default=feature_matching,
                    help="weight of an L1 loss between the discriminator's features of HR and SR (needs no "
                         "pretrained network)")
+    t.add_argument("--grid-weight", type=float, default=grid_weight,
+                   help="weight of a loss on the mean error at each sub-pixel position, against the fixed pattern "
+                        "every `scale` pixels that a discriminator teaches (checked by evaluate's model_grid)")
     t.add_argument("--ema", type=float, default=ema, metavar="DECAY",
                    help="validate and export a moving average of the generator's weights with this decay per step "
                         "(e.g. 0.999, as ESRGAN; 0: off); training goes on with the raw weights")
@@ -719,8 +734,8 @@ def check_train_args(parser, args):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.feature_matching < 0:
-        parser.error("--feature-matching must be >= 0")
+    if args.feature_matching < 0 or args.grid_weight < 0:
+        parser.error("--feature-matching and --grid-weight must be >= 0")
     if not 0 <= args.ema < 1:
         parser.error("--ema must be in [0, 1)")
     if not 0 <= args.cache_fraction <= 1:

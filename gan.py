@@ -19,6 +19,7 @@ there (hash-checked) on first use, or from a file given as vgg_weights.
 Successors' recipes, as options (the paper's stay the defaults):
     gan.compile(..., gan_loss="ragan")                    # ESRGAN's relativistic average GAN loss
     gan.compile(..., feature_matching_weight=1.0)         # L1 between D's features of HR and SR (no VGG needed)
+    gan.compile(..., grid_weight=1.0)                     # against a fixed pattern every `scale` pixels (grid_loss)
     SRGAN(generator, build_discriminator(128, kind="unet"))  # Real-ESRGAN's per-pixel U-Net discriminator
     gan.compile(keras.optimizers.Adam(1e-4, use_ema=True), ...)  + keras.callbacks.SwapEMAWeights()
 
@@ -202,6 +203,17 @@ def feature_matching_loss(real_features, fake_features):
     return ops.mean(ops.stack(terms, axis=0), axis=0)
 
 
+def grid_loss(hr, sr, scale):
+    """Per-image mean |mean error at each of the scale x scale sub-pixel positions| (metrics.grid_error as a
+    loss). A fixed pattern repeating every `scale` pixels has a large mean error at some positions however the
+    content varies, and real photos have none; a discriminator's strided convolutions push the generator
+    towards one (the GAN checkerboard). Zero for an output whose errors average out at every position."""
+    error = ops.mean(ops.cast(sr, "float32") - ops.cast(hr, "float32"), axis=-1)  # grey: 5-D at most below
+    rows, cols = ops.shape(error)[1] // scale, ops.shape(error)[2] // scale  # tensors where the size varies
+    phases = ops.reshape(error[:, : rows * scale, : cols * scale], (-1, rows, scale, cols, scale))
+    return ops.mean(ops.abs(ops.mean(phases, axis=(1, 3))), axis=(1, 2))
+
+
 # ----------------------------------------------------------------------------- the GAN
 def _per_image(loss_fn, y_true, y_pred):
     """A loss as one value per image: Keras Loss objects through call(), plain callables reduced if needed."""
@@ -284,20 +296,23 @@ class SRGAN(keras.Model):
         self.d_real = keras.metrics.Mean(name="d_real")
         self.d_fake = keras.metrics.Mean(name="d_fake")
         self.feature_matching = keras.metrics.Mean(name="feature_matching_loss")
+        self.grid = keras.metrics.Mean(name="grid_loss")
         self.psnr = keras.metrics.Mean(name="psnr")
-        self.gan_loss, self.feature_matching_weight, self.feature_layers = "vanilla", 0.0, None
+        self.gan_loss, self.feature_matching_weight, self.feature_layers, self.grid_weight = "vanilla", 0.0, None, 0.0
         self.built = True  # both networks are built functional models
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
 
     def compile(self, g_optimizer, d_optimizer, content_loss="mse", adversarial_weight=ADVERSARIAL_WEIGHT,
-                vgg_weights=None, gan_loss="vanilla", feature_matching_weight=0.0, feature_layers=None, **kwargs):
+                vgg_weights=None, gan_loss="vanilla", feature_matching_weight=0.0, feature_layers=None,
+                grid_weight=0.0, **kwargs):
         """One optimizer per network; content_loss is a CONTENT_LOSSES name or a loss(y_true, y_pred) callable.
 
         gan_loss: "vanilla" (the paper's) or "ragan" (ESRGAN's relativistic average), see adversarial_losses.
         feature_matching_weight: weight of feature_matching_loss on the discriminator's layers feature_layers
             (names; None: discriminator.feature_layer_names), added to the generator's loss; 0 turns it off.
+        grid_weight: weight of grid_loss (against a fixed pattern every `scale` pixels) in the generator's loss.
         A g_optimizer with use_ema=True keeps an exponential moving average of the generator's weights;
         keras.callbacks.SwapEMAWeights swaps it in for validation (and, with swap_on_epoch, for checkpoints).
         Under a mixed_float16 policy the optimizers are wrapped in keras.optimizers.LossScaleOptimizer (dynamic
@@ -316,6 +331,11 @@ class SRGAN(keras.Model):
         self.content_loss = content_loss
         self.adversarial_weight = float(adversarial_weight)
         self.gan_loss, self.feature_matching_weight = gan_loss, float(feature_matching_weight)
+        self.grid_weight = float(grid_weight)
+        if self.grid_weight:
+            from generator import generator_scale
+
+            self._scale = generator_scale(self.generator)  # once, outside any trace
         self.feature_layers = None if feature_layers is None else [str(name) for name in feature_layers]
         taps = []
         if self.feature_matching_weight:
@@ -340,7 +360,8 @@ class SRGAN(keras.Model):
     def _train_trackers(self):
         trackers = [self.g_loss, self.d_loss, self.content_loss_tracker, self.adversarial_loss, self.d_real,
                     self.d_fake]
-        return trackers + [self.feature_matching] if self.feature_matching_weight else trackers
+        return (trackers + ([self.feature_matching] if self.feature_matching_weight else [])
+                + ([self.grid] if self.grid_weight else []))
 
     # ------------------------------------------------------------------------- the losses, any backend
     def _gan_terms(self, hr, sr, real, fake):
@@ -355,6 +376,10 @@ class SRGAN(keras.Model):
             matching = feature_matching_loss(real[1:], fake[1:])
             terms["g_loss"] = terms["g_loss"] + self.feature_matching_weight * matching
             terms["feature_matching_loss"] = matching
+        if self.grid_weight:
+            grid = grid_loss(hr, sr, self._scale)
+            terms["g_loss"] = terms["g_loss"] + self.grid_weight * grid
+            terms["grid_loss"] = grid
         return terms
 
     def _log(self, trackers, terms, batch):
@@ -516,7 +541,8 @@ class SRGAN(keras.Model):
                 "d_optimizer": keras.saving.serialize_keras_object(self.d_optimizer),
                 "content_loss": keras.saving.serialize_keras_object(self.content_loss),
                 "adversarial_weight": self.adversarial_weight, "gan_loss": self.gan_loss,
-                "feature_matching_weight": self.feature_matching_weight, "feature_layers": self.feature_layers}
+                "feature_matching_weight": self.feature_matching_weight, "feature_layers": self.feature_layers,
+                "grid_weight": self.grid_weight}
 
     def compile_from_config(self, config):
         config = dict(config)

@@ -8,6 +8,7 @@ data range 255. One image pair at a time: a set's figure is the mean of its per-
     ssim = calculate_ssim(sr, hr, crop_border=4)
     base = calculate_psnr(bicubic_upscale(lr, 4), hr, 4)  # always report bicubic beside the model
     niqe = calculate_niqe(sr, crop_border=4)              # no reference: lower is more natural
+    grid = grid_error(sr, hr, 4, crop_border=4)           # (4, 4) mean error per sub-pixel position
 """
 
 import functools
@@ -81,6 +82,22 @@ def calculate_ssim(img, img2, crop_border, test_y_channel=True):
     a, b = _metric_planes(img, img2, crop_border, test_y_channel)
     return float(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                        data_range=255, channel_axis=-1 if a.ndim == 3 else None))
+
+
+def grid_error(img, img2, scale, crop_border):
+    """Mean signed error (img - img2, Y grey levels) at each of the scale x scale positions of the output grid:
+    a (scale, scale) array. A model whose sub-pixel layer leaves a fixed pattern repeating every `scale`
+    pixels (a GAN's checkerboard) shows it here even where it is too faint to see; an unbiased model gives
+    values near 0 everywhere. Average the arrays over a set before reading it: per image, content adds noise.
+
+    crop_border must be a multiple of scale, so that position (0, 0) stays the first output pixel of an LR pixel.
+    """
+    if crop_border % scale:
+        raise ValueError(f"crop_border {crop_border} is not a multiple of the scale {scale}: the grid would shift")
+    a, b = _metric_planes(img, img2, crop_border, test_y_channel=True)
+    h, w = (a.shape[0] // scale) * scale, (a.shape[1] // scale) * scale
+    error = (a - b)[:h, :w].reshape(h // scale, scale, w // scale, scale)
+    return error.mean(axis=(0, 2))
 
 
 def measure_pairs(outputs, targets, crop_border):

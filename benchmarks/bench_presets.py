@@ -49,12 +49,10 @@ EPOCHS = 2  # validation points per run (history.csv); each validates the whole 
 WARMUP_STEPS, TIMED_STEPS = 3, 12
 
 
-def step_seconds(name, batch_size, patch, scale):
-    """Seconds per phase-1 training step of a preset (L1, Adam; flow.py's compile), the fastest of TIMED_STEPS
-    after a warm-up (the least disturbed by anything else on the machine), on in-memory batches: the input
-    pipeline is measured elsewhere (bench_train_step.py)."""
-    model = build_generator(scale, preset=name, **BUILD_OVERRIDES.get(name, {}))
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=gan.ContentLoss("l1"), jit_compile=False)
+def fastest_step(model, batch_size, patch, scale):
+    """Seconds of the fastest of TIMED_STEPS train_on_batch calls of a compiled model after a warm-up (the least
+    disturbed by anything else on the machine), on one random in-memory batch: the input pipeline is measured
+    elsewhere (bench_train_step.py)."""
     rng = np.random.default_rng(0)
     lr = rng.random((batch_size, patch // scale, patch // scale, 3), dtype=np.float32)
     hr = rng.random((batch_size, patch, patch, 3), dtype=np.float32)
@@ -64,18 +62,32 @@ def step_seconds(name, batch_size, patch, scale):
         model.train_on_batch(lr, hr)
         if k >= WARMUP_STEPS:
             times.append(time.perf_counter() - start)
-    return min(times), model.count_params(), generator_flops(model, 360, 640) / 1e9
+    return min(times)
+
+
+def step_seconds(name, batch_size, patch, scale):
+    """(seconds per phase-1 training step, parameters, GFLOP per 640x360 frame) of a preset, compiled as flow.py
+    compiles it (L1, Adam)."""
+    model = build_generator(scale, preset=name, **BUILD_OVERRIDES.get(name, {}))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=gan.ContentLoss("l1"), jit_compile=False)
+    return fastest_step(model, batch_size, patch, scale), model.count_params(), generator_flops(model, 360, 640) / 1e9
+
+
+def run_flow_train(data, out, flags):
+    """`flow.py train --data DATA --out OUT FLAGS...` in a child process; returns the wall time in seconds."""
+    command = [sys.executable, str(ROOT / "flow.py"), "train", "--data", str(data), "--out", str(out), *flags,
+               "--verbose", "2"]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def train_phase1(data, out, epochs, steps_per_epoch, batch_size, flags):
     """`flow.py train` of phase 1 alone, L1 loss, with the given further flags (preset, learning rate, seed, ...);
     returns the wall time in seconds. bench_train_step.py's A/Bs run through here too."""
-    command = [sys.executable, str(ROOT / "flow.py"), "train", "--data", str(data), "--out", str(out),
-               "--pretrain-epochs", str(epochs), "--gan-epochs", "0", "--steps-per-epoch", str(steps_per_epoch),
-               "--batch-size", str(batch_size), "--pretrain-loss", "l1", *flags, "--verbose", "2"]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return run_flow_train(data, out, ["--pretrain-epochs", str(epochs), "--gan-epochs", "0", "--steps-per-epoch",
+                                      str(steps_per_epoch), "--batch-size", str(batch_size), "--pretrain-loss", "l1",
+                                      *flags])
 
 
 def train(name, data, out, steps, args):
@@ -88,14 +100,10 @@ def train(name, data, out, steps, args):
     return wall, per_epoch * EPOCHS
 
 
-def score(run, folders, out):
-    """{folder name: (mean Y-PSNR, mean SSIM, bicubic PSNR)} of the run's best generator."""
-    result = {}
-    for folder in folders:
-        rows, _ = flow.evaluate(str(run / "generator.keras"), str(folder), out=str(out))
-        mean = rows[-1]
-        result[Path(folder).name] = (mean["model_psnr"], mean["model_ssim"], mean["bicubic_psnr"])
-    return result
+def score(model, folders, out):
+    """{folder name: flow.evaluate's mean row (model_psnr, model_ssim, model_niqe, model_grid, bicubic_psnr, ...)}
+    of a generator file on each folder."""
+    return {Path(folder).name: flow.evaluate(str(model), str(folder), out=str(out))[0][-1] for folder in folders}
 
 
 def sample_dataset(root, hr_size=128):
@@ -148,7 +156,8 @@ def main(argv=None):
         steps = max(EPOCHS, int(args.minutes * 60 / seconds))
         print(f"== {name}: {steps} steps ==", flush=True)
         wall, steps = train(name, args.data, out / name, steps, args)
-        scores = score(out / name, args.eval, out / "eval")
+        scores = {k: (m["model_psnr"], m["model_ssim"], m["bicubic_psnr"])
+                  for k, m in score(out / name / "generator.keras", args.eval, out / "eval").items()}
         rows.append((name, params, gflop, seconds, steps, wall, scores))
         print(f"  {name}: trained {steps} steps in {wall / 60:.1f} min; " + ", ".join(
             f"{k} {p:.2f} dB / {s:.4f} (bicubic {b:.2f})" for k, (p, s, b) in scores.items()), flush=True)

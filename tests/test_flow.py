@@ -52,7 +52,7 @@ def env_for_subprocess():
 @pytest.mark.slow
 def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "runs" / "tiny"
-    assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
+    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--grid-weight", "0.5")) == 0
     out = capsys.readouterr().out
     assert "done" in out and "best epoch" in out and str(run / "generator.keras") in out
 
@@ -60,7 +60,7 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
     assert config["scale"] == 4 and config["hr_size"] == 32 and config["steps_per_epoch"] == 2
     assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None,
                                    "upsampler": "stages", "head_kernel": 9, "block": "residual"}
-    assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1
+    assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1 and config["grid_weight"] == 0.5
 
     rows = history(run)
     assert [(int(r["epoch"]), r["phase"]) for r in rows] == [(1, "pretrain"), (2, "pretrain"), (3, "gan")]
@@ -69,6 +69,7 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
         assert column in rows[0], column
     assert rows[0]["loss"] and not rows[0]["g_loss"] and rows[2]["g_loss"] and not rows[2]["loss"]
     assert 0 < float(rows[2]["d_real"]) < 1 and 0 < float(rows[2]["d_fake"]) < 1
+    assert float(rows[2]["grid_loss"]) > 0 and not rows[0]["grid_loss"]  # the GAN phase's loss against a 4x4 pattern
 
     # bicubic and model figures are the per-image means of the protocol on the whole validation split
     splits, _ = create_dataset.check_dataset(tiny_dataset, ("val",))
@@ -108,7 +109,7 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
 
     # the same command again: nothing is redone
     before = (run / "history.csv").read_text()
-    assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
+    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--grid-weight", "0.5")) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert (run / "history.csv").read_text() == before
 
@@ -184,12 +185,12 @@ def test_resume_with_a_different_config_names_the_differing_keys(tiny_dataset, t
     # runtime-only options (strategy, XLA, mixed precision, input) may change between resumes
     assert flow.main(train_args(tiny_dataset, run, 2, 1, "--jit", "off", "--strategy", "default")) == 0
     assert "nothing to do" in capsys.readouterr().out
-    # a config.json from before --ema and the generator's "block" existed still resumes
+    # a config.json from before --ema, --grid-weight and the generator's "block" existed still resumes
     older = json.loads((run / "config.json").read_text())
-    del older["ema"], older["generator"]["block"]
+    del older["ema"], older["grid_weight"], older["generator"]["block"]
     resizer.write_json(run / "config.json", older)
     assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
-    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--ema", "0.9")) == 2
+    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--ema", "0.9", "--grid-weight", "1")) == 2
     assert "ema: 0.0 -> 0.9" in capsys.readouterr().err
 
     stranger = tmp_path / "not-a-run"
@@ -591,8 +592,15 @@ def test_evaluate_a_folder_model_against_bicubic(tmp_path, capsys):
     assert float(rows[2]["model_ssim"]) == pytest.approx(np.mean([float(r["model_ssim"]) for r in rows[:2]]))
     md = (tmp_path / "eval" / "run-generator_photos_x4.md").read_text()
     assert ("| image | size | hr_niqe | bicubic_psnr | bicubic_ssim | bicubic_niqe | model_psnr | model_ssim | "
-            "model_niqe |") in md and "| mean |" in md
+            "model_niqe | model_grid |") in md and "| mean |" in md
     assert rows[0]["model_niqe"] == "nan"  # 48 px images hold no 96 px NIQE block: undefined, not an error
+    grids = [metrics.grid_error(sr, hr, 4, crop_border=4)]  # the set's grid error is that of the mean grid
+    assert float(rows[0]["model_grid"]) == pytest.approx(np.abs(grids[0]).max())
+    hr1 = resizer.mod_crop(resizer.load_image(photos / "photo1.png"), 4)
+    grids.append(metrics.grid_error(upscale.upscale_array(load_generator(model_path), resizer.lr_from_hr(hr1, 4)),
+                                    hr1, 4, crop_border=4))
+    assert float(rows[2]["model_grid"]) == pytest.approx(np.abs(np.mean(grids, axis=0)).max())
+    assert "sub-pixel position" in captured.out
 
     # a run folder stands for its generator.keras; a scale that contradicts the model is refused
     assert flow.main(["evaluate", "--model", str(model_path.parent), "--data", str(photos), "--out",

@@ -16,8 +16,9 @@ import pytest
 from fakeserver import FakeServer
 
 import gan
+import metrics
 from discriminator import build_discriminator
-from gan import SRGAN, ContentLoss, adversarial_losses, feature_matching_loss, psnr, vgg_preprocess
+from gan import SRGAN, ContentLoss, adversarial_losses, feature_matching_loss, grid_loss, psnr, vgg_preprocess
 from generator import build_generator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -295,6 +296,28 @@ def test_unet_ragan_feature_matching_step_trains_and_logs():
     assert changed(g0, weights_of(model.generator)) and changed(d0, weights_of(model.discriminator))
 
 
+def test_grid_loss_is_the_per_image_mean_error_per_sub_pixel_position_as_metrics_measures_it():
+    rng = np.random.default_rng(0)
+    hr = rng.random((2, 16, 20, 3)).astype(np.float32) * 0.8 + 0.1
+    pattern = rng.uniform(-0.05, 0.05, (4, 4)).astype(np.float32)
+    sr = hr + np.tile(pattern, (4, 5))[None, :, :, None] * np.array([1.0, 0.0], np.float32)[:, None, None, None]
+    loss = np.asarray(grid_loss(hr, sr, 4))
+    np.testing.assert_allclose(loss, [np.abs(pattern).mean(), 0.0], atol=1e-6)  # the first image has the pattern
+    grey = metrics.grid_error(sr[0].mean(axis=-1), hr[0].mean(axis=-1), 4, crop_border=0) / 255
+    np.testing.assert_allclose(np.abs(grey).mean(), loss[0], atol=1e-6)
+
+
+def test_grid_loss_trains_logs_and_survives_save_and_load(tmp_path):
+    model = tiny_gan(grid_weight=2.0)
+    lr, hr = tiny_pair()
+    logs = model.train_on_batch(lr, hr, return_dict=True)
+    assert logs["grid_loss"] > 0
+    expected = logs["content_loss"] + 1e-3 * logs["adversarial_loss"] + 2.0 * logs["grid_loss"]
+    np.testing.assert_allclose(logs["g_loss"], expected, rtol=1e-5)
+    model.save(tmp_path / "srgan.keras")
+    assert keras.saving.load_model(tmp_path / "srgan.keras", safe_mode=True).grid_weight == 2.0
+
+
 def test_options_survive_save_and_load_in_safe_mode(tmp_path):
     model = tiny_gan(kind="unet", gan_loss="ragan", feature_matching_weight=0.5,
                      feature_layers=["down1_lrelu", "up3_lrelu"])
@@ -366,7 +389,8 @@ for name in sys.argv[4:]:
 print("RESULT " + json.dumps(out))
 """
 
-OTHER_BACKEND_RECIPES = {"paper": {}, "successors": {"kind": "unet", "gan_loss": "ragan", "feature_matching_weight": 0.5}}
+OTHER_BACKEND_RECIPES = {"paper": {}, "successors": {"kind": "unet", "gan_loss": "ragan", "feature_matching_weight": 0.5,
+                                                 "grid_weight": 1.0}}
 
 
 @pytest.mark.slow  # minutes on 2 CPU cores for JAX: it compiles each op and initializer shape on first use

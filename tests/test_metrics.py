@@ -106,6 +106,17 @@ def test_measure_pairs_is_per_image_not_first_of_batch():
     assert ssim[0] == pytest.approx(1.0) and ssim[1] > ssim[2]
 
 
+def test_grid_error_recovers_a_fixed_sub_pixel_pattern_and_keeps_the_grid_phase():
+    rng = np.random.default_rng(0)
+    hr = rng.integers(20, 230, (64, 72)).astype(np.uint8)  # grey: the error is in grey levels as it is
+    pattern = rng.integers(-3, 4, (4, 4))
+    sr = (hr + np.tile(pattern, (16, 18))).astype(np.uint8)
+    np.testing.assert_allclose(metrics.grid_error(sr, hr, 4, crop_border=4), pattern)  # the border keeps the phase
+    np.testing.assert_allclose(metrics.grid_error(hr, hr, 4, crop_border=8), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="multiple of the scale"):
+        metrics.grid_error(sr, hr, 4, crop_border=2)
+
+
 def test_set5_bicubic_matches_the_figure_measured_for_this_protocol(shared_data):
     names, psnr, ssim = [], [], []
     for path in sorted((shared_data / "benchmarks" / "Set5").glob("*.png")):
