@@ -1,7 +1,8 @@
 """GAN recipes from one PSNR model at equal steps: which brings the most natural texture without artefacts.
 
     python benchmarks/bench_gan_recipes.py --data data/photos2-x4 --eval SET5_HR_DIR SET14_HR_DIR --steps 500
-    python benchmarks/bench_gan_recipes.py      # scikit-image's samples, 40 steps each: 17 min on 2 cores
+    python benchmarks/bench_gan_recipes.py      # scikit-image's samples, 40 steps each (16 min 41 s on 2 AVX2 cores,
+                                                # plus about 12 s a model for the pattern-free NIQE)
 
 Each recipe is phase 2 of `flow.py train` from the same generator (--init, default the shipped PSNR model), with
 the same content loss (L1), adversarial weight, Adam settings, batch, patches, seed and number of steps. What
@@ -46,7 +47,7 @@ from discriminator import build_discriminator  # noqa: E402
 from generator import load_generator  # noqa: E402
 
 PAPER = {"discriminator": "srgan", "d_filters": 64, "gan_loss": "vanilla", "feature_matching": 0.0, "grid_weight": 0.0}
-UNET = {**PAPER, "discriminator": "unet", "d_filters": 32, "gan_loss": "ragan"}  # 32 filters: CPU time (see README)
+UNET = {**PAPER, "discriminator": "unet", "d_filters": 32, "gan_loss": "ragan"}  # 32 filters: CPU time (weights/README.md)
 RECIPES = {
     "paper": PAPER,
     "unet-ragan": UNET,
