@@ -95,9 +95,14 @@ def grid_error(img, img2, scale, crop_border):
     if crop_border % scale:
         raise ValueError(f"crop_border {crop_border} is not a multiple of the scale {scale}: the grid would shift")
     a, b = _metric_planes(img, img2, crop_border, test_y_channel=True)
-    h, w = (a.shape[0] // scale) * scale, (a.shape[1] // scale) * scale
-    error = (a - b)[:h, :w].reshape(h // scale, scale, w // scale, scale)
-    return error.mean(axis=(0, 2))
+    return sub_pixel_means(a - b, scale)
+
+
+def sub_pixel_means(values, scale):
+    """The mean of an HxW (or HxWxC) array at each of the scale x scale sub-pixel positions: (scale, scale[, C]).
+    Rows and columns past the last whole multiple of scale are left out."""
+    h, w = (values.shape[0] // scale) * scale, (values.shape[1] // scale) * scale
+    return values[:h, :w].reshape(h // scale, scale, w // scale, scale, *values.shape[2:]).mean(axis=(0, 2))
 
 
 def measure_pairs(outputs, targets, crop_border):

@@ -38,10 +38,11 @@ import runtime  # noqa: E402, F401  (first: Keras starts without TensorFlow's C+
 # isort: split
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_presets import fastest_step, run_flow_train, sample_dataset, score  # noqa: E402
+from bench_presets import chosen_names, fastest_step, run_flow_train, sample_dataset, score  # noqa: E402
 
 import flow  # noqa: E402
 import gan  # noqa: E402
+import metrics  # noqa: E402
 import upscale  # noqa: E402
 from discriminator import build_discriminator  # noqa: E402
 from generator import load_generator  # noqa: E402
@@ -103,18 +104,12 @@ def niqe_without_pattern(model_path, folder, scale=4):
     pairs, scale = flow.evaluation_pairs(folder, scale)
     outputs = [(upscale.upscale_array(model, lr), hr) for lr, hr in
                (flow.load_eval_pair(lr_path, hr_path, scale) for _, lr_path, hr_path in pairs)]
-    pattern = np.mean([sub_pixel_means(sr.astype(np.float64) - hr, scale) for sr, hr in outputs], axis=0)
+    pattern = np.mean([metrics.sub_pixel_means(sr.astype(np.float64) - hr, scale) for sr, hr in outputs], axis=0)
     niqe = []
     for sr, _ in outputs:
         tiled = np.tile(pattern, (sr.shape[0] // scale + 1, sr.shape[1] // scale + 1, 1))[: sr.shape[0], : sr.shape[1]]
         niqe.append(flow.niqe_or_nan(np.clip(np.round(sr - tiled), 0, 255).astype(np.uint8), scale))
     return flow.nanmean(niqe)
-
-
-def sub_pixel_means(error, scale):
-    """(scale, scale, channels) mean of an HxWxC error at each sub-pixel position."""
-    h, w = error.shape[0] // scale * scale, error.shape[1] // scale * scale
-    return error[:h, :w].reshape(h // scale, scale, w // scale, scale, -1).mean(axis=(0, 2))
 
 
 def passes(scores):
@@ -142,10 +137,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    names = [n for n in args.recipes.split(",") if n]
-    unknown = set(names) - set(RECIPES)
-    if unknown:
-        parser.error(f"unknown recipes {sorted(unknown)}; choose from {tuple(RECIPES)}")
+    names = chosen_names(parser, args.recipes, RECIPES, "recipes")
     print(f"Keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs; from {args.init}, "
           f"{args.steps} steps each, batch {args.batch_size} of {args.patch_size} px, L1 + "
           f"{args.adversarial_weight:g} adversarial, Adam {args.lr:g}", flush=True)

@@ -115,6 +115,15 @@ def sample_dataset(root, hr_size=128):
     return data
 
 
+def chosen_names(parser, text, known, what):
+    """The names of a comma-separated option, each one of `known` (else a usage error naming `what`)."""
+    names = [n for n in text.split(",") if n]
+    unknown = set(names) - set(known)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; choose from {tuple(known)}")
+    return names
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", help="DATASET to train on (default: scikit-image's samples as patches)")
@@ -130,10 +139,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    names = [n for n in args.presets.split(",") if n]
-    unknown = set(names) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown presets {sorted(unknown)}; choose from {tuple(VARIANTS)}")
+    names = chosen_names(parser, args.presets, VARIANTS, "presets")
     print(f"Keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs; {args.minutes:g} min per "
           f"preset, batch {args.batch_size}, HR patch {args.patch_size}, L1, lr {args.lr:g} cosine", flush=True)
 
