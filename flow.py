@@ -407,7 +407,7 @@ def resolve_config(args, splits, scale):
 
 # settings added after run folders were made, with the value that such a run trained with, so it still resumes
 LATER_SETTINGS = {"ema": 0.0, "grid_weight": 0.0}
-LATER_GENERATOR_SETTINGS = {"block": "residual"}
+LATER_GENERATOR_SETTINGS = {"block": "residual", "output": "rgb"}
 
 
 def config_differences(old, new):

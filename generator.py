@@ -15,6 +15,9 @@ multi-distillation blocks whose outputs a 1x1 conv fuses, plus the head (see _di
 upsampler="subpixel" (the "video" and "imdn" presets) replaces the body conv, global skip, stages and 9x9 conv with one 3x3
 conv to 3*s*s channels and one PixelShuffle(s), so every convolution runs at the LR resolution (ESPCN).
 
+output="luma" (the "stream" preset) is luma-first: that conv predicts s*s luma phases only, added to R, G and B of
+the bicubic skip alike, so chroma is interpolated (see LumaUpsample).
+
 Fully convolutional, so a model built once upscales any input size. Only keras.layers / keras.ops are used and
 the custom layers below are registered, so saved .keras files load with safe_mode=True.
 """
@@ -161,6 +164,54 @@ class InterpolationUpsample(keras.layers.Layer):
                 "shuffle": self.shuffle}
 
 
+@keras.saving.register_keras_serializable(package="srgan")
+class LumaUpsample(keras.layers.Layer):
+    """The tail of a luma-first generator: [LR (N,H,W,3), luma residual (N,H,W,r*r)] -> SR (N,H*r,W*r,3).
+
+    SR = interpolate(LR) + the residual added equally to R, G and B. Adding d to all three channels adds d to
+    luma and nothing to chroma (BT.601's Cb and Cr weights each sum to zero), so the network predicts luma
+    detail only and chroma stays interpolated, as in ESPCN, FSRCNN and on-device upscalers: its last conv needs
+    r*r channels instead of 3*r*r. The interpolation is a depthwise convolution (each channel its own r*r taps,
+    a third of InterpolationUpsample's dense kernel), renormalised at the borders like InterpolationUpsample,
+    and the one transpose of the sub-pixel shuffle also brings the channel-major phases into place.
+    """
+
+    def __init__(self, scale, interpolation="bicubic", **kwargs):
+        super().__init__(**kwargs)
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.scale, self.interpolation = int(scale), interpolation
+        r = self.scale
+        taps = interpolation_taps(r, interpolation)
+        phases = np.stack([np.outer(taps[i], taps[j]) for i in range(r) for j in range(r)], axis=-1)  # (5,5,r*r)
+        self._depthwise = np.repeat(phases[:, :, None, :], 3, axis=2).astype(np.float32)  # (5, 5, 3, r*r)
+        self._phase_kernel = phases[:, :, None, :].astype(np.float32)  # (5, 5, 1, r*r)
+
+    def call(self, inputs):
+        lr, residual = inputs
+        r = self.scale
+        pad = ((0, 0), (2, 2), (2, 2), (0, 0))
+        kernel = ops.convert_to_tensor(self._depthwise, dtype=lr.dtype)
+        weighted = ops.depthwise_conv(ops.pad(lr, pad), kernel, padding="valid")  # (N, H, W, 3*r*r), c-major
+        ones = ops.pad(ops.ones_like(lr[..., :1]), pad)
+        weights = ops.conv(ones, ops.convert_to_tensor(self._phase_kernel, dtype=lr.dtype), padding="valid")
+        shape = ops.shape(lr)
+        n, h, w = shape[0], shape[1], shape[2]
+        phases = ops.reshape(weighted, (n, h, w, 3, r * r)) / ops.expand_dims(weights, 3)
+        phases = phases + ops.expand_dims(ops.cast(residual, phases.dtype), 3)
+        x = ops.reshape(phases, (n, h, w, 3, r, r))
+        x = ops.transpose(x, (0, 1, 4, 2, 5, 3))  # (n, h, i, w, j, c)
+        return ops.reshape(x, (n, h * r, w * r, 3))
+
+    def compute_output_shape(self, input_shapes):
+        n, h, w, _ = input_shapes[0]
+        r = self.scale
+        return (n, None if h is None else h * r, None if w is None else w * r, 3)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "interpolation": self.interpolation}
+
+
 def upsample_stages(scale):
     """The sub-pixel stages for a scale factor: x2 stages for powers of two, one x3 stage for 3."""
     if scale == 3:
@@ -261,10 +312,11 @@ def _interpolate(x, scale, method, shuffle=True):
 
 
 def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_norm=None, interpolation_skip=None,
-                    upsampler=None, head_kernel=None, block=None, prelu_init=PRELU_INIT, name="generator"):
+                    upsampler=None, head_kernel=None, block=None, output=None, prelu_init=PRELU_INIT,
+                    name="generator"):
     """Build a generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
 
-    preset: a PRESETS name ("srresnet", "fast", "video", "imdn"), None for the paper's SRResNet. Its settings are used
+    preset: a PRESETS name ("srresnet", "fast", "video", "imdn", "stream"), None for the paper's SRResNet. Its settings are used
         where the argument is None; an argument given overrides the preset's.
     interpolation_skip: "none", "bilinear" or "bicubic": add an interpolated copy of the input to the output, so
         the network learns the residual and starts at interpolation quality. Both are fixed-kernel convolutions
@@ -274,12 +326,14 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     upsampler: "stages" (the paper's: conv + PixelShuffle + PReLU per x2 stage, then a 9x9 conv at HR) or
         "subpixel" (ESPCN: one 3x3 conv to 3*scale^2 channels at LR and one PixelShuffle, no global skip conv).
     head_kernel: the first convolution's size (the paper's 9).
+    output: "rgb" (the network predicts all three channels) or "luma" (luma-first: it predicts a luma residual
+        at LR resolution, and chroma is the interpolation skip's; see LumaUpsample).
     prelu_init: initial PReLU slope (0.25 as in the paper).
     The last layer casts to float32, so the model also works under a mixed_float16/mixed_bfloat16 policy.
     """
     settings = presets.resolve_architecture(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
                                             interpolation_skip=interpolation_skip, upsampler=upsampler,
-                                            head_kernel=head_kernel, block=block)
+                                            head_kernel=head_kernel, block=block, output=output)
     filters, blocks = int(settings["filters"]), int(settings["blocks"])
     batch_norm, skip = bool(settings["batch_norm"]), settings["interpolation_skip"]
 
@@ -293,6 +347,8 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     x = head
     for b in range(blocks):
         x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}")
+    if settings["output"] == "luma":
+        return keras.Model(lr, _luma_tail(lr, x, scale, skip), name=name)
     if settings["upsampler"] == "subpixel":
         return keras.Model(lr, _subpixel_tail(lr, x, scale, skip), name=name)
     x = _stages_tail(head, x, scale, filters, batch_norm, prelu_init)
@@ -329,6 +385,16 @@ def _subpixel_tail(lr, x, scale, skip):
     return PixelShuffle(scale, dtype="float32", name="sr")(x)
 
 
+def _luma_tail(lr, x, scale, skip):
+    """The luma-first tail: one 3x3 conv at LR to scale^2 luma phases (zeros, so an untrained net is its
+    interpolation), added to every colour channel of the interpolated input and shuffled (LumaUpsample)."""
+    upsample_stages(scale)
+    if skip is None:
+        raise ValueError("a luma-first generator needs an interpolation skip: its chroma is interpolated")
+    x = _conv(scale * scale, 3, "out_conv", kernel_initializer="zeros")(x)
+    return LumaUpsample(scale, skip, dtype="float32", name="sr")([lr, x])
+
+
 def load_generator(path):
     """Load a saved generator (.keras) in safe mode; this module's import registers its custom layers."""
     return keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -336,7 +402,7 @@ def load_generator(path):
 
 def generator_scale(model):
     """The model's upscaling factor, from its PixelShuffle stages (or, failing that, by running a tiny input)."""
-    stages = [layer.scale for layer in _all_layers(model) if isinstance(layer, PixelShuffle)]
+    stages = [layer.scale for layer in _all_layers(model) if isinstance(layer, (PixelShuffle, LumaUpsample))]
     if stages:
         return int(np.prod(stages))
     out = model(np.zeros((1, 4, 4, 3), np.float32), training=False)

@@ -66,7 +66,7 @@ def generator_flops(model, height, width):
     """FLOPs (2 per multiply-add) of the convolutions in one forward pass over a height x width LR image:
     every Conv2D at its own output resolution, and the fixed-kernel convolutions of an interpolation skip.
     Element-wise work (activations, adds, pixel shuffles) is left out: it is memory-bound and small."""
-    from generator import InterpolationUpsample
+    from generator import InterpolationUpsample, LumaUpsample
 
     probe = np.zeros((1, 8, 8, 3), np.float32)  # output sizes relative to the input's, found once
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -81,4 +81,7 @@ def generator_flops(model, height, width):
         if isinstance(layer, InterpolationUpsample):
             r = layer.scale
             macs += height * width * 25 * (3 * 3 * r * r + r * r)  # the weighted and the normalising convolution
+        if isinstance(layer, LumaUpsample):
+            r = layer.scale
+            macs += height * width * 25 * (3 * r * r + r * r)  # depthwise: each channel its own taps
     return 2 * macs

@@ -1,5 +1,8 @@
 """generator.py and discriminator.py: shapes, layers against references, presets, safe-mode save/load."""
 
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -122,6 +125,31 @@ def test_video_preset_runs_every_convolution_at_lr_resolution_and_starts_at_bicu
     model.get_layer("out_conv").set_weights([w + 0.01 for w in model.get_layer("out_conv").get_weights()])
     model.save(tmp_path / "video.keras")
     np.testing.assert_array_equal(np.asarray(load_generator(tmp_path / "video.keras")(x)), np.asarray(model(x)))
+
+
+def test_stream_preset_is_luma_first_within_the_real_time_budget(tmp_path):
+    model = build_generator(4, preset="stream")
+    assert model.get_layer("out_conv").kernel.shape == (3, 3, 16, 16)  # one channel per sub-pixel phase: luma only
+    assert generator_scale(model) == 4
+    x = rand(2, 6, 5, 3)
+    # untrained, it is exactly bicubic, like the RGB presets
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(InterpolationUpsample(4, "bicubic")(x)), atol=1e-6)
+    out_conv = model.get_layer("out_conv")
+    out_conv.set_weights([np.random.default_rng(1).normal(0, 0.05, w.shape).astype("float32")
+                          for w in out_conv.get_weights()])
+    delta = np.asarray(model(x)) - np.asarray(InterpolationUpsample(4, "bicubic")(x))
+    assert np.abs(delta).max() > 1e-2
+    # what it adds is luma alone: R, G and B move together, so BT.601 chroma stays the bicubic one
+    np.testing.assert_allclose(delta[..., 0], delta[..., 1], atol=1e-6)
+    np.testing.assert_allclose(delta[..., 0], delta[..., 2], atol=1e-6)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from peak import generator_flops
+
+    assert generator_flops(model, 360, 640) / 2 / (360 * 640) <= 15_000  # the on-device budget per LR pixel
+    with pytest.raises(ValueError, match="needs an interpolation skip"):
+        build_generator(4, preset="stream", interpolation_skip="none")
+    model.save(tmp_path / "stream.keras")
+    np.testing.assert_array_equal(np.asarray(load_generator(tmp_path / "stream.keras")(x)), np.asarray(model(x)))
 
 
 def test_imdn_preset_is_the_published_network_on_a_bicubic_skip(tmp_path):
