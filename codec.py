@@ -12,10 +12,15 @@ flow.py's stream benchmark scores models on them; both take the clip, downscale 
     lr, stream = degrade_clip(hr, 4, settings, seed)                  # blur, noise, downscale, codec
 
 Frames are uint8 RGB; the encoder sees yuv420p (BT.601, limited range, as FFmpeg's default conversion both
-ways), so chroma subsampling is part of the loss, as in any stream. Encoders run on one thread: libx264,
-libx265 and libvpx-vp9 then give the same bytes for the same frames and settings on every run, which the
-datasets' "same seed, same pairs" promise needs (x264's frame threads are deterministic too, but one thread
-per clip costs nothing here: the dataset's workers run clips in parallel).
+ways), so chroma subsampling is part of the loss, as in any stream. Encoders run on one thread, so the same
+frames and settings give the same bytes on every run, which the datasets' "same seed, same pairs" promise
+needs. libx264 also runs without its assembly (asm=0): with it, one thread (thread_count = 1, and x264's own
+threads=1:lookahead-threads=1) still gave up to 4 different sizes in 60 encodes of the same 96x64 clip
+whenever other encodes had run in the process before (libx264 through PyAV 18.1 on this AVX-512 CPU; an
+uninitialised read, by its dependence on the process's history); without the assembly, every one of 60
+settings (5 presets x 2 profiles x 2 CRFs x 3 sizes) gave 1 size in 40 encodes, at 1.3x the time at 96x64
+and 2-13x at 256x144 (0.14-0.36 s for 8 frames at preset medium).
+One thread per clip costs nothing: the dataset's workers run clips in parallel.
 """
 
 import math
@@ -35,7 +40,7 @@ X264_PRESETS = ("veryfast", "faster", "fast", "medium", "slow")  # drawn per cli
 # drawn per clip (the option each is passed as), and fixed options (one thread: deterministic output).
 CODECS = {
     "libx264": {"decoder": "h264", "crf": (0, 51), "preset_option": "preset", "presets": X264_PRESETS,
-                "profiles": ("baseline", "main", "high"), "options": {}},
+                "profiles": ("baseline", "main", "high"), "options": {"x264-params": "threads=1:lookahead-threads=1:asm=0"}},  # see the docstring
     "libx265": {"decoder": "hevc", "crf": (0, 51), "preset_option": "preset", "presets": X264_PRESETS,
                 "profiles": (), "options": {"x265-params": "log-level=error:pools=none:frame-threads=1"}},
     "libvpx-vp9": {"decoder": "vp9", "crf": (0, 63), "preset_option": "cpu-used", "presets": ("1", "2", "3", "4", "5"),
@@ -51,6 +56,11 @@ CLIP_WINDOW = (512, 288)  # HR window (width, height) the camera sees: 128x72 LR
 PAN_PER_FRAME = 0.02  # a pan moves at most this fraction of the window width per frame
 ZOOM_SHARE, ZOOM_MAX = 0.3, 1.25  # share of clips that zoom, between 1x and this much wider a view
 SHAKE_SHARE, SHAKE_SIGMA = 0.3, 0.005  # share of clips that shake, jitter up to this fraction of the width
+# the stream benchmark (flow.py evaluate-stream): as issue 20 measured it
+BENCH_WINDOW = (1024, 576)  # HR window: 256x144 LR at x4 ...
+BENCH_ROOM = 0.75  # ... or at most this share of a smaller photo's sides, leaving the pan room
+BENCH_FRAMES = 8
+BENCH_PRESET = "medium"
 # -----------------------------------------------------------------------------
 
 
@@ -152,15 +162,28 @@ def camera_path(canvas, window, frames, rng):
     return boxes
 
 
-def pan_path(canvas, window, frames):
-    """Boxes of a steady pan from the canvas's top-left to its bottom-right corner (the benchmark's camera,
-    no randomness): integer positions, the window's own size."""
+def pan_path(canvas, window, frames, step=PAN_PER_FRAME):
+    """Boxes of a steady pan right and down, centred on the canvas (the benchmark's camera, no randomness):
+    each frame moves `step` x the window's width along x and `step` x its height along y, less where the
+    canvas leaves less room; integer positions, the window's own size."""
     cw, ch = canvas
     w, h = window
     if w > cw or h > ch:
         raise ValueError(f"window {w}x{h} does not fit the canvas {cw}x{ch}")
-    t = np.linspace(0.0, 1.0, frames)
-    return [(float(round(f * (cw - w))), float(round(f * (ch - h))), float(w), float(h)) for f in t]
+    moves = max(frames - 1, 1)
+    sx, sy = min((cw - w) / moves, step * w), min((ch - h) / moves, step * h)
+    x0, y0 = (cw - w - sx * moves) / 2, (ch - h - sy * moves) / 2
+    return [(float(round(x0 + sx * i)), float(round(y0 + sy * i)), float(w), float(h)) for i in range(frames)]
+
+
+def benchmark_clip(photo, scale, window=BENCH_WINDOW, frames=BENCH_FRAMES):
+    """The stream benchmark's HR frames of a photo: a window (at most `window`, and at most BENCH_ROOM of
+    the photo's sides so the camera can move; sides multiples of 2 x scale) panning over it (pan_path)."""
+    size = (photo.shape[1], photo.shape[0])
+    fitted = fit_window([v * BENCH_ROOM for v in size], window, 2 * scale)
+    if min(fitted) < 2 * scale:
+        raise ValueError(f"{size[0]}x{size[1]} is too small for a x{scale} stream")
+    return render_frames(photo, pan_path(size, fitted, frames), fitted)
 
 
 def fit_window(canvas, window, multiple):
