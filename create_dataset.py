@@ -43,20 +43,23 @@ nearest (the only photos that may move when others are added).
 
 LR = resizer.lr_from_hr(HR) then optional degradations in LR pixels (blur, noise, JPEG, colour palette).
 
-Streams (--codec NAME): LR as a video stream delivers it, made by codec.py. Each clip is --clip-frames
-frames (default 8) of a --clip-size window (default 512x288 HR) that pans, zooms or shakes over the photo,
-so the codec makes P and B frames, not only I frames; per clip a downscaler is drawn (--downscalers:
-box/area, bilinear, bicubic, lanczos, all antialiased), and optionally Real-ESRGAN's first-order blur and
-noise (--codec-blur, --codec-noise: ranges, applied to the HR frames before the downscale); the LR clip is
-encoded in yuv420p at a CRF drawn from --crf LO HI (default 18 35) or a bitrate from --bitrate LO HI kbit/s
-(log-uniform; mpeg4 needs it), with a random preset and profile (--codec-presets, --codec-profiles), and
-decoded. --clip-pairs aligned crops per decoded frame (LR at p, HR at scale x p) become pairs; --clean-share
-of the clips skip blur, noise and codec. Patches mode: clips over the photo at native resolution, enough
-for --patches pairs; square mode: one clip over the whole photo, scaled so its shorter side is 1.5x the
-window's. Each source's "clips" in manifest.json give every clip's codec, crf or bitrate, preset, profile,
-downscaler, blur, noise, camera boxes, measured kbps and frame types (I/P/B), and which pairs came from
-which frame (first_pair, pairs, pair_frames). A clip whose encode or decode fails is listed there with its
-reason and left out; the photo's other clips still make pairs. parameters.filter is null then.
+Streams (--codec NAME): LR as a video stream delivers it, made by codec.py. Each clip is --clip-frames frames
+(default 8) of a --clip-size window (default 512x288 HR; at most 0.85 of the photo's sides, as room to move)
+that pans, zooms or shakes over the photo, so the codec makes P and B frames, not only I frames; per clip a
+downscaler is drawn (--downscalers: box/area, bilinear, bicubic, lanczos, all antialiased), and optionally
+Real-ESRGAN's first-order blur and noise (--codec-blur, --codec-noise: ranges, applied to the HR frames before
+the downscale); the LR clip is encoded in yuv420p at a CRF drawn from --crf LO HI (default 18 35) or a bitrate
+from --bitrate LO HI kbit/s (log-uniform; mpeg4 needs it), with a random preset and profile (--codec-presets,
+--codec-profiles), and decoded. --clip-pairs aligned crops per decoded frame (LR at p, HR at scale x p) become
+pairs; --clean-share of the clips skip blur, noise and codec. Patches mode: clips over the photo at native
+resolution, enough for --patches pairs; square mode: one clip over the whole photo, scaled so its shorter side
+is 1.5x the window's. Each source's "clips" in manifest.json give every clip's codec, crf or bitrate, preset,
+profile, downscaler, blur, noise, camera boxes, measured kbps and frame types (I/P/B), and which pairs came
+from which frame (first_pair, pairs, pair_frames). A clip whose encode or decode fails is listed there with
+its reason and left out; the photo's other clips still make pairs. --filter is not used (parameters.filter is
+null): the downscaler is the clip's. The other LR degradations (--blur, --noise, --jpeg, --palette) cannot be
+combined with a stream.
+
 Bad or too-small files are skipped and listed with their reason in manifest.json; when no pair can be made
 (no image files, or every one skipped) the command says why, exits with status 1 and leaves no dataset
 behind. Re-running into the same folder reuses finished photos; a png folder always mirrors manifest.json
@@ -1380,7 +1383,8 @@ def summary(manifest, out):
     where = f"{sum(map(len, shards.values()))} TFRecord shards in {out}" if shards else str(out)
     clips = [c for source in manifest["sources"] for c in source.get("clips", ())]
     failed = sum("reason" in c for c in clips)
-    streamed = f" in {len(clips)} clips ({failed} failed, reasons in {MANIFEST})" if clips else ""
+    streamed = f" in {len(clips)} clips" + (f" ({failed} failed, reasons in {MANIFEST})" if failed else "") \
+        if clips else ""
     return (f"{counts['train']} train / {counts['val']} val / {counts['test']} test pairs "
             f"({manifest['parameters']['hr_size']} px HR, x{manifest['parameters']['scale']}) from {photos} "
             f"photos{streamed}{reused}; {len(manifest['skipped'])} skipped; {run['seconds']:.1f} s -> {where}")
