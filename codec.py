@@ -203,7 +203,8 @@ def render_frames(canvas, boxes, window):
             x, y = int(left), int(top)
             frames.append(np.ascontiguousarray(canvas[y : y + h, x : x + w]))
             continue
-        image = image or Image.fromarray(canvas)
+        if image is None:
+            image = Image.fromarray(canvas)
         frames.append(np.asarray(image.resize((w, h), Image.Resampling.BICUBIC, box=(left, top, left + bw, top + bh))))
     return frames
 
