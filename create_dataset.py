@@ -5,6 +5,7 @@
     python create_dataset.py RAW/manifest.jsonl --out data/x2 --scale 2 --mode patches --patches 32
     python create_dataset.py RAW --out data/gif --palette 32 --palette-dither floyd   # LR as a GIF would be
     python create_dataset.py RAW --out gs://bucket/ds --format tfrecord              # sharded TFRecords
+    python create_dataset.py RAW --out data/stream --mode patches --codec libx264 --crf 18 35   # LR as streamed
 
 Modes:
   square   (default) each photo's centre square, resized to hr_size (antialiased bicubic); one pair a photo.
@@ -41,6 +42,24 @@ and test hold at least 2 photos each from 6 photos on (1 from 3 on), taken from 
 nearest (the only photos that may move when others are added).
 
 LR = resizer.lr_from_hr(HR) then optional degradations in LR pixels (blur, noise, JPEG, colour palette).
+
+Streams (--codec NAME): LR as a video stream delivers it, made by codec.py. Each clip is --clip-frames frames
+(default 8) of a --clip-size window (default 512x288 HR; at most 0.85 of the photo's sides, as room to move)
+that pans, zooms or shakes over the photo, so the codec makes P and B frames, not only I frames; per clip a
+downscaler is drawn (--downscalers: box/area, bilinear, bicubic, lanczos, all antialiased), and optionally
+Real-ESRGAN's first-order blur and noise (--codec-blur, --codec-noise: ranges, applied to the HR frames before
+the downscale); the LR clip is encoded in yuv420p at a CRF drawn from --crf LO HI (default 18 35) or a bitrate
+from --bitrate LO HI kbit/s (log-uniform; mpeg4 needs it), with a random preset and profile (--codec-presets,
+--codec-profiles), and decoded. --clip-pairs aligned crops per decoded frame (LR at p, HR at scale x p) become
+pairs; --clean-share of the clips skip blur, noise and codec. Patches mode: clips over the photo at native
+resolution, enough for --patches pairs; square mode: one clip over the whole photo, scaled so its shorter side
+is 1.5x the window's. Each source's "clips" in manifest.json give every clip's codec, crf or bitrate, preset,
+profile, downscaler, blur, noise, camera boxes, measured kbps and frame types (I/P/B), and which pairs came
+from which frame (first_pair, pairs, pair_frames). A clip whose encode or decode fails is listed there with
+its reason and left out; the photo's other clips still make pairs. --filter is not used (parameters.filter is
+null): the downscaler is the clip's. The other LR degradations (--blur, --noise, --jpeg, --palette) cannot be
+combined with a stream.
+
 Bad or too-small files are skipped and listed with their reason in manifest.json; when no pair can be made
 (no image files, or every one skipped) the command says why, exits with status 1 and leaves no dataset
 behind. Re-running into the same folder reuses finished photos; a png folder always mirrors manifest.json
@@ -54,6 +73,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import multiprocessing as mp
 import os
 import re
@@ -71,6 +91,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import codec
 import resizer
 
 # -----------------------------------------------------------------------------
@@ -104,8 +125,11 @@ SHOW_SUFFIXES = 6  # file kinds named in the error for a folder without images
 JOURNAL = ".progress.jsonl"  # photos finished by an unfinished run, one JSON line each
 # parameters that change the pixels of a pair: a folder built with other values cannot be reused
 PIXEL_PARAMETERS = ("mode", "scale", "hr_size", "filter", "degradations", "seed", "patches", "min_variance",
-                    "draft", "format")
-PARAMETER_DEFAULTS = {"format": "png"}  # what a manifest written before a parameter existed meant by its absence
+                    "draft", "format", "codec")
+PARAMETER_DEFAULTS = {"format": "png", "codec": None}  # what a manifest written before a parameter existed meant by its absence
+STREAM_CANVAS = 1.5  # --codec, square mode: the photo's shorter side is scaled to this x the window's
+STREAM_ROOM = 0.85  # --codec: the window takes at most this share of the photo's sides, so the camera can move
+STREAM_CROP_TRIES = 4  # --codec, patches mode: random positions tried per pair before a frame gives fewer
 THREADED_LIBRARIES = ("tensorflow", "keras", "torch", "jax")  # loaded: workers start by forkserver, not fork
 # -----------------------------------------------------------------------------
 
@@ -121,8 +145,8 @@ class NoPairsError(DatasetError):
 def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_size=HR_SIZE, patches=PATCHES,
                   min_variance=MIN_VARIANCE, filter=FILTER, blur_sigma=0.0, noise_sigma=0.0, jpeg_quality=None,
                   palette_colors=None, palette_dither="none", split=SPLIT, seed=SEED, min_size=None,
-                  max_images=None, workers=None, draft=DRAFT, format="png", shard_mb=SHARD_MB, overwrite=False,
-                  progress=True):
+                  max_images=None, workers=None, draft=DRAFT, format="png", shard_mb=SHARD_MB, stream=None,
+                  overwrite=False, progress=True):
     """Build (or finish, or update) the DATASET folder `out` from image sources; return its manifest dict.
 
     sources: folders (searched recursively; a folder holding a fetcher manifest.jsonl is read through it),
@@ -132,6 +156,9 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
         many source images (a seeded random choice). workers: processes (default: all cores; 1 = in this
         process). overwrite: delete an existing dataset in `out` built with other parameters first.
     palette_colors, palette_dither: reduce each LR image to that many colours (resizer.degrade).
+    stream: LR as a stream delivers it: a dict of codec.stream_spec's keyword arguments (codec, crf or
+        bitrate_kbps ranges, presets, profiles, downscalers, blur, noise, clean_share, frames, window,
+        pairs_per_frame); pairs are then cut from clips with motion, encoded and decoded (see "Streams").
     format: "png" (a folder of PNG pairs) or "tfrecord" (sharded TFRecord files of about shard_mb MB per
         split; `out` may then be any path TensorFlow can write, such as gs://bucket/dataset).
     Raises DatasetError for bad arguments or an `out` that holds something else, and NoPairsError (leaving
@@ -143,7 +170,7 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
         mode = "patches" if samples and not sources else MODE
     params = _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma, noise_sigma,
                          jpeg_quality, palette_colors, palette_dither, split, seed, min_size, max_images, draft,
-                         format, shard_mb)
+                         format, shard_mb, stream)
     if not sources and not samples:
         raise DatasetError("no sources: give folders, manifest.jsonl files or images, or --samples")
     if params["format"] == "png" and has_scheme(out):
@@ -184,7 +211,8 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
 
 
 def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma, noise_sigma, jpeg_quality,
-                palette_colors, palette_dither, split, seed, min_size, max_images, draft, format, shard_mb):
+                palette_colors, palette_dither, split, seed, min_size, max_images, draft, format, shard_mb,
+                stream=None):
     """Check the arguments and gather them as manifest.json's "parameters"."""
     if mode not in ("square", "patches"):
         raise DatasetError(f"mode must be 'square' or 'patches', not {mode!r}")
@@ -222,8 +250,10 @@ def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma,
                                       ("jpeg_quality", jpeg_quality)) if v}
     if palette_colors is not None:  # the keyword arguments of resizer.degrade, as the other degradations
         degradations.update(palette_colors=int(palette_colors), palette_dither=palette_dither)
+    stream = _stream_parameters(stream, degradations, hr_size)
     return {
-        "scale": scale, "hr_size": hr_size, "lr_size": hr_size // scale, "mode": mode, "filter": filter,
+        "scale": scale, "hr_size": hr_size, "lr_size": hr_size // scale, "mode": mode,
+        "filter": None if stream else filter,  # a stream draws its downscaler per clip
         "degradations": degradations, "seed": seed,
         "patches": patches if mode == "patches" else None,
         "min_variance": float(min_variance) if mode == "patches" else None,
@@ -231,7 +261,25 @@ def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma,
         "split": dict(zip(SPLITS, (round(f / total, 6) for f in fractions), strict=True)),
         "min_size": max(int(min_size or 0), hr_size), "max_images": max_images,
         "format": format, "shard_mb": float(shard_mb) if format == "tfrecord" else None,
+        "codec": stream,
     }
+
+
+def _stream_parameters(stream, degradations, hr_size):
+    """codec.stream_spec of the stream keyword arguments (None without them), as DatasetErrors."""
+    if stream is None:
+        return None
+    if degradations:
+        raise DatasetError("a stream (--codec) brings its own degradations: use --codec-blur/--codec-noise "
+                           "instead of --blur/--noise/--jpeg/--palette")
+    try:
+        spec = codec.stream_spec(**stream)
+    except codec.CodecError as e:
+        raise DatasetError(str(e)) from e
+    if min(spec["window"]) < hr_size:
+        raise DatasetError(f"clip window {spec['window'][0]}x{spec['window'][1]} must be at least hr_size "
+                           f"{hr_size} on each side (pairs are cut from its frames)")
+    return spec
 
 
 def _worker_count(workers):
@@ -578,6 +626,11 @@ def _safe_stem(path):
     return stem[:60]
 
 
+def _made(record):
+    """What a finished record says about the pairs it made: their count, and its clips when it has any."""
+    return {k: record[k] for k in ("pairs", "clips") if k in record}
+
+
 def _plan(photos, previous, out):
     """Photos still to process, and records of those already done in this split (files all present)."""
     jobs, reused = [], []
@@ -585,7 +638,7 @@ def _plan(photos, previous, out):
         old = previous.get(photo["sha256"])
         if old and old.get("split") == photo["split"] and old.get("name") == photo["name"] \
                 and _pairs_exist(out, old):
-            reused.append({**photo, "pairs": old["pairs"]})
+            reused.append({**photo, **_made(old)})
         else:
             jobs.append(photo)
     return jobs, reused
@@ -600,11 +653,12 @@ def _make_pairs(task):
     pairs = _photo_pairs(photo, params)
     if isinstance(pairs, str):
         return {"path": photo["path"], "reason": pairs}
+    pairs, made = pairs
     folder = Path(out) / photo["split"]
     for name, lr, hr in pairs:
         resizer.save_image(folder / "lr" / name, lr, **PNG_OPTIONS)
         resizer.save_image(folder / "hr" / name, hr, **PNG_OPTIONS)
-    return {**photo, "pairs": len(pairs)}
+    return {**photo, **made, "pairs": len(pairs)}
 
 
 def _encode_pairs(task):
@@ -614,7 +668,8 @@ def _encode_pairs(task):
     pairs = _photo_pairs(photo, params)
     if isinstance(pairs, str):
         return {"path": photo["path"], "reason": pairs, "sha256": photo["sha256"]}
-    return {**photo, "pairs": len(pairs),
+    pairs, made = pairs
+    return {**photo, **made, "pairs": len(pairs),
             "encoded": [(name.removesuffix(".png"), _png_bytes(lr), lr.shape, _png_bytes(hr), hr.shape)
                         for name, lr, hr in pairs]}
 
@@ -626,8 +681,11 @@ def _png_bytes(img):
 
 
 def _photo_pairs(photo, params):
-    """One photo's pairs [(NAME.png, lr, hr)] as uint8 arrays, or the reason it gives none."""
+    """One photo's pairs ([(NAME.png, lr, hr)] as uint8 arrays, {"clips": [...]} for a stream or {}), or the
+    reason it gives none."""
     path = source_file(photo["path"])
+    if params.get("codec"):
+        return _stream_pairs(path, photo, params)
     try:
         crops = _hr_crops(path, photo, params)
     except resizer.ImageLoadError as e:
@@ -640,7 +698,7 @@ def _photo_pairs(photo, params):
         if params["degradations"]:
             lr = resizer.degrade(lr, **params["degradations"], seed=_pair_seed(params["seed"], photo, index))
         pairs.append((f"{photo['name']}-{index:03d}.png", lr, hr))
-    return pairs
+    return pairs, {}
 
 
 def _hr_crops(path, photo, params):
@@ -665,8 +723,7 @@ def patch_crops(rgb, size, count, min_variance, rng):
     for i in rng.permutation(len(positions)):
         top, left = positions[i]
         crop = rgb[top : top + size, left : left + size]
-        luma = crop[..., 0] * 0.299 + crop[..., 1] * 0.587 + crop[..., 2] * 0.114
-        if luma.var() >= min_variance:
+        if _luma(crop).var() >= min_variance:
             crops.append(np.ascontiguousarray(crop))
             if len(crops) == count:
                 break
@@ -675,6 +732,95 @@ def patch_crops(rgb, size, count, min_variance, rng):
 
 def _pair_seed(seed, photo, index):
     return int(np.random.SeedSequence([seed, int(photo["sha256"][:16], 16), index]).generate_state(1)[0])
+
+
+# ----------------------------------------------------------------------------- streams (--codec)
+
+
+def _stream_pairs(path, photo, params):
+    """One photo's pairs cut from clips made as a stream is (codec.py), and a record of each clip; or the
+    reason it gives none. Patches mode: clips over the photo at native resolution, enough of them for
+    `patches` pairs; square mode: one clip over the whole photo scaled down (a scene filmed whole). A clip
+    whose encode or decode fails is recorded with its reason and left out; the other clips still count."""
+    spec, scale, hr_size = params["codec"], params["scale"], params["hr_size"]
+    try:
+        canvas = _stream_canvas(path, params)
+    except resizer.ImageLoadError as e:
+        return str(e).removeprefix(f"{path}: ")
+    size = (canvas.shape[1], canvas.shape[0])
+    window = codec.fit_window(size, spec["window"], 2 * scale)  # even LR sides: yuv420p
+    roomy = codec.fit_window([v * STREAM_ROOM for v in size], spec["window"], 2 * scale)
+    window = roomy if min(roomy) >= hr_size else window  # leave the camera room to move where it can
+    if min(window) < hr_size:
+        return f"too small for a clip: {size[0]}x{size[1]} leaves a {window[0]}x{window[1]} window, " \
+               f"less than hr_size {hr_size}"
+    per_clip = spec["frames"] * spec["pairs_per_frame"]
+    wanted = params["patches"] if params["mode"] == "patches" else per_clip
+    pairs, clips = [], []
+    for index in range(math.ceil(wanted / per_clip)):
+        rng = np.random.default_rng([params["seed"], int(photo["sha256"][:16], 16), index])
+        boxes = codec.camera_path(size, window, spec["frames"], rng)
+        settings = codec.draw_clip_settings(spec, rng)
+        hr_frames = codec.render_frames(canvas, boxes, window)
+        clip = {"clip": index, **settings, "window": list(window),
+                "camera": [[round(v, 1) for v in box] for box in boxes]}
+        try:
+            lr_frames, stream = codec.degrade_clip(hr_frames, scale, settings, int(rng.integers(2**63)))
+        except codec.CodecError as e:
+            clips.append({**clip, "reason": str(e)})
+            continue
+        crops = _clip_crops(hr_frames, lr_frames, params, rng, wanted - len(pairs))
+        clip.update(stream, first_pair=len(pairs), pairs=len(crops), pair_frames=[f for f, _, _ in crops])
+        pairs += [(f"{photo['name']}-{len(pairs) + i:03d}.png", lr, hr) for i, (_, lr, hr) in enumerate(crops)]
+        clips.append(clip)
+    if not pairs:
+        failed = [c for c in clips if "reason" in c]
+        if failed:
+            return f"every clip failed ({len(failed)}; first: {failed[0]['reason']})"
+        return f"no patch passed the flatness check (luma variance >= {params['min_variance']})"
+    return pairs, {"clips": clips}
+
+
+def _stream_canvas(path, params):
+    """What the camera films: the photo at native resolution (patches mode), or the whole photo scaled so
+    its shorter side is STREAM_CANVAS x the window's shorter side (square mode; never enlarged)."""
+    if params["mode"] == "patches":
+        return resizer.load_image(path)
+    short = math.ceil(STREAM_CANVAS * min(params["codec"]["window"]))
+    rgb = resizer.load_image(path, draft_size=short if params["draft"] else None)
+    height, width = rgb.shape[:2]
+    if min(height, width) <= short:
+        return rgb
+    factor = short / min(height, width)
+    return resizer.resize(rgb, (max(short, round(width * factor)), max(short, round(height * factor))))
+
+
+def _clip_crops(hr_frames, lr_frames, params, rng, limit):
+    """Up to pairs_per_frame aligned crops per frame [(frame index, lr crop, hr crop)], at most `limit` in
+    all: LR at p, HR at scale x p. Patches mode skips flat crops (luma variance of the HR crop below
+    min_variance; a few tries per pair)."""
+    scale, hr_size = params["scale"], params["hr_size"]
+    lr_size = hr_size // scale
+    min_variance = params["min_variance"] or 0.0
+    crops = []
+    for index, (hr, lr) in enumerate(zip(hr_frames, lr_frames, strict=True)):
+        found = 0
+        for _ in range(STREAM_CROP_TRIES * params["codec"]["pairs_per_frame"]):
+            if found == params["codec"]["pairs_per_frame"] or len(crops) == limit:
+                break
+            top = int(rng.integers(0, lr.shape[0] - lr_size + 1))
+            left = int(rng.integers(0, lr.shape[1] - lr_size + 1))
+            hr_crop = hr[top * scale : (top + lr_size) * scale, left * scale : (left + lr_size) * scale]
+            if min_variance and _luma(hr_crop).var() < min_variance:
+                continue
+            crops.append((index, np.ascontiguousarray(lr[top : top + lr_size, left : left + lr_size]),
+                          np.ascontiguousarray(hr_crop)))
+            found += 1
+    return crops
+
+
+def _luma(rgb):
+    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
 
 
 # ----------------------------------------------------------------------------- tfrecord format (writing)
@@ -766,7 +912,7 @@ def _build_tfrecords(candidates, out, params, workers, overwrite, progress, star
             raise NoPairsError(_all_skipped(skipped))  # nothing was written yet
         assign_splits(photos, params["split"], params["seed"])
         if _tfrecords_current(folder, previous, photos, params):
-            done = [{**photo, "pairs": known[photo["path"]]["pairs"]} for photo in photos
+            done = [{**photo, **_made(known[photo["path"]])} for photo in photos
                     if photo["path"] in known]
             shas = {photo["sha256"] for photo in photos}
             skipped += [s for s in previous["skipped"] if s.get("sha256") in shas]
@@ -1235,9 +1381,13 @@ def summary(manifest, out):
     reused = f", {run['photos_reused']} reused from an earlier run" if run["photos_reused"] else ""
     shards = manifest.get("shards")
     where = f"{sum(map(len, shards.values()))} TFRecord shards in {out}" if shards else str(out)
+    clips = [c for source in manifest["sources"] for c in source.get("clips", ())]
+    failed = sum("reason" in c for c in clips)
+    streamed = f" in {len(clips)} clips" + (f" ({failed} failed, reasons in {MANIFEST})" if failed else "") \
+        if clips else ""
     return (f"{counts['train']} train / {counts['val']} val / {counts['test']} test pairs "
             f"({manifest['parameters']['hr_size']} px HR, x{manifest['parameters']['scale']}) from {photos} "
-            f"photos{reused}; {len(manifest['skipped'])} skipped; {run['seconds']:.1f} s -> {where}")
+            f"photos{streamed}{reused}; {len(manifest['skipped'])} skipped; {run['seconds']:.1f} s -> {where}")
 
 
 def main(argv=None):
@@ -1269,6 +1419,28 @@ def main(argv=None):
                         help="LR reduced to N colours (2..256), as a GIF is; applied after the others")
     parser.add_argument("--palette-dither", default="none", choices=tuple(resizer.PALETTE_DITHERS),
                         help="--palette: nearest colour (none, default) or Floyd-Steinberg dithering (floyd)")
+    stream = parser.add_argument_group("streams", "LR as a video stream delivers it (see Streams below)")
+    stream.add_argument("--codec", help=f"encode LR clips with this codec ({', '.join(codec.CODECS)}, where PyAV "
+                                        "has it)")
+    stream.add_argument("--crf", type=int, nargs=2, metavar=("LO", "HI"),
+                        help=f"CRF range drawn per clip (default {codec.DEFAULT_CRF[0]} {codec.DEFAULT_CRF[1]})")
+    stream.add_argument("--bitrate", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="target bitrate range in kbit/s, drawn log-uniformly per clip (instead of --crf)")
+    stream.add_argument("--codec-presets", type=_names, metavar="A,B", help="presets drawn per clip "
+                        "(default: libx264/libx265 veryfast..slow, libvpx-vp9 cpu-used 1..5)")
+    stream.add_argument("--codec-profiles", type=_names, metavar="A,B",
+                        help="profiles drawn per clip (default libx264: baseline,main,high)")
+    stream.add_argument("--downscalers", type=_names, metavar="A,B",
+                        help=f"downscalers drawn per clip (default {','.join(codec.DOWNSCALERS)})")
+    stream.add_argument("--codec-blur", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="Gaussian blur sigma range (HR pixels) before the downscale")
+    stream.add_argument("--codec-noise", type=float, nargs=2, metavar=("LO", "HI"),
+                        help="Gaussian noise sigma range (0..255) before the downscale")
+    stream.add_argument("--clean-share", type=float, help="share of clips without blur, noise and codec (default 0)")
+    stream.add_argument("--clip-frames", type=int, help=f"frames per clip (default {codec.CLIP_FRAMES})")
+    stream.add_argument("--clip-size", type=int, nargs=2, metavar=("W", "H"),
+                        help=f"HR window the camera sees (default {codec.CLIP_WINDOW[0]} {codec.CLIP_WINDOW[1]})")
+    stream.add_argument("--clip-pairs", type=int, help="pairs cut from each decoded frame (default 2)")
     parser.add_argument("--split", type=float, nargs=3, default=SPLIT, metavar=("TRAIN", "VAL", "TEST"),
                         help="fractions of the photos per split (default 0.8 0.1 0.1)")
     parser.add_argument("--seed", type=int, default=SEED)
@@ -1284,6 +1456,7 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true", help="rebuild a dataset made with other parameters")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    stream = _stream_arguments(parser, args)
     try:
         manifest = build_dataset(
             args.sources, args.out, samples=args.samples, mode=args.mode, scale=args.scale,
@@ -1291,7 +1464,7 @@ def main(argv=None):
             blur_sigma=args.blur, noise_sigma=args.noise, jpeg_quality=args.jpeg, palette_colors=args.palette,
             palette_dither=args.palette_dither, split=args.split, seed=args.seed, min_size=args.min_size,
             max_images=args.max_images, workers=args.workers, draft=args.draft, format=args.format,
-            shard_mb=args.shard_mb, overwrite=args.overwrite, progress=not args.quiet)
+            shard_mb=args.shard_mb, stream=stream, overwrite=args.overwrite, progress=not args.quiet)
     except DatasetError as e:
         print(f"create_dataset.py: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, NoPairsError) else 2
@@ -1303,6 +1476,31 @@ def main(argv=None):
               file=sys.stderr)
     print(summary(manifest, args.out))
     return 0
+
+
+STREAM_ARGUMENTS = {"crf": "crf", "bitrate": "bitrate_kbps", "codec_presets": "presets", "codec_profiles": "profiles",
+                    "downscalers": "downscalers", "codec_blur": "blur", "codec_noise": "noise",
+                    "clean_share": "clean_share", "clip_frames": "frames", "clip_size": "window",
+                    "clip_pairs": "pairs_per_frame"}  # command-line dest -> codec.stream_spec keyword
+
+
+def _names(text):
+    """A comma-separated list of names (argparse type)."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _stream_arguments(parser, args):
+    """codec.stream_spec keywords from the stream flags (None without --codec); a stream flag without
+    --codec, or --crf with --bitrate, is a usage error."""
+    given = {key: getattr(args, dest) for dest, key in STREAM_ARGUMENTS.items() if getattr(args, dest) is not None}
+    if args.codec is None:
+        if given:
+            flags = ", ".join("--" + d.replace("_", "-") for d in STREAM_ARGUMENTS if getattr(args, d) is not None)
+            parser.error(f"{flags} need(s) --codec")
+        return None
+    if "crf" in given and "bitrate_kbps" in given:
+        parser.error("give --crf or --bitrate, not both")
+    return {"codec": args.codec, **given}
 
 
 if __name__ == "__main__":

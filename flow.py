@@ -3,6 +3,7 @@
     python flow.py train --data data/samples --out runs/demo --pretrain-epochs 10 --gan-epochs 5
     python flow.py evaluate --model runs/demo/generator.keras --data data/benchmarks/set5
     python flow.py evaluate --model bicubic --data data/benchmarks/set5
+    python flow.py evaluate-stream --model video --data data/benchmarks/set14 --crf clean,18,28,34
 
 Phase 1 pretrains the generator with a pixel loss (SRResNet); phase 2 trains it against the discriminator
 (SRGAN, Ledig et al. 2017). After every epoch the whole validation split is measured, PSNR and SSIM on the Y
@@ -25,6 +26,7 @@ from there. Keras loads inside train() and evaluate(), so --help and argument er
 """
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -523,16 +525,9 @@ def evaluate(model_arg, data, scale=None, out=None):
 
     Returns (rows, failed): rows of dicts with the mean last; failed lists (name, reason).
     """
-    model, model_path = None, None
-    if model_arg != "bicubic":
-        import upscale
-        from generator import generator_scale, load_generator
+    import upscale  # no Keras yet: that comes with the model
 
-        model_path = resolve_model_path(model_arg)
-        model = load_generator(model_path)
-        if scale is not None and scale != generator_scale(model):
-            raise ValueError(f"--scale {scale} but {model_path} upscales x{generator_scale(model)}")
-        scale = generator_scale(model)
+    model, model_path, scale = load_eval_model(model_arg, scale)
     pairs, scale = evaluation_pairs(data, scale)
     rows, failed, grids = [], [], []
     for name, lr_path, hr_path in tqdm(pairs, desc=f"evaluate x{scale}", unit="img"):
@@ -559,7 +554,7 @@ def evaluate(model_arg, data, scale=None, out=None):
     if grids:
         set_grid = np.mean(grids, axis=0)
         rows[-1]["model_grid"] = float(np.abs(set_grid).max())
-    label = "bicubic" if model is None else f"{model_path.resolve().parent.name}-{model_path.stem}"
+    label = model_label(model_arg, model_path)
     out = Path(out or "out/eval")
     stem = out / f"{label}_{Path(data).resolve().name}_x{scale}"
     table = markdown_table(rows)
@@ -579,6 +574,24 @@ def evaluate(model_arg, data, scale=None, out=None):
     print(f"{len(rows) - 1} image(s) x{scale}: {summary} (mean PSNR/SSIM/NIQE, NIQE lower = more natural); "
           f"{len(failed)} failed; table: {stem}.csv, {stem}.md")
     return rows, failed
+
+
+def load_eval_model(model_arg, scale=None):
+    """(generator or None for bicubic, its path or None, scale): the model of --model, checked against --scale."""
+    if model_arg == "bicubic":
+        return None, None, scale
+    from generator import generator_scale, load_generator
+
+    model_path = resolve_model_path(model_arg)
+    model = load_generator(model_path)
+    if scale is not None and scale != generator_scale(model):
+        raise ValueError(f"--scale {scale} but {model_path} upscales x{generator_scale(model)}")
+    return model, model_path, generator_scale(model)
+
+
+def model_label(model_arg, model_path):
+    """The name evaluation tables are filed under: bicubic, or the model file's folder and stem."""
+    return "bicubic" if model_path is None else f"{model_path.resolve().parent.name}-{model_path.stem}"
 
 
 def resolve_model_path(model_arg):
@@ -633,12 +646,15 @@ def nanmean(values):
 
 
 def markdown_table(rows):
-    """A markdown table of evaluate's rows, numbers at 2 (PSNR), 3 (NIQE, grid error) or 4 (SSIM) decimals."""
+    """A markdown table of evaluate's rows, numbers at 2 (PSNR, gains in dB), 3 (NIQE, grid error) or 4 (SSIM)
+    decimals, bitrates (kbps) at 1, counts as they are."""
     keys = list(rows[0])
 
     def fmt(k, v):
-        if isinstance(v, str):
-            return v
+        if isinstance(v, str | int):
+            return str(v)
+        if k in ("kbps", "gain_db"):
+            return f"{v:.1f}" if k == "kbps" else f"{v:+.2f}"
         return f"{v:.2f}" if k.endswith("psnr") else f"{v:.3f}" if k.endswith(("niqe", "grid")) else f"{v:.4f}"
 
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
@@ -652,6 +668,130 @@ def write_csv(path, rows):
         writer = csv.DictWriter(f, list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+# ---------------------------------------------------------------- evaluate-stream: models on streamed video
+STREAM_CONDITIONS = ("clean", 18, 28, 34)  # `evaluate-stream --crf`: as issue 20 measured the video model
+STREAM_VIDEO_CLIPS = 12  # clips of consecutive frames taken from an HR video at most
+
+
+def evaluate_stream(model_arg, data, conditions=STREAM_CONDITIONS, *, codec_name=None, preset=None, frames=None,
+                    window=None, out=None):
+    """Score a model (or bicubic) on video as a viewer receives it (codec.py): for each HR photo a window pans
+    over it for `frames` frames, each frame is downscaled by the model's scale (antialiased bicubic), and the
+    LR clip goes through `codec_name` at each CRF of `conditions` ("clean": no codec), yuv420p, one preset.
+    The decoded frames are upscaled by the model and by bicubic, and measured against the HR frames (Y-PSNR and
+    SSIM per frame, metrics.py's protocol, border = scale); NIQE on each clip's last frame (an inter frame).
+    data: a folder of HR photos, a DATASET (the photos of its test split) or an HR video (clips of its frames).
+
+    Returns rows, one per condition: condition, kbps (mean over clips, at codec.FPS), frames, bicubic and
+    model PSNR/SSIM/NIQE and the gain (model - bicubic, dB); printed as a table and written (CSV, md).
+    """
+    import codec
+    import upscale  # no Keras yet: that comes with the model
+
+    codec_name, preset = codec_name or codec.DEFAULT_CODEC, preset or codec.BENCH_PRESET
+    frames, window = frames or codec.BENCH_FRAMES, tuple(window or codec.BENCH_WINDOW)
+    model, model_path, scale = load_eval_model(model_arg)
+    scale = scale or 4
+    clips = stream_clips(data, scale, window, frames)
+    measured = {c: {"kbps": [], "psnr": [], "ssim": [], "niqe": []} for c in conditions}
+    for condition in conditions:
+        measured[condition] |= {f"bicubic_{k}": [] for k in ("psnr", "ssim", "niqe")}
+    failed = []
+    for name, clip in tqdm(clips, desc=f"stream x{scale}", unit="clip"):
+        try:
+            hr_frames = clip()
+        except (ValueError, OSError) as err:
+            failed.append((name, str(err)))
+            continue
+        lr = codec.downscale_frames(hr_frames, scale, "bicubic")
+        for condition in conditions:
+            decoded, stream = lr, {}
+            if condition != "clean":
+                decoded, stream = codec.encode_decode(lr, codec_name, crf=condition, preset=preset)
+            outputs = {"bicubic_": [bicubic_upscale(f, scale) for f in decoded]}
+            if model is not None:
+                outputs[""] = list(upscale.upscale_batch(model, decoded))
+            into = measured[condition]
+            into["kbps"].append(stream.get("kbps", float("nan")))
+            for prefix, upscaled in outputs.items():
+                into[prefix + "psnr"] += [calculate_psnr(u, h, scale) for u, h in zip(upscaled, hr_frames, strict=True)]
+                into[prefix + "ssim"] += [calculate_ssim(u, h, scale) for u, h in zip(upscaled, hr_frames, strict=True)]
+                into[prefix + "niqe"].append(niqe_or_nan(upscaled[-1], scale))
+    if not measured[conditions[0]]["bicubic_psnr"]:
+        raise ValueError(f"{data}: no clip could be made ({'; '.join(r for _, r in failed)})")
+    rows = [stream_row(condition, measured[condition], model is not None) for condition in conditions]
+    label = model_label(model_arg, model_path)
+    source = Path(data).resolve()
+    stem = Path(out or "out/eval") / f"{label}_{source.stem if source.is_file() else source.name}_x{scale}_stream"
+    table = markdown_table(rows)
+    print(table)
+    write_csv(stem.with_suffix(".csv"), rows)
+    what = (f"{model_arg} on {data}, x{scale}: {len(clips) - len(failed)} clips of {frames} frames, {codec_name} "
+            f"preset {preset} yuv420p at {codec.FPS} fps; Y channel, border {scale}; NIQE of each clip's last frame")
+    with resizer.atomic_output(stem.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(f"{what}\n\n{table}\n")
+    for name, reason in failed:
+        print(f"failed: {name}: {reason}", file=sys.stderr)
+    scores = ", ".join(f"{r['condition']} {r['gain_db']:+.2f} dB" if model is not None
+                       else f"{r['condition']} {r['bicubic_psnr']:.2f} dB" for r in rows)
+    print(f"{what}; {'gain over bicubic of the decoded frames' if model is not None else 'bicubic'}: {scores}; "
+          f"{len(failed)} failed; table: {stem}.csv, {stem}.md")
+    return rows, failed
+
+
+def stream_row(condition, values, with_model):
+    """One condition's row of evaluate_stream's table from its per-frame (and per-clip) values."""
+    row = {"condition": "clean" if condition == "clean" else f"crf {condition}",
+           "kbps": "lossless" if condition == "clean" else nanmean(values["kbps"]), "frames": len(values["bicubic_psnr"])}
+    if with_model:
+        row |= {"model_psnr": nanmean(values["psnr"]), "model_ssim": nanmean(values["ssim"])}
+    row |= {"bicubic_psnr": nanmean(values["bicubic_psnr"]), "bicubic_ssim": nanmean(values["bicubic_ssim"])}
+    if with_model:
+        row |= {"gain_db": row["model_psnr"] - row["bicubic_psnr"], "model_niqe": nanmean(values["niqe"])}
+    row["bicubic_niqe"] = nanmean(values["bicubic_niqe"])
+    return row
+
+
+def stream_clips(data, scale, window, frames):
+    """[(name, a function giving the clip's HR frames)] for evaluate_stream (frames made when asked for, so one
+    bad file fails its clip only): a pan over each photo of a folder or of a DATASET's test split, or runs of
+    `frames` consecutive frames of an HR video (at most STREAM_VIDEO_CLIPS, centre-cropped to the window)."""
+    import codec
+    import create_dataset
+    import upscale
+
+    data = Path(data)
+    if data.is_file() and upscale.media_kind(data) == "video":
+        return video_clips(data, scale, window, frames)
+    if not data.is_dir():
+        raise ValueError(f"--data {data}: no such folder or video")
+    manifest = create_dataset.read_manifest(data) if (data / "test").is_dir() else None
+    if manifest and manifest.get("sources"):
+        photos = [create_dataset.source_file(s["path"]) for s in manifest["sources"] if s["split"] == "test"]
+    else:
+        photos = sorted(p for p in data.iterdir() if p.suffix.lower() in resizer.IMAGE_SUFFIXES)
+    if not photos:
+        raise ValueError(f"--data {data}: no photos (nor a DATASET with a test split, nor a video)")
+    return [(p.name, lambda p=p: codec.benchmark_clip(resizer.load_image(p), scale, window, frames)) for p in photos]
+
+
+def video_clips(path, scale, window, frames):
+    """Runs of `frames` consecutive frames of an HR video, centre-cropped to the window (sides multiples of
+    2 x scale), at most STREAM_VIDEO_CLIPS of them."""
+    import codec
+    import upscale
+
+    with contextlib.closing(upscale.open_video(path)) as inp:
+        decoded = [f.rgb for f in upscale.video_frames(inp, path, max_frames=frames * STREAM_VIDEO_CLIPS)]
+    if len(decoded) < frames:
+        raise ValueError(f"{path}: {len(decoded)} frames, fewer than one clip of {frames}")
+    height, width = decoded[0].shape[:2]
+    w, h = codec.fit_window((width, height), window, 2 * scale)
+    top, left = (height - h) // 2, (width - w) // 2
+    crops = [np.ascontiguousarray(f[top : top + h, left : left + w]) for f in decoded]
+    return [(f"{path.name}@{i}", lambda i=i: crops[i : i + frames]) for i in range(0, len(crops) - frames + 1, frames)]
 
 
 # ---------------------------------------------------------------- command line
@@ -719,10 +859,56 @@ def parse_args(argv=None):
     e.add_argument("--data", required=True, help="DATASET (its test split) or a folder of HR images")
     e.add_argument("--scale", type=int, choices=presets.SCALES, help="default: the model's (4 for bicubic on a folder)")
     e.add_argument("--out", help="folder for the CSV and markdown tables (default out/eval)")
+    v = sub.add_parser("evaluate-stream", help="a generator (or bicubic) on streamed video: clips panning over "
+                                               "photos, downscaled, encoded and decoded at several CRFs")
+    v.add_argument("--model", required=True,
+                   help=f"generator .keras file, run folder, {' or '.join(presets.SHIPPED_MODELS)} (shipped), or bicubic")
+    v.add_argument("--data", required=True, help="folder of HR photos, DATASET (its test split's photos) or HR video")
+    v.add_argument("--crf", type=stream_conditions, default=STREAM_CONDITIONS, metavar="clean,18,28,34",
+                   help="conditions: clean (no codec) and CRFs (default clean,18,28,34)")
+    v.add_argument("--codec", help="encoder (default libx264)")
+    v.add_argument("--preset", help="encoder preset (default medium)")
+    v.add_argument("--frames", type=int, help="frames per clip (default 8)")
+    v.add_argument("--window", type=int, nargs=2, metavar=("W", "H"),
+                   help="HR window panning over each photo (default 1024 576; at most 3/4 of a smaller photo)")
+    v.add_argument("--out", help="folder for the CSV and markdown tables (default out/eval)")
     args = parser.parse_args(argv)
     if args.command == "train":
         check_train_args(parser, args)
+    if args.command == "evaluate-stream":
+        check_stream_args(parser, args)
     return args
+
+
+def stream_conditions(text):
+    """--crf of evaluate-stream: "clean" and integers, comma-separated (argparse type)."""
+    conditions = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item != "clean" and not item.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r} is neither clean nor a CRF")
+        conditions.append(item if item == "clean" else int(item))
+    if not conditions:
+        raise argparse.ArgumentTypeError("no condition given")
+    return tuple(conditions)
+
+
+def check_stream_args(parser, args):
+    """evaluate-stream's codec, CRFs and sizes, checked before anything is read (exit 2)."""
+    import codec
+
+    name = args.codec or codec.DEFAULT_CODEC
+    try:
+        codec.check_codec(name)
+        for crf in (c for c in args.crf if c != "clean"):
+            codec.check_rate(name, (crf, crf))
+    except codec.CodecError as err:
+        parser.error(str(err))
+    if args.preset is not None and args.preset not in codec.CODECS[name]["presets"]:
+        parser.error(f"--preset {args.preset!r} is not one of {name}'s: {', '.join(codec.CODECS[name]['presets'])}")
+    if args.frames is not None and args.frames < 1:
+        parser.error("--frames must be >= 1")
+    if args.window is not None and min(args.window) < 16:
+        parser.error("--window sides must be >= 16")
 
 
 def check_train_args(parser, args):
@@ -750,6 +936,10 @@ def main(argv=None):
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "evaluate-stream":
+            _, failed = evaluate_stream(args.model, args.data, args.crf, codec_name=args.codec, preset=args.preset,
+                                        frames=args.frames, window=args.window, out=args.out)
+            return 1 if failed else 0
         _, failed = evaluate(args.model, args.data, args.scale, args.out)
         return 1 if failed else 0
     except (ValueError, FileNotFoundError) as err:  # DatasetError, ImageLoadError and StateError are ValueErrors
