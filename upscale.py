@@ -6,10 +6,13 @@
     python upscale.py clip.mp4 -o clip_x4.mp4 --crf 18                # video: fps/timestamps kept, audio copied
     python upscale.py clip.mp4 -o part.mp4 --start 1:30 --max-frames 48   # a preview from 1 min 30 s on
     python upscale.py photo.jpg -o out.png --model gan --compare      # shipped models: psnr (default), gan
+    python upscale.py https://host/live.m3u8 -o - --model video | mpv -   # a URL (HTTP, HLS) as YUV4MPEG2 to a player
+    python upscale.py clip.mp4 -o - --realtime | ffplay -              # at the source's pace, dropping frames when behind
 
 Big inputs are cut into overlapping tiles that go through the model in batches, and the tile outputs are
 cross-faded with a raised-cosine window, so there are no seams and memory stays bounded whatever the image
-size. Videos and animations stream through three threads (decode, model, encode) linked by bounded queues.
+size. Videos and animations stream through three threads (decode, model, encode) linked by bounded queues;
+for them --compile/--precision auto time the candidate runtimes on a few frames and run the fastest.
 Library entry points: `upscale_array(model, rgb)` for one image of any size, `upscale_batch(model, images)`
 for many small ones (flow.py's evaluation), `upscale_float` for float/16-bit data. TensorFlow is imported
 only when a model is loaded, so `--help` and usage errors answer at once.
