@@ -105,7 +105,7 @@ STREAM_READ_TIMEOUT = 10.0  # ... and to send the next packet before the stream 
 STREAM_GAP_SECONDS = 0.5  # a URL's frame times jumping by more than this and STREAM_GAP_FRAMES frames: data
 STREAM_GAP_FRAMES = 5  # was lost (HLS skips a segment it cannot fetch or parse and says nothing)
 STREAM_SHORT_SECONDS = 0.5  # a URL ending this much before the duration its header states ended early
-RUNTIME_TRIALS = 3  # --compile/--precision auto: timed frames per candidate, in interleaved rounds, after a warm-up
+RUNTIME_TRIALS = 2  # --compile/--precision auto: timed frames per candidate, in interleaved rounds, after a warm-up
 # -----------------------------------------------------------------------------
 
 
@@ -482,14 +482,14 @@ def fastest(candidates, trials=RUNTIME_TRIALS):
     return min(seconds, key=seconds.get), seconds
 
 
-def load_fastest(path, precision="auto", compile_choice="auto", jobs=()):
+def load_fastest(path, precision="auto", compile_choice="auto", jobs=(), progress=None):
     """The model to upscale jobs with, and a note for the summary (None when nothing was timed).
 
     With videos or animations among the jobs and --precision or --compile auto, the candidates (fp32, and
     bf16 where the hardware computes it natively; XLA off and on) are timed on frames of the first one's
     size (fastest) and the fastest runs: which one wins depends on the CPU, the model and the frame size
     (bf16 with XLA ran 2.2x slower than bf16 without it for the video model on an AVX-512 CPU). Otherwise
-    resolve_precision's and wants_compile's rules decide."""
+    resolve_precision's and wants_compile's rules decide. progress: False for no progress bar."""
     size = next((s for s in map(_frame_size, jobs) if s is not None), None)
     precisions = [precision] if precision != "auto" else ["fp32"] + (["bf16"] if resolve_precision() == "bf16" else [])
     compiles = [compile_choice == "on"] if compile_choice != "auto" else [False, True]
@@ -506,9 +506,22 @@ def load_fastest(path, precision="auto", compile_choice="auto", jobs=()):
             model = load_model(path, name)
             models[name + (" XLA" if xla else "")] = compile_model(model) if xla else model
     frame = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    best, seconds = fastest({name: functools.partial(upscale_array, model, frame) for name, model in models.items()})
+    started = time.perf_counter()
+    bar = _progress(progress, len(models) * (1 + RUNTIME_TRIALS), "timing the runtimes")
+    bar.unit = "call"
+
+    def timed(model):
+        def run():
+            upscale_array(model, frame)
+            bar.update()
+
+        return run
+
+    best, seconds = fastest({name: timed(model) for name, model in models.items()})
+    bar.close()
     timings = ", ".join(f"{name} {1 / t:.2f}" for name, t in seconds.items())
-    return models[best], f"ran {best}, the fastest on {size[0]}x{size[1]} frames here (frames/s: {timings})"
+    return models[best], (f"ran {best}, the fastest on {size[0]}x{size[1]} frames here (frames/s: {timings}; "
+                          f"timed in {time.perf_counter() - started:.0f} s)")
 
 
 def _frame_size(job):
@@ -1887,8 +1900,10 @@ def plan_jobs(inputs, output, fmt=None):
     output = Path(output)
     inputs = [p if is_url(p) else Path(p) for p in inputs]
     if is_pipe(output):
-        if len(inputs) != 1 or media_kind(inputs[0]) != "video" or not (is_url(inputs[0]) or inputs[0].is_file()):
+        if len(inputs) != 1 or media_kind(inputs[0]) != "video":
             raise ValueError("-o - (YUV4MPEG2 to stdout, for a player) takes one video file or URL")
+        if not is_url(inputs[0]) and not inputs[0].is_file():
+            return [], [(inputs[0], "no such file or folder")]
         return [Job(inputs[0], output, "video")], []
     single_file = (len(inputs) == 1 and (is_url(inputs[0]) or inputs[0].is_file()) and output.suffix
                    and not output.is_dir())
@@ -2144,7 +2159,7 @@ def upscale_all(args):
         else:
             if inference is None:
                 try:
-                    model, runtime = load_fastest(model_path, args.precision, args.compile, jobs)
+                    model, runtime = load_fastest(model_path, args.precision, args.compile, jobs, progress)
                 except Exception as e:  # corrupt, or not a generator: nothing can run
                     print(f"upscale: cannot load the model {model_path}: {type(e).__name__}: {e}", file=sys.stderr)
                     return 2

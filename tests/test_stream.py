@@ -152,11 +152,14 @@ def test_a_player_that_quits_ends_the_run_cleanly(model_path, tmp_path):
     assert "Traceback" not in err and "Exception ignored" not in err
 
 
-def test_pipe_output_takes_one_video(tmp_path, capsys):
+def test_pipe_output_takes_one_video(model_path, tmp_path, capsys):
     image = tmp_path / "a.png"
     image.write_bytes(b"")
-    assert upscale.main([str(image), "-o", "-"]) == 2
+    assert upscale.main([str(image), "-o", "-", "--model", str(model_path)]) == 2
     assert "-o - (YUV4MPEG2 to stdout, for a player) takes one video" in capsys.readouterr().err
+    upscale.main([str(tmp_path / "missing.mp4"), "-o", "-", "--model", str(model_path)])
+    out, err = capsys.readouterr()
+    assert not out and "missing.mp4: no such file or folder" in err  # stdout is the video's: all else to stderr
 
 
 # --- a URL that fails ---------------------------------------------------------------------------------------
@@ -301,8 +304,8 @@ def test_auto_runs_what_timed_fastest_and_the_summary_says_so(model_path, tmp_pa
     assert upscale.main([clip, "-o", str(tmp_path / "out.mp4"), "--model", str(model_path), "--no-progress"]) == 0
     assert timed == [sorted(fake)]
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("upscale: 1 done") and summary.endswith(
-        "ran fp32 XLA, the fastest on 32x24 frames here (frames/s: fp32 5.00, fp32 XLA 10.00, bf16 4.00, bf16 XLA 2.50)")
+    assert summary.startswith("upscale: 1 done") and ("; ran fp32 XLA, the fastest on 32x24 frames here (frames/s: "
+                                                      "fp32 5.00, fp32 XLA 10.00, bf16 4.00, bf16 XLA 2.50; timed in") in summary
     assert upscale._state(used[0]).compiled is not None  # the XLA-compiled fp32 model ran
     assert {layer.dtype_policy.name for layer in used[0].layers} == {"float32"}
     # a fixed setting is not timed, and a still image is not either
