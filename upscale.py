@@ -488,8 +488,9 @@ def load_fastest(path, precision="auto", compile_choice="auto", jobs=(), progres
     With videos or animations among the jobs and --precision or --compile auto, the candidates (fp32, and
     bf16 where the hardware computes it natively; XLA off and on) are timed on frames of the first one's
     size (fastest) and the fastest runs: which one wins depends on the CPU, the model and the frame size
-    (bf16 with XLA ran 2.2x slower than bf16 without it for the video model on an AVX-512 CPU). Otherwise
-    resolve_precision's and wants_compile's rules decide. progress: False for no progress bar."""
+    (bf16 with XLA ran 1.7x slower than bf16 without it for the video model on a busy AVX-512/AMX CPU:
+    benchmarks/bench_upscale.py). Otherwise resolve_precision's and wants_compile's rules decide.
+    progress: False for no progress bar."""
     size = next((s for s in map(_frame_size, jobs) if s is not None), None)
     precisions = [precision] if precision != "auto" else ["fp32"] + (["bf16"] if resolve_precision() == "bf16" else [])
     compiles = [compile_choice == "on"] if compile_choice != "auto" else [False, True]
