@@ -6,16 +6,20 @@
     python upscale.py clip.mp4 -o clip_x4.mp4 --crf 18                # video: fps/timestamps kept, audio copied
     python upscale.py clip.mp4 -o part.mp4 --start 1:30 --max-frames 48   # a preview from 1 min 30 s on
     python upscale.py photo.jpg -o out.png --model gan --compare      # shipped models: psnr (default), gan
+    python upscale.py https://host/live.m3u8 -o - --model video | mpv -   # a URL (HTTP, HLS) as YUV4MPEG2 to a player
+    python upscale.py clip.mp4 -o - --realtime | ffplay -              # at the source's pace, dropping frames when behind
 
 Big inputs are cut into overlapping tiles that go through the model in batches, and the tile outputs are
 cross-faded with a raised-cosine window, so there are no seams and memory stays bounded whatever the image
-size. Videos and animations stream through three threads (decode, model, encode) linked by bounded queues.
+size. Videos and animations stream through three threads (decode, model, encode) linked by bounded queues;
+for them --compile/--precision auto time the candidate runtimes on a few frames and run the fastest.
 Library entry points: `upscale_array(model, rgb)` for one image of any size, `upscale_batch(model, images)`
 for many small ones (flow.py's evaluation), `upscale_float` for float/16-bit data. TensorFlow is imported
 only when a model is loaded, so `--help` and usage errors answer at once.
 """
 
 import argparse
+import collections
 import contextlib
 import functools
 import itertools
@@ -94,6 +98,14 @@ GIF_PALETTE_TOLERANCE = 1.25  # ... and a frame it suits worse than this x its o
 FLATTEN_BACKGROUND = (255, 255, 255)  # transparency becomes this colour in JPEG and video outputs
 COMPARE_CROP = 96  # LR pixels of the side-by-side crop (--compare)
 COMPARE_SUFFIX = "_compare.png"
+PIPE = "-"  # -o -: YUV4MPEG2 to stdout, for a player (upscale.py URL -o - | mpv -)
+URL_PATTERN = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # an input PyAV opens itself: http(s), an HLS playlist
+STREAM_OPEN_TIMEOUT = 20.0  # seconds a URL may take to answer ...
+STREAM_READ_TIMEOUT = 10.0  # ... and to send the next packet before the stream counts as stalled
+STREAM_GAP_SECONDS = 0.5  # a URL's frame times jumping by more than this and STREAM_GAP_FRAMES frames: data
+STREAM_GAP_FRAMES = 5  # was lost (HLS skips a segment it cannot fetch or parse and says nothing)
+STREAM_SHORT_SECONDS = 0.5  # a URL ending this much before the duration its header states ended early
+RUNTIME_TRIALS = 2  # --compile/--precision auto: timed frames per candidate, in interleaved rounds, after a warm-up
 # -----------------------------------------------------------------------------
 
 
@@ -313,6 +325,8 @@ def tiled_upscale(forward, x, scale, *, tile, overlap, batch_size=1):
         if side < length and side <= 2 * overlap:
             raise ValueError(f"tile {side} is too small for overlap {overlap}: use a tile of at least "
                              f"{2 * overlap + 1}")
+    if (tile_h, tile_w) == (height, width):  # one tile: the model's output as it is (no blending passes)
+        return np.asarray(forward(x[None]), dtype=np.float32)[0]
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     wys, wxs = axis_windows(ys, tile_h, scale), axis_windows(xs, tile_w, scale)
     boxes = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
@@ -452,6 +466,80 @@ def wants_compile(choice, jobs):
     return any(job.kind != "image" for job in jobs)
 
 
+def fastest(candidates, trials=RUNTIME_TRIALS):
+    """(name of the fastest candidate, {name: seconds per call}). candidates: {name: function doing one call}.
+    Each is called once to warm up (XLA compiles then), then once per round in `trials` interleaved rounds, so
+    a change in the machine's load hits them alike; the median time counts."""
+    for run in candidates.values():
+        run()
+    times = {name: [] for name in candidates}
+    for _ in range(trials):
+        for name, run in candidates.items():
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    seconds = {name: float(np.median(t)) for name, t in times.items()}
+    return min(seconds, key=seconds.get), seconds
+
+
+def load_fastest(path, precision="auto", compile_choice="auto", jobs=(), progress=None):
+    """The model to upscale jobs with, and a note for the summary (None when nothing was timed).
+
+    With videos or animations among the jobs and --precision or --compile auto, the candidates (fp32, and
+    bf16 where the hardware computes it natively; XLA off and on) are timed on frames of the first one's
+    size (fastest) and the fastest runs: which one wins depends on the CPU, the model and the frame size
+    (bf16 with XLA ran 1.7x slower than bf16 without it for the video model on a busy AVX-512/AMX CPU:
+    benchmarks/bench_upscale.py). Otherwise resolve_precision's and wants_compile's rules decide.
+    progress: False for no progress bar."""
+    size = next((s for s in map(_frame_size, jobs) if s is not None), None)
+    precisions = [precision] if precision != "auto" else ["fp32"] + (["bf16"] if resolve_precision() == "bf16" else [])
+    compiles = [compile_choice == "on"] if compile_choice != "auto" else [False, True]
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        compiles = [False]  # compile_model changes nothing there
+    if size is None or len(precisions) * len(compiles) == 1:
+        model = load_model(path, precision)
+        return (compile_model(model) if wants_compile(compile_choice, jobs) else model), None
+    models = {}
+    for name in precisions:
+        for xla in compiles:
+            model = load_model(path, name)
+            models[name + (" XLA" if xla else "")] = compile_model(model) if xla else model
+    frame = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    started = time.perf_counter()
+    bar = _progress(progress, len(models) * (1 + RUNTIME_TRIALS), "timing the runtimes")
+    bar.unit = "call"
+
+    def timed(model):
+        def run():
+            upscale_array(model, frame)
+            bar.update()
+
+        return run
+
+    best, seconds = fastest({name: timed(model) for name, model in models.items()})
+    bar.close()
+    timings = ", ".join(f"{name} {1 / t:.2f}" for name, t in seconds.items())
+    return models[best], (f"ran {best}, the fastest on {size[0]}x{size[1]} frames here (frames/s: {timings}; "
+                          f"timed in {time.perf_counter() - started:.0f} s)")
+
+
+def _frame_size(job):
+    """(width, height) of a video's or an animation's frames, or None (a still image, or unreadable)."""
+    try:
+        if job.kind == "video":
+            with open_video(job.src) as inp:
+                codec = inp.streams.video[0].codec_context
+                return codec.width, codec.height
+        if job.kind == "animation":
+            with Image.open(job.src) as im:
+                return im.size
+    except Exception:  # the job itself reports it
+        return None
+    return None
+
+
 def _forward(model):
     """What runs a batch through the model: the compiled function, or predict_on_batch."""
     return _state(model).compiled or model.predict_on_batch
@@ -567,11 +655,15 @@ def upscale_batch(model, lr_uint8_batch, *, batch_size=None, tile=None, overlap=
     return np.stack(out)
 
 
-def _to_uint8_in_bands(x, rows=256):
-    """to_uint8 a band of rows at a time, so its float temporaries stay small for a 4K output."""
+def _to_uint8_in_bands(x, rows=64):
+    """to_uint8 (the same steps, so the same values) a band of rows at a time, in place in one temporary:
+    it stays in cache and memory stays small for a 4K output (a frame's float RGB is 44 MB at 2560x1440)."""
     out = np.empty(x.shape, np.uint8)
     for top in range(0, x.shape[0], rows):
-        out[top : top + rows] = to_uint8(x[top : top + rows])
+        band = np.multiply(x[top : top + rows], np.float32(255.0), dtype=np.float32)
+        np.nan_to_num(band, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+        np.rint(np.clip(band, 0.0, 255.0, out=band), out=band)
+        out[top : top + rows] = band
     return out
 
 
@@ -786,28 +878,34 @@ def _upscale_group(group, upscale_frames):
     return group
 
 
-def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True):
+def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True, inbox=None):
     """Upscale the frames among items (objects with .rgb; they get .sr) and hand every item, in order,
     to sink; items without .rgb (audio packets) pass through untouched.
 
     threaded: items are produced (decoded) in one thread and sunk (encoded) in another, linked to this one
     (the model's) by bounded queues: the model does not wait for I/O, and memory stays flat however long
-    the clip. An error or Ctrl-C in any stage stops all three and is raised here.
+    the clip. An error or Ctrl-C in any stage stops all three and is raised here; after an error in the
+    items (a stream that broke off) the frames decoded before it are upscaled and sunk first.
     frames_per_batch: frames per upscale_frames call.
+    inbox: the queue between decoder and model (default: a bounded queue.Queue; --realtime: a RealtimeInbox).
     """
+    failures = []
     if not threaded:
-        for group in _groups(items, frames_per_batch):
+        for group in _groups(_until_failure(items, failures), frames_per_batch):
             for item in _upscale_group(group, upscale_frames):
                 sink(item)
+        if failures:
+            raise failures[0]
         return
     stop, errors = threading.Event(), []
-    inbox, outbox = queue.Queue(QUEUE_ITEMS), queue.Queue(max(1, QUEUE_FRAMES // frames_per_batch))
+    inbox = queue.Queue(QUEUE_ITEMS) if inbox is None else inbox
+    outbox = queue.Queue(max(1, QUEUE_FRAMES // frames_per_batch))
     reader = threading.Thread(target=_feed, args=(items, inbox, stop), name="upscale-decode", daemon=True)
     writer = threading.Thread(target=_drain, args=(outbox, sink, stop, errors), name="upscale-encode", daemon=True)
     reader.start()
     writer.start()
     try:
-        for group in _groups(_received(inbox, stop), frames_per_batch):
+        for group in _groups(_until_failure(_received(inbox, stop), failures), frames_per_batch):
             if not _put(outbox, _upscale_group(group, upscale_frames), stop):
                 break
         else:
@@ -817,15 +915,25 @@ def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True
         stop.set()
         reader.join()
         writer.join()
-    if errors:
-        raise errors[0]
+    if errors or failures:
+        raise (errors or failures)[0]
+
+
+def _until_failure(items, failures):
+    """The items up to an error (appended to failures), so what came before it can still be used."""
+    try:
+        yield from items
+    except Exception as e:
+        failures.append(e)
 
 
 class FrameSink:
-    """Counts the frames written, updates the progress bar and writes the --compare image of the first."""
+    """Counts the frames written, updates the progress bar (with the frames dropped and the rate shown under
+    --realtime) and writes the --compare image of the first."""
 
-    def __init__(self, write, bar, compare_to=None, inference=None):
+    def __init__(self, write, bar, compare_to=None, inference=None, stats=None):
         self.write, self.bar, self.compare_to, self.inference = write, bar, compare_to, inference
+        self.stats = stats
         self.frames = 0
 
     def __call__(self, item):
@@ -834,6 +942,13 @@ class FrameSink:
             if self.frames == 0 and self.compare_to is not None:
                 write_compare(self.compare_to, item.rgb, item.sr, self.inference.scale, self.inference.label)
             self.frames += 1
+            if self.stats is not None:
+                self.stats.shown += 1
+                if self.stats.started is None:
+                    self.stats.started = time.perf_counter()
+                if self.stats.realtime:
+                    self.bar.set_postfix_str(f"dropped {self.stats.dropped}, {self.stats.rate():.1f} shown/s",
+                                             refresh=False)
             self.bar.update()
 
 
@@ -1202,6 +1317,7 @@ class DecodedFrame:
     time: float
     rotation: int = 0
     sr: np.ndarray | None = None  # the upscaled RGB, once the model has seen it
+    index: int = 0  # frames decoded before this one (--realtime: the y4m output repeats a frame for those dropped)
 
 
 @dataclass
@@ -1212,13 +1328,17 @@ class AudioPacket:
 
 
 def open_video(src):
-    """av.open(src) for reading, with clear errors for what is not a video (or has no video stream)."""
+    """av.open(src) for reading, with clear errors for what is not a video (or has no video stream). A URL
+    gets timeouts (STREAM_OPEN_TIMEOUT to answer, STREAM_READ_TIMEOUT per packet), so a stall is an error."""
     import av
 
+    timeout = (STREAM_OPEN_TIMEOUT, STREAM_READ_TIMEOUT) if is_url(src) else None
     try:
-        inp = av.open(str(src))
+        inp = av.open(str(src), timeout=timeout)
     except av.error.EOFError as e:
         raise VideoError(f"{src}: the video has no frames (the file ends after its header)") from e
+    except av.error.ExitError as e:  # the timeout's interrupt
+        raise VideoError(f"{src}: cannot open: no answer within {STREAM_OPEN_TIMEOUT:g} s") from e
     except (av.error.FFmpegError, OSError) as e:
         raise VideoError(f"{src}: cannot open as a video ({e})") from e
     if not inp.streams.video:
@@ -1248,7 +1368,8 @@ def video_frames(inp, src, *, start=0.0, max_frames=None):
             if last_pts is not None and pts <= last_pts:
                 pts = last_pts + 1
             last_pts = pts
-            yield DecodedFrame(frame_to_rgb(frame), pts - offset, float(pts * tb), getattr(frame, "rotation", 0) or 0)
+            yield DecodedFrame(frame_to_rgb(frame), pts - offset, float(pts * tb), getattr(frame, "rotation", 0) or 0,
+                               index=count)
             count += 1
             if max_frames is not None and count >= max_frames:
                 return
@@ -1276,6 +1397,8 @@ def video_items(inp, src, *, audio_inp=None, start=0.0, max_frames=None):
     vin = inp.streams.video[0]
     frame_seconds = float(_frame_step(vin) * vin.time_base)
     frames = video_frames(inp, src, start=start, max_frames=max_frames)
+    if is_url(src):
+        frames = watched_stream(frames, inp, src, frame_seconds=frame_seconds, max_frames=max_frames)
     first = next(frames, None)
     if first is None:
         return
@@ -1335,31 +1458,70 @@ class VideoSink:
 
 
 def upscale_video_file(inference, src, dst, *, video_options, compare=False, start=0.0, max_frames=None,
-                       progress=None, threaded=True):
-    """Upscale a video (from `start` seconds on, at most max_frames frames) into dst: decode -> upscale ->
-    encode, streamed (threaded: the three overlap, see run_frames), keeping every frame's timestamp
-    (variable frame rate too), its rotation, and the audio streams' packets unchanged (cut with the video)."""
-    with open_video(src) as inp, (open_video(src) if inp.streams.audio else contextlib.nullcontext()) as audio_inp:
+                       progress=None, threaded=True, realtime=False, stats=None, pipe=None):
+    """Upscale a video file or URL (from `start` seconds on, at most max_frames frames) into dst: decode ->
+    upscale -> encode, streamed (threaded: the three overlap, see run_frames), keeping every frame's
+    timestamp (variable frame rate too), its rotation, and the audio streams' packets unchanged (cut with
+    the video). Returns the number of frames written.
+
+    dst PIPE ("-"): YUV4MPEG2 video (no audio) to `pipe` (default: stdout's bytes), for a player; a reader
+    that closes the pipe ends the run quietly (stats.reader_closed).
+    realtime: keep pace with the source's clock and drop the frames the model has no time for (see
+    RealtimeInbox); stats (a StreamStats) counts the frames shown and dropped.
+    A URL that breaks off midway (StreamError) keeps what was written: the file is closed and kept, a pipe
+    stops after a whole frame; the error is raised after that, saying so."""
+    to_pipe = is_pipe(dst)
+    stats = StreamStats() if stats is None else stats
+    stats.realtime = realtime
+    with open_video(src) as inp, (open_video(src) if inp.streams.audio and not to_pipe
+                                  else contextlib.nullcontext()) as audio_inp:
         vin = inp.streams.video[0]
         width, height = vin.codec_context.width, vin.codec_context.height
-        bar = _progress(progress, _expected_frames(inp, vin, start, max_frames), src.name)
-        with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
-            # every stream must exist before the first packet is written (that writes the header)
-            writer = VideoWriter(out, width * inference.scale, height * inference.scale, rate=vin.average_rate,
-                                 time_base=vin.time_base, **video_options)
-            if vin.sample_aspect_ratio:
-                writer.stream.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
-            audio_out = {a.index: _copy_stream(out, a, dst) for a in inp.streams.audio}
-            sink = FrameSink(VideoSink(out, writer, audio_out, dst), bar, compare_path(dst) if compare else None,
-                             inference)
-            items = video_items(inp, src, audio_inp=audio_inp, start=start, max_frames=max_frames)
-            run_frames(items, inference.frames, sink, frames_per_batch=inference.frames_per_batch(width, height),
-                       threaded=threaded)
+        bar = _progress(progress, _expected_frames(inp, vin, start, max_frames), source_name(src))
+        items = video_items(inp, src, audio_inp=audio_inp, start=start, max_frames=max_frames)
+        compare_to = None if not compare or to_pipe else compare_path(dst)
+        batch = inference.frames_per_batch(width, height)
+
+        def run(write):
+            sink = FrameSink(write, bar, compare_to, inference, stats)
+            try:
+                if realtime:  # the decoder keeps the source's pace; the model takes the newest frame
+                    run_frames(paced(items, stats), inference.frames, sink, inbox=RealtimeInbox(stats))
+                else:
+                    run_frames(items, inference.frames, sink, frames_per_batch=batch, threaded=threaded)
+            except StreamError as e:
+                if sink.frames == 0:
+                    raise
+                return sink.frames, e  # the frames before the break are kept
             if sink.frames == 0:
                 raise VideoError(f"{src}: the video has no frames" + (f" from --start {start:g} s on" if start else ""))
-            writer.finish()
+            return sink.frames, None
+
+        if to_pipe:
+            writer = Y4MWriter(sys.stdout.buffer if pipe is None else pipe, width * inference.scale,
+                               height * inference.scale, rate=vin.average_rate or vin.guessed_rate,
+                               sample_aspect=vin.sample_aspect_ratio)
+            try:
+                frames, broken = run(writer)
+                writer.finish(stats.decoded if realtime else None)
+            except PipeClosed:
+                frames, broken = stats.shown, None
+                stats.reader_closed = True
+        else:
+            with atomic_output(dst) as tmp, _open_output_video(tmp, dst) as out:
+                # every stream must exist before the first packet is written (that writes the header)
+                writer = VideoWriter(out, width * inference.scale, height * inference.scale, rate=vin.average_rate,
+                                     time_base=vin.time_base, **video_options)
+                if vin.sample_aspect_ratio:
+                    writer.stream.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
+                audio_out = {a.index: _copy_stream(out, a, dst) for a in inp.streams.audio}
+                frames, broken = run(VideoSink(out, writer, audio_out, dst))
+                writer.finish()
         bar.close()
-    return sink.frames
+    if broken is not None:
+        kept = "the output stops" if to_pipe else f"{dst} is kept,"
+        raise StreamError(f"{broken}; {kept} with the {frames} frames before it") from broken
+    return frames
 
 
 def _expected_frames(inp, stream, start, max_frames):
@@ -1408,6 +1570,8 @@ def _demux(inp, streams, src):
             packet = next(packets)
         except (StopIteration, av.error.EOFError):
             return
+        except av.error.ExitError as e:  # open_video's read timeout
+            raise VideoError(f"{src}: the stream stalled (no data for {STREAM_READ_TIMEOUT:g} s)") from e
         except av.error.FFmpegError as e:
             raise VideoError(f"{src}: corrupt video data ({e})") from e
         yield packet
@@ -1436,6 +1600,197 @@ def _mux(out, packet, audio_out, dst):
         out.mux(packet)
     except av.error.FFmpegError as e:
         raise VideoError(f"{dst}: cannot write the audio packets ({e}); try an .mkv output") from e
+
+
+# --- streams: URLs in, YUV4MPEG2 out, real time ----------------------------------------------------------
+
+
+def is_url(src):
+    """True for an input PyAV opens itself (http://, https://, an HLS .m3u8 playlist's URL), not a path."""
+    return isinstance(src, str) and bool(URL_PATTERN.match(src))
+
+
+def is_pipe(dst):
+    """True for -o -: the video goes to stdout as YUV4MPEG2."""
+    return str(dst) == PIPE
+
+
+def source_name(src):
+    """A short name for an input: the file's name, or the last part of a URL's path."""
+    if not is_url(src):
+        return Path(src).name
+    from urllib.parse import urlsplit
+
+    return Path(urlsplit(src).path).name or "stream"
+
+
+class StreamError(VideoError):
+    """A URL that broke off midway (stalled, lost a segment, ended early): the frames before it are kept."""
+
+
+def watched_stream(frames, inp, src, *, frame_seconds, max_frames=None):
+    """video_frames of a URL, watched for what a network stream does wrong, which FFmpeg mostly passes over
+    in silence: a stall (open_video's read timeout), a broken or missing segment (HLS skips it: the frame
+    times jump), a stream that ends before the duration its header states. Each raises a StreamError that
+    names the URL and where it stopped (frames so far, seconds into the stream)."""
+    origin = inp.start_time / 1e6 if inp.start_time is not None else 0.0
+    stated = inp.duration / 1e6 if inp.duration else None  # None: a live stream
+    count, last = 0, None
+
+    def stopped(what):
+        at = 0.0 if last is None else last - origin
+        return StreamError(f"{src}: {what}; stopped after {count} frames, {at:.2f} s into the stream")
+
+    try:
+        for frame in frames:
+            gap = None if last is None else frame.time - last
+            if gap is not None and gap > max(STREAM_GAP_SECONDS, STREAM_GAP_FRAMES * frame_seconds):
+                raise stopped(f"{gap:.2f} s of the stream are missing (a broken or missing segment)")
+            yield frame
+            count, last = count + 1, frame.time
+    except StreamError:
+        raise
+    except VideoError as e:  # a stall or corrupt data: say where
+        raise stopped(failure_reason(src, e)) from e
+    ended = 0.0 if last is None else last + frame_seconds - origin
+    if stated is not None and (max_frames is None or count < max_frames) and ended < stated - STREAM_SHORT_SECONDS:
+        raise stopped(f"the stream ended early, at {ended:.2f} s of the {stated:.2f} s its header states")
+
+
+class PipeClosed(Exception):
+    """The reader of -o - (a player) closed the pipe: the run ends quietly."""
+
+
+class Y4MWriter:
+    """Writes upscaled frames to a binary stream as YUV4MPEG2 (4:2:0, 8 bits, limited range), which mpv,
+    ffplay and VLC play from a pipe. Each frame goes out in one write, so the stream ends at a frame
+    boundary whenever the run stops. y4m cannot name its colour matrix, so frames are converted with the
+    one players guess from the size: BT.709 above 576 lines, BT.601 up to it."""
+
+    def __init__(self, stream, width, height, *, rate, sample_aspect=None):
+        from av.video.reformatter import ColorRange, Colorspace
+
+        self.stream = stream
+        self.width, self.height = width + width % 2, height + height % 2  # 4:2:0 needs even sides
+        rate = Fraction(rate or 25).limit_denominator(1_000_000)
+        aspect = Fraction(sample_aspect) if sample_aspect else Fraction(1)
+        self.rate = rate
+        self.header = (f"YUV4MPEG2 W{self.width} H{self.height} F{rate.numerator}:{rate.denominator} Ip "
+                       f"A{aspect.numerator}:{aspect.denominator} C420jpeg XCOLORRANGE=LIMITED\n").encode()
+        self.colour = (Colorspace.ITU709 if self.height > 576 else Colorspace.ITU601, ColorRange.MPEG)
+        self.frames = 0  # frames written, repeats included
+        self.next_index, self.last = 0, None
+
+    def __call__(self, item):
+        """Write one upscaled frame (item.sr); frames dropped since the last one (by item.index) first repeat
+        the last frame, so the stream keeps the source's clock."""
+        if self.last is not None:
+            for _ in range(item.index - self.next_index):
+                self._write(self.last)
+        self.last = self._yuv(item.sr)
+        self._write(self.last)
+        self.next_index = item.index + 1
+
+    def finish(self, total=None):
+        """Repeat the last frame for the frames dropped at the end (total: the frames the source had), flush."""
+        if self.last is not None and total is not None:
+            for _ in range(total - self.next_index):
+                self._write(self.last)
+        self._write(b"")
+
+    def _yuv(self, rgb):
+        import av
+
+        rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)), mode="edge")
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        yuv = frame.reformat(format="yuv420p", dst_colorspace=self.colour[0], dst_color_range=self.colour[1])
+        return b"FRAME\n" + yuv.to_ndarray().tobytes()  # the Y, U and V planes, back to back
+
+    def _write(self, data):
+        try:
+            if self.frames == 0 and data:
+                data = self.header + data
+            self.stream.write(data)
+            self.stream.flush()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            _silence(self.stream)
+            raise PipeClosed() from e
+        self.frames += bool(data)
+
+
+def _silence(stream):
+    """Point a closed pipe's file descriptor at /dev/null, so Python's flush at exit finds no broken pipe."""
+    import os
+
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+@dataclass
+class StreamStats:
+    """What a video run did with the source's frames: all of them shown, or under --realtime some dropped."""
+
+    realtime: bool = False
+    decoded: int = 0  # frames the decoder released (--realtime)
+    shown: int = 0  # frames upscaled and written
+    dropped: int = 0  # frames replaced by a newer one before the model could take them (--realtime)
+    reader_closed: bool = False  # -o -: the player quit
+    started: float | None = None  # perf_counter at the first frame
+
+    def rate(self):
+        """Frames shown per second of wall time since the first frame."""
+        elapsed = time.perf_counter() - self.started if self.started is not None else 0.0
+        return self.shown / elapsed if elapsed > 0 else 0.0
+
+    def describe(self):
+        """The --realtime part of the summary."""
+        return (f"{self.shown} frames shown, {self.dropped} dropped of {self.decoded} "
+                f"({self.rate():.2f} frames/s shown)")
+
+
+def paced(items, stats):
+    """--realtime: items (decoding happens here) released no earlier than their frame's time on the source's
+    clock, counted from the first frame, so a file plays as a live stream would; counts stats.decoded."""
+    origin = None
+    for item in items:
+        if _is_frame(item):
+            now = time.perf_counter()
+            if origin is None:
+                origin = (now, item.time)
+                stats.started = now
+            else:
+                wait = origin[0] + (item.time - origin[1]) - now
+                if wait > 0:
+                    time.sleep(wait)
+            stats.decoded += 1
+        yield item
+
+
+class RealtimeInbox:
+    """The queue between decoder and model under --realtime: never full, so the decoder never waits for the
+    model. A new frame replaces the frame still waiting (dropped: the model was too slow for it); other
+    items (audio packets) wait in order. queue.Queue's put/get, as run_frames uses them."""
+
+    def __init__(self, stats):
+        self.stats, self.items, self.ready = stats, collections.deque(), threading.Condition()
+
+    def put(self, item, timeout=None):
+        with self.ready:
+            if _is_frame(item):
+                waiting = next((i for i, old in enumerate(self.items) if _is_frame(old)), None)
+                if waiting is not None:
+                    del self.items[waiting]
+                    self.stats.dropped += 1
+            self.items.append(item)
+            self.ready.notify()
+
+    def get(self, timeout=None):
+        with self.ready:
+            if not self.ready.wait_for(lambda: self.items, timeout):
+                raise queue.Empty
+            return self.items.popleft()
 
 
 # --- --compare --------------------------------------------------------------------------------------------
@@ -1496,13 +1851,15 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 class Job:
     """One input file and the output it becomes."""
 
-    src: Path
-    dst: Path
+    src: Path | str  # a path, or a URL (is_url)
+    dst: Path  # PIPE ("-"): stdout
     kind: str  # "image", "animation" or "video"
 
 
 def media_kind(path):
-    """"video" by extension, "animation" for a multi-frame GIF/WebP/PNG, else "image"."""
+    """"video" for a URL or by extension, "animation" for a multi-frame GIF/WebP/PNG, else "image"."""
+    if is_url(path):
+        return "video"
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return "video"
@@ -1539,11 +1896,18 @@ def find_media(folder, exclude=None):
 
 
 def plan_jobs(inputs, output, fmt=None):
-    """Pair every input file with its output path. Returns (jobs, problems): problems are (path, reason)
-    for inputs that do not exist or have nothing to upscale."""
+    """Pair every input file (or URL) with its output path. Returns (jobs, problems): problems are (path,
+    reason) for inputs that do not exist or have nothing to upscale. Output PIPE takes one video."""
     output = Path(output)
-    inputs = [Path(p) for p in inputs]
-    single_file = len(inputs) == 1 and inputs[0].is_file() and output.suffix and not output.is_dir()
+    inputs = [p if is_url(p) else Path(p) for p in inputs]
+    if is_pipe(output):
+        if len(inputs) != 1 or media_kind(inputs[0]) != "video":
+            raise ValueError("-o - (YUV4MPEG2 to stdout, for a player) takes one video file or URL")
+        if not is_url(inputs[0]) and not inputs[0].is_file():
+            return [], [(inputs[0], "no such file or folder")]
+        return [Job(inputs[0], output, "video")], []
+    single_file = (len(inputs) == 1 and (is_url(inputs[0]) or inputs[0].is_file()) and output.suffix
+                   and not output.is_dir())
     if not single_file and output.exists() and not output.is_dir():
         raise ValueError(f"-o {output} is a file; several inputs or a folder need an output folder")
     jobs, problems = [], []
@@ -1563,6 +1927,9 @@ def plan_jobs(inputs, output, fmt=None):
                 kind = media_kind(path)
                 jobs.append(Job(path, (base / path.relative_to(src)).with_suffix(output_suffix(path, kind, fmt)),
                                 kind))
+        elif is_url(src):
+            suffix = "." + fmt if fmt in VIDEO_FORMATS else ".mp4"
+            jobs.append(Job(src, (output / source_name(src)).with_suffix(suffix), "video"))
         elif src.is_file():
             kind = media_kind(src)
             jobs.append(Job(src, (output / src.name).with_suffix(output_suffix(src, kind, fmt)), kind))
@@ -1582,6 +1949,9 @@ def _progress(bar, total, name):
 
 class _NoBar:
     def update(self, n=1):
+        pass
+
+    def set_postfix_str(self, text, refresh=True):
         pass
 
     def close(self):
@@ -1614,17 +1984,21 @@ def parse_args(argv=None):
                "upscale.py anim.gif -o anim_x4.gif | upscale.py clip.mp4 -o clip_x4.mp4 --crf 20 | "
                "upscale.py clip.mp4 -o preview.mp4 --start 1:30 --max-frames 48 --model gan",
     )
-    p.add_argument("inputs", nargs="+", type=Path, help="image, GIF or video files, or folders (recursive)")
+    p.add_argument("inputs", nargs="+",
+                   help="image, GIF or video files, folders (recursive), or video URLs (http/https, HLS .m3u8)")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output file (one input) or folder (several inputs or a folder; the tree is mirrored)")
+                   help="output file (one input) or folder (several inputs or a folder; the tree is mirrored); "
+                        "- : one video as YUV4MPEG2 to stdout, for a player (upscale.py URL -o - | mpv -)")
     p.add_argument("--model", default=None,
                    help=f"a shipped model by name: {names}; or a generator .keras file (default: psnr)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="compute in float32 or bfloat16; auto: bf16 on a GPU or a CPU with native bfloat16 "
-                        "(AVX512_BF16/AMX), else fp32 (default auto)")
+                   help="compute in float32 or bfloat16; auto (default): for videos and animations the faster of the "
+                        "two, timed on a few frames at start-up (bf16 tried only on a GPU or a CPU with native "
+                        "bfloat16, AVX512_BF16/AMX); for still images bf16 where native, else fp32")
     p.add_argument("--compile", nargs="?", choices=presets.SWITCHES, const="on", default="auto",
                    help="run the model XLA-compiled (one compile per tile shape, seconds each); auto (default): for "
-                        "videos and animations, whose frames share one shape (x1.27 to x1.36 on a 2-core CPU)")
+                        "videos and animations, whichever is faster, timed on a few frames at start-up (the summary "
+                        "says what ran); off for still images")
     p.add_argument("--tile", type=int, default=None,
                    help="tiles hold at most TILE x TILE LR pixels, shaped to the image (default: from free memory); "
                         "must exceed twice the overlap")
@@ -1648,6 +2022,9 @@ def parse_args(argv=None):
                    help="videos and animations: begin at this time, in seconds or HH:MM:SS[.ms]")
     p.add_argument("--max-frames", type=int, default=None,
                    help="videos and animations: stop after this many frames (a preview)")
+    p.add_argument("--realtime", action="store_true",
+                   help="videos: keep pace with the source's clock, dropping the frames the model has no time for "
+                        "(a y4m output repeats the last frame for them); reports frames shown and dropped")
     p.add_argument("--compare", action="store_true", help="also write OUT_compare.png: bicubic | model on a crop")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -1679,6 +2056,8 @@ def check_args(args):
 
 def check_job(job, inputs, overwrite, compare):
     """None when the job may run, else ("skipped"|"failed", reason)."""
+    if is_pipe(job.dst):
+        return check_input(job)
     dst = job.dst.resolve()
     outputs = [dst, compare_path(dst)] if compare else [dst]
     for out in outputs:
@@ -1723,22 +2102,38 @@ def run_job(inference, job, args, progress):
     """Upscale one input into its output; returns a note for the summary, or None."""
     video_options = dict(codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt)
     timing = dict(start=args.start, max_frames=args.max_frames)
-    started = time.perf_counter()
+    started, stats = time.perf_counter(), StreamStats()
     if job.kind == "video":
         frames = upscale_video_file(inference, job.src, job.dst, video_options=video_options, compare=args.compare,
-                                    progress=progress, **timing)
+                                    progress=progress, realtime=args.realtime, stats=stats,
+                                    pipe=getattr(args, "pipe", None), **timing)
     elif job.kind == "animation" and (job.dst.suffix.lower() == ".gif" or animation_info(job.src)[0] > 1):
         frames = upscale_animation_file(inference, job.src, job.dst, video_options=video_options,
                                         compare=args.compare, progress=progress, **timing)
     else:  # a still image, or a one-frame animation written in a still format
         return upscale_image_file(inference, job.src, job.dst, compare=args.compare)
     seconds = time.perf_counter() - started
-    return f"{frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)"
+    note = f"{frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)"
+    if stats.realtime:
+        note += f"; realtime: {stats.describe()}"
+    if stats.reader_closed:
+        note += "; the reader closed the pipe"
+    return note
 
 
 def main(argv=None):
-    """Upscale every input; print a summary; exit 0 when nothing failed, 1 otherwise, 2 for bad usage."""
+    """Upscale every input; print a summary; exit 0 when nothing failed, 1 otherwise, 2 for bad usage.
+    With -o - stdout carries the video, so the summary goes to stderr."""
     args = parse_args(argv)
+    if not is_pipe(args.output):
+        return upscale_all(args)
+    args.pipe = sys.stdout.buffer
+    with contextlib.redirect_stdout(sys.stderr):
+        return upscale_all(args)
+
+
+def upscale_all(args):
+    """main's work, for parsed arguments."""
     started = time.perf_counter()
     try:
         model_path = check_args(args)
@@ -1746,9 +2141,9 @@ def main(argv=None):
     except (UsageError, ValueError, FileNotFoundError) as e:
         print(f"upscale: {e}", file=sys.stderr)
         return 2
-    inputs = {job.src.resolve() for job in jobs}
+    inputs = {job.src.resolve() for job in jobs if not is_url(job.src)}
     done, skipped, failed, notes = [], [], list(problems), []
-    seen, inference = set(), None
+    seen, inference, runtime = set(), None, None
     progress = False if args.no_progress else None
     outer = None
     if len(jobs) > 1 and not args.no_progress:
@@ -1765,9 +2160,7 @@ def main(argv=None):
         else:
             if inference is None:
                 try:
-                    model = load_model(model_path, args.precision)
-                    if wants_compile(args.compile, jobs):
-                        compile_model(model)
+                    model, runtime = load_fastest(model_path, args.precision, args.compile, jobs, progress)
                 except Exception as e:  # corrupt, or not a generator: nothing can run
                     print(f"upscale: cannot load the model {model_path}: {type(e).__name__}: {e}", file=sys.stderr)
                     return 2
@@ -1794,7 +2187,8 @@ def main(argv=None):
     for src, reason in failed:
         print(f"FAILED  {src}: {reason}", file=sys.stderr)
     print(f"upscale: {len(done)} done, {len(skipped)} skipped, {len(failed)} failed "
-          f"in {time.perf_counter() - started:.1f} s" + (f" -> {args.output}" if done else ""))
+          f"in {time.perf_counter() - started:.1f} s" + (f" -> {args.output}" if done else "")
+          + (f"; {runtime}" if runtime else ""))
     return 1 if failed else 0
 
 

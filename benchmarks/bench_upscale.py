@@ -1,25 +1,29 @@
-"""Benchmark upscale.py: per model, frames/s of a 640x360 -> x4 video, fp32 against bf16, and more.
+"""Benchmark upscale.py: per model, frames/s of a 640x360 -> x4 video, model only and the whole path.
 
-    python benchmarks/bench_upscale.py                    # the shipped video and PSNR models (minutes on 2 cores)
-    python benchmarks/bench_upscale.py --models gan       # another shipped model, or a .keras file
+    python benchmarks/bench_upscale.py                    # the stream, video and PSNR models (minutes on 2 cores)
+    python benchmarks/bench_upscale.py --models stream video --speed-only   # the real-time figures only
+    python benchmarks/bench_upscale.py --models gan       # another shipped model, a .keras file or a preset
     python benchmarks/bench_upscale.py --quick            # 2 frames, smaller Set5 crops: a smoke test
     python benchmarks/bench_upscale.py --tiling           # the tiled-vs-whole speed and memory study instead
 
-Prints, per model, in one run, every figure also as a ratio against a baseline measured in the same run
-(the machine may be shared, so absolute times drift; ratios of interleaved runs much less):
+Prints the CPU's name and load (the machine may be shared, so absolute times drift; ratios of interleaved
+runs much less), then per model, in one run, every figure also as a ratio against one measured in the same
+run. A preset whose weights are not shipped yet (stream: weights/stream_x4.keras) is built untrained, and
+says so: speed does not depend on the weights.
 0. the CPU's peak GFLOP/s (benchmarks/peak.py: matmul and 3x3 conv, fp32 and bf16), measured first;
-1. model-only frames/s of one 640x360 frame (upscale_array: tiles, blending and all), fp32 (the baseline),
-   bf16 (a mixed_bfloat16 copy of the model; emulated on CPUs without native bfloat16), and fp32
-   XLA-compiled (upscale.compile_model, the CLI's --compile) instead of Keras' predict_on_batch, each with
-   its share of the peak (the convolutions' FLOPs per frame, benchmarks/peak.py's generator_flops);
-2. end-to-end frames/s (decode, upscale, encode with libx264 at the default preset and CRF, copy audio) of
-   the first frames of ../shared/data/clips/big_buck_bunny.mp4 (or a generated 640x360 clip): the
-   threaded pipeline against the sequential one, and the peak resident memory during each run (sampled);
+1. model-only frames/s of one 640x360 frame (upscale_array: tiles, blending and all) in fp32 and bf16 (a
+   mixed_bfloat16 copy; only where the CPU has native bfloat16), each with and without XLA
+   (upscale.compile_model, the CLI's --compile), with its share of the peak of its precision (the
+   convolutions' FLOPs per frame, benchmarks/peak.py's generator_flops); the fastest is marked;
+2. the whole path with that fastest case, threaded, on the first frames of ../shared/data/clips/
+   big_buck_bunny.mp4 (or a generated 640x360 clip): decode -> upscale -> YUV4MPEG2 into a pipe that another
+   process reads (upscale.py CLIP -o - | player), and decode -> upscale -> libx264 file at the CLI's default
+   preset (veryfast) and CRF, each as a share of the model-only rate, with the peak resident memory;
 3. Set5 PSNR (Y, x4, border 4) of fp32 and bf16 and their difference (bf16 must stay within 0.05 dB);
 4. GIF grain: the high-frequency energy (RMS of a Laplacian, grey levels) of the written GIF frame minus
    the model's output, and its frame-to-frame flicker, for Pillow's median cut per frame (before) against
    GifPalette (a shared, k-means-refined palette, exact nearest colours), on the first frames of a RIFE
-   GIF from ../shared/data/clips (or skimage's GIF).
+   GIF from ../shared/data/clips (or skimage's GIF). Parts 3-4 are left out for untrained models.
 The --tiling study: 1. tiled vs whole-image speed (480x270 -> x4, SRResNet, random weights); 2. peak memory
 of a 960x540 -> x4 upscale in a fresh process per case.
 """
@@ -51,8 +55,8 @@ MEMORY_SIZE = (960, 540)  # part 2, tiled
 WHOLE_MEMORY_SIZE = (480, 270)  # part 2, whole-image (960x540 does not fit: > 22 GB)
 BIG_TILE = 240  # the trade-off row: tiles of up to 240x240 LR pixels (about 1 GiB of SRResNet activations)
 REPEATS = 3  # timed runs per case in part 1 (after one warm-up run); the median is reported
-VIDEO_FRAMES = 4  # frames of the clip per end-to-end run (a few: each takes seconds on a CPU)
-MODEL_REPEATS = 2  # timed model-only runs per case (after one warm-up)
+MODEL_REPEATS = 3  # timed model-only runs per case (after one warm-up)
+PATH_ROUNDS = 2  # rounds of part 2 (model alone, y4m pipe, libx264 file)
 CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
 SET5 = ROOT.parent / "shared" / "data" / "benchmarks" / "Set5"
 QUICK = dict(SPEED_SIZE=(160, 90), MEMORY_SIZE=(320, 180), WHOLE_MEMORY_SIZE=(160, 90), REPEATS=1)
@@ -282,18 +286,53 @@ def current_rss():
     return 0
 
 
-def end_to_end(model, frames, threaded, tmp):
-    """(frames/s, peak RSS bytes) of upscaling the clip's first frames into an MP4 with the CLI's defaults."""
+def end_to_end(model, frames, threaded, tmp, to_pipe=False):
+    """(frames/s, peak RSS bytes) of upscaling the clip's first frames into an MP4 with the CLI's defaults, or
+    (to_pipe) as YUV4MPEG2 into a pipe that another process reads (upscale.py CLIP -o - | player)."""
     import upscale
 
-    clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", frames)
+    clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", max(frames, 24))
     options = dict(codec=None, crf=upscale.DEFAULT_CRF, preset=upscale.DEFAULT_PRESET, pix_fmt=upscale.DEFAULT_PIX_FMT)
+    reader = subprocess.Popen([sys.executable, "-c", PIPE_READER], stdin=subprocess.PIPE) if to_pipe else None
     with PeakRSS() as rss:
         start = time.perf_counter()
-        upscale.upscale_video_file(upscale.Inference(model), clip, Path(tmp) / "out.mp4", video_options=options,
-                                   max_frames=frames, progress=False, threaded=threaded)
+        upscale.upscale_video_file(upscale.Inference(model), clip, "-" if to_pipe else Path(tmp) / "out.mp4",
+                                   video_options=options, max_frames=frames, progress=False, threaded=threaded,
+                                   pipe=reader.stdin if to_pipe else None)
         seconds = time.perf_counter() - start
+    if reader is not None:
+        reader.stdin.close()
+        reader.wait()
     return frames / seconds, rss.peak
+
+
+def whole_path(model, frames, rounds):
+    """{case: (frames/s, share of the model-only rate, peak RSS)} for the y4m pipe and the libx264 file: each
+    round times the model alone on `frames` frames, then both paths, so a change in the machine's load hits
+    the three alike; the median of the rounds."""
+    import upscale
+
+    rgb = frame_640x360()
+    upscale.upscale_array(model, rgb)
+    cases = {"decode -> upscale -> y4m pipe": True, f"decode -> upscale -> libx264 {upscale.DEFAULT_PRESET} file": False}
+    fps = {case: [] for case in cases}
+    shares = {case: [] for case in cases}
+    peaks = dict.fromkeys(cases, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(frames):
+                upscale.upscale_array(model, rgb)
+            model_fps = frames / (time.perf_counter() - started)
+            for case, to_pipe in cases.items():
+                rate, peak = end_to_end(model, frames, True, tmp, to_pipe=to_pipe)
+                fps[case].append(rate)
+                shares[case].append(rate / model_fps)
+                peaks[case] = max(peaks[case], peak)
+    return {case: (float(np.median(fps[case])), float(np.median(shares[case])), peaks[case]) for case in cases}
+
+
+PIPE_READER = "import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(os.devnull, 'wb'), 1 << 20)"
 
 
 def set5_psnr(models, crop=None):
@@ -351,34 +390,67 @@ def laplacian(x):
     return 4 * x[1:-1, 1:-1] - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:]
 
 
-def report_model(name, frames, repeats, quick, peak):
-    """Parts 1-4 for one shipped model (or .keras file); peak: measure_peak() of this run."""
+def bench_model(name):
+    """(model, description, trained): a shipped model by name, a .keras file, or, for a preset whose weights
+    are not in weights/ yet (weights/stream_x4.keras while it trains), the preset built untrained: speed
+    does not depend on the weights."""
+    import presets
+    import upscale
+    from generator import build_generator
+
+    shipped = presets.SHIPPED_MODELS.get(name, presets.WEIGHTS / f"{name}_x4.keras")
+    if Path(shipped).is_file() or Path(name).is_file():
+        path = shipped if Path(shipped).is_file() else Path(name)
+        return upscale.load_model(path), path.name, True
+    if name in presets.GENERATOR_PRESETS:
+        return (build_generator(4, preset=name), f"the {name} preset built untrained: {shipped.name} does not exist "
+                f"yet, and speed does not depend on the weights", False)
+    raise SystemExit(f"bench_upscale: {name} is neither a shipped model, a .keras file nor a preset")
+
+
+def copy_of(model, precision="fp32", xla=False):
+    """A separate copy of the model (its own compiled-or-not state), in the precision, XLA-compiled or not."""
+    import keras
+
     import upscale
 
-    fp32 = upscale.load_model(name)
-    bf16 = upscale.with_precision(fp32, "bf16")
-    flops = generator_flops(fp32, 360, 640)
-    print(f"model {name} ({upscale.resolve_model_path(name).name}, {fp32.count_params():,} parameters, "
-          f"{flops / 1e9:.1f} GFLOP per 640x360 frame):")
-    compiled = upscale.compile_model(upscale.load_model(name))  # --compile
-    times = model_only({"fp32": fp32, "bf16": bf16, "fp32 XLA": compiled}, repeats)
-    base = times["fp32"]
-    print(f"1. model only, one 640x360 -> x4 frame, median of {repeats} interleaved runs; share of this run's "
-          f"peak of the case's precision:")
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    clone = upscale.with_precision(clone, precision)
+    return upscale.compile_model(clone) if xla else clone
+
+
+def report_model(name, frames, repeats, quick, peak, speed_only=False):
+    """Parts 1-4 for one model (see bench_model); peak: measure_peak() of this run. Part 2 runs the fastest
+    case of part 1 (what upscale.py's --compile/--precision auto would time and pick)."""
+    import upscale
+
+    base, about, trained = bench_model(name)
+    flops = generator_flops(base, 360, 640)
+    print(f"model {name} ({about}; {base.count_params():,} parameters, {flops / 1e9:.2f} GFLOP per 640x360 frame):")
+    models = {"fp32": base, "fp32 XLA": copy_of(base, "fp32", True)}
+    if upscale.cpu_has_native_bf16() or quick:  # emulated bf16 is slower than fp32 (and not an auto candidate)
+        models.update({"bf16": copy_of(base, "bf16"), "bf16 XLA": copy_of(base, "bf16", True)})
+    times = model_only(models, repeats)
+    base_t = times["fp32"]
+    best = min(times, key=times.get)
+    print(f"1. model only, one 640x360 -> x4 frame (upscale_array), median of {repeats} interleaved runs; share of "
+          f"this run's peak of the case's precision:")
     for case, t in times.items():
         share = flops / t / 1e9 / peak[case.split()[0]]
-        print(f"   {case:9s}: {1 / t:6.3f} frames/s ({t:5.2f} s)  {base / t:5.2f}x fp32, {share:5.1%} of peak")
-    print(f"2. end to end, {frames} frames of {CLIP.name if CLIP.is_file() else 'a generated clip'} "
-          f"(libx264 {upscale.DEFAULT_PRESET}, crf {upscale.DEFAULT_CRF}, audio copied):")
-    rows = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for case, model, threaded in (("fp32 sequential", fp32, False), ("fp32 threaded", fp32, True),
-                                      ("bf16 threaded", bf16, True)):
-            rows[case] = end_to_end(model, frames, threaded, tmp)
-    base_fps = rows["fp32 sequential"][0]
-    for case, (fps, peak) in rows.items():
-        print(f"   {case:16s}: {fps:6.3f} frames/s  {fps / base_fps:5.2f}x sequential, "
-              f"{fps * times['fp32']:5.2f}x fp32 model-only; peak RSS {peak / 2**30:5.2f} GiB")
+        print(f"   {case:9s}: {1 / t:7.3f} frames/s ({t:6.3f} s)  {base_t / t:5.2f}x fp32, {share:5.1%} of peak"
+              + ("   <- fastest" if case == best else ""))
+    frames = frames or int(np.clip(round(4 / times[best]), 8, 96))  # about 4 s of model time
+    print(f"2. whole path, {best} (the fastest above), {frames} frames of "
+          f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {PATH_ROUNDS} rounds, each "
+          f"also timing the model alone on as many frames (the share is the median of the rounds' ratios):")
+    rows = whole_path(models[best], frames, PATH_ROUNDS)
+    for case, (fps, share, rss) in rows.items():
+        print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+    if speed_only or not trained:
+        print("3-4. Set5 PSNR and GIF grain: skipped (" + ("--speed-only" if speed_only else "untrained weights") + ")")
+        return times, rows, None
+    fp32, bf16 = base, upscale.with_precision(base, "bf16")
     psnr = set5_psnr({"fp32": fp32, "bf16": bf16}, crop=96 if quick else None)
     if psnr is None:
         print("3. Set5 PSNR: skipped (Set5 not found at ../shared/data/benchmarks/Set5)")
@@ -393,6 +465,22 @@ def report_model(name, frames, repeats, quick, peak):
     print(f"   shared palette    : {after[0]:6.2f} / {after[1]:6.2f} / {after[2]:5.2f}  "
           f"({after[0] / before[0]:.2f}x grain, {after[1] / before[1]:.2f}x flicker; {shared} frames shared, {own} own)")
     return times, rows, psnr
+
+
+def cpu_name():
+    """The CPU's model name, from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average():
+    """The 1, 5 and 15 minute load averages (the machine may be shared: read the figures as ratios)."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def backend_devices():
@@ -413,8 +501,11 @@ def backend_devices():
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
-    p.add_argument("--models", nargs="+", default=["video", "psnr"], help="shipped model names or .keras files")
-    p.add_argument("--frames", type=int, default=VIDEO_FRAMES, help="clip frames per end-to-end run")
+    p.add_argument("--models", nargs="+", default=["stream", "video", "psnr"],
+                   help="shipped model names, .keras files, or presets (built untrained when not shipped)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="clip frames per whole-path run (default: about 4 s of model time, 8 to 96)")
+    p.add_argument("--speed-only", action="store_true", help="leave out Set5 PSNR and GIF grain (parts 3-4)")
     p.add_argument("--tiling", action="store_true", help="the tiled-vs-whole speed and memory study instead")
     p.add_argument("--preset", default=PRESET, help="generator preset for the --tiling study")
     p.add_argument("--model", type=Path, default=None, help="--tiling: a .keras generator instead of a fresh preset")
@@ -430,7 +521,7 @@ def main(argv=None):
     import upscale
 
     started = time.perf_counter()
-    print(f"bench_upscale: {platform.machine()}, {os.cpu_count()} CPU cores (native bf16: "
+    print(f"bench_upscale: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores (native bf16: "
           f"{upscale.cpu_has_native_bf16()}), Keras {keras.__version__} on {keras.backend.backend()} "
           f"({backend_devices()}); memory budget {upscale.memory_budget() / 2**20:.0f} MiB")
     if args.tiling:
@@ -445,11 +536,12 @@ def main(argv=None):
         print(f"bench_upscale: tiled/whole speed {ratio:.2f}x, {time.perf_counter() - started:.0f} s in all")
         return 0
     frames = 2 if args.quick else args.frames
+    print(f"at the start: {load_average()}")
     peak = measure_peak()
     print(f"peak of this CPU now: {describe_peak(peak)}")
     for name in args.models:
-        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick, peak)
-    print(f"bench_upscale: {time.perf_counter() - started:.0f} s in all")
+        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick, peak, args.speed_only)
+    print(f"bench_upscale: {time.perf_counter() - started:.0f} s in all; at the end: {load_average()}")
     return 0
 
 
