@@ -65,6 +65,7 @@ SHIPPED_MODELS = {
     "psnr": WEIGHTS / "srresnet_x4_psnr.keras",
     "gan": WEIGHTS / "srgan_x4.keras",
     "video": WEIGHTS / "video_x4.keras",  # the "video" preset: light enough for frames/s on a CPU
+    "stream": WEIGHTS / "stream_x4.keras",  # the "stream" preset, trained on libx264 output: for compressed video
 }
 DEFAULT_MODEL = "psnr"
 

@@ -13,7 +13,7 @@ import upscale
 from generator import generator_scale, load_generator
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = ["srresnet_x4_psnr.keras", "srgan_x4.keras", "video_x4.keras"]
+SHIPPED = ["srresnet_x4_psnr.keras", "srgan_x4.keras", "video_x4.keras", "stream_x4.keras"]
 
 
 def card_set5_psnr(model_file):
