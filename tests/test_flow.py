@@ -59,7 +59,7 @@ def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, cap
     config = json.loads((run / "config.json").read_text())
     assert config["scale"] == 4 and config["hr_size"] == 32 and config["steps_per_epoch"] == 2
     assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None,
-                                   "upsampler": "stages", "head_kernel": 9, "block": "residual"}
+                                   "upsampler": "stages", "head_kernel": 9, "block": "residual", "output": "rgb"}
     assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1 and config["grid_weight"] == 0.5
 
     rows = history(run)
