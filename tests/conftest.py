@@ -19,6 +19,15 @@ sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(params=["off", "on"], ids=["cpu-fp32", "cpu-bf16"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Run a test twice, the CPU's native bfloat16 forced off and on (upscale.CPU_BF16_VARIABLE, which --precision
+    auto and --mixed-precision auto follow), so any machine checks both paths. True when on. The whole suite can
+    be run either way too: SR_CPU_BF16=on (or off) make test."""
+    monkeypatch.setenv("SR_CPU_BF16", request.param)
+    return request.param == "on"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (Set5, Set14, clips), or skip when this checkout has none beside it."""

@@ -615,6 +615,10 @@ def test_evaluate_a_dataset_test_split_with_its_own_lr(tiny_dataset, tmp_path, c
     rows = read_csv(out / "bicubic_dataset_x4.csv")
     assert [r["image"] for r in rows] == ["img-000.png", "img-001.png", "mean"]
     assert "model_psnr" not in rows[0]
+    printed = capsys.readouterr().out  # the means per method; the per-image rows only in the files ...
+    assert "| method | psnr | ssim | niqe |" in printed and "| bicubic |" in printed and "img-000" not in printed
+    assert flow.main(["evaluate", "--model", "bicubic", "--data", str(tiny_dataset), "--out", str(out), "-v"]) == 0
+    assert "| img-000.png |" in capsys.readouterr().out  # ... unless asked for
     lr = resizer.load_image(tiny_dataset / "test" / "lr" / "img-000.png")  # the DATASET's own LR
     hr = resizer.load_image(tiny_dataset / "test" / "hr" / "img-000.png")
     assert float(rows[0]["bicubic_psnr"]) == pytest.approx(metrics.calculate_psnr(metrics.bicubic_upscale(lr, 4), hr, 4))
