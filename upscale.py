@@ -1455,10 +1455,11 @@ def _mux(out, packet, audio_out, dst):
 
 
 def model_label(path):
-    """How --compare names a model: a shipped one by its file's stem, any other by its folder and stem
-    (runs/demo/generator.keras: "demo/generator")."""
-    path = Path(path)
-    return path.stem if path.parent.resolve() == presets.WEIGHTS.resolve() else f"{path.parent.name}/{path.stem}"
+    """How --compare names a model: a shipped one by its --model name ("shipped psnr"), any other by its folder
+    and stem (runs/demo/generator.keras: "demo/generator")."""
+    path = Path(path).resolve()
+    shipped = [name for name, file in MODEL_NAMES.items() if Path(file).resolve() == path]
+    return f"shipped {shipped[0]}" if shipped else f"{path.parent.name}/{path.stem}"
 
 
 def compare_path(dst):

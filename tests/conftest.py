@@ -63,6 +63,32 @@ def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path / "dataset")
 
 
+# flow.py train flags of the tests' tiny runs. float32 on every CPU: with native bfloat16, --mixed-precision auto
+# would train in bf16, and the numbers the tests compare (across resumes, workers and devices) are float32's
+TINY_TRAIN = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-loss", "mse", "--batch-size", "2",
+              "--steps-per-epoch", "2", "--verbose", "2", "--mixed-precision", "off"]
+TINY_RUN_FLAGS = ["--pretrain-epochs", "2", "--gan-epochs", "1", *TINY_TRAIN, "--grid-weight", "0.5"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(dataset, run folder, what training printed): one finished tiny run of both phases (TINY_RUN_FLAGS: 2
+    pretraining epochs, 1 GAN epoch), trained once a session for the tests that only read a run. Do not change
+    it; a test that trains further or breaks a run makes its own."""
+    import contextlib
+    import io
+
+    import flow
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    dataset, run = write_tiny_dataset(root / "dataset"), root / "runs" / "tiny"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = flow.main(["train", "--data", str(dataset), "--out", str(run), *TINY_RUN_FLAGS])
+    assert status == 0, printed.getvalue()[-3000:]
+    return dataset, run, printed.getvalue()
+
+
 @pytest.fixture
 def png_and_tfrecord_datasets(tmp_path):
     """The same pairs as a PNG DATASET and as a tfrecord DATASET of several shards (32 px HR, x4)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import write_tiny_dataset
+from conftest import TINY_TRAIN, write_tiny_dataset
 from PIL import Image
 
 import create_dataset
@@ -28,10 +28,7 @@ import training
 from generator import build_generator, load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
-# float32 on every CPU: with native bfloat16, --mixed-precision auto would train in bf16, and the numbers these
-# tests compare (across resumes, workers and devices) are float32's
-TINY = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-loss", "mse", "--batch-size", "2",
-        "--steps-per-epoch", "2", "--verbose", "2", "--mixed-precision", "off"]
+TINY = TINY_TRAIN  # float32 on every CPU (see conftest)
 
 
 def train_args(data, out, pretrain=1, gan=1, *extra):
@@ -50,10 +47,8 @@ def env_for_subprocess():
 
 # ---------------------------------------------------------------- a whole run, both phases
 @pytest.mark.slow
-def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, capsys):
-    run = tmp_path / "runs" / "tiny"
-    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--grid-weight", "0.5")) == 0
-    out = capsys.readouterr().out
+def test_train_both_phases_writes_every_run_artefact(tiny_run, capsys):
+    tiny_dataset, run, out = tiny_run  # train_args(dataset, run, 2, 1, "--grid-weight", "0.5")
     assert "done" in out and "best epoch" in out and str(run / "generator.keras") in out
 
     config = json.loads((run / "config.json").read_text())

@@ -279,7 +279,7 @@ def test_single_image_formats_and_compare(model_path, tmp_path):
     second, third = (three[band:, k * (width + gap) : k * (width + gap) + width] for k in (1, 2))
     assert np.abs(second - third).max() <= 1 and np.abs(second - three[band:, :width]).max() > 5  # not bicubic
     assert upscale.model_label(model_path) == f"{model_path.parent.name}/tiny_x4"
-    assert upscale.model_label(upscale.MODEL_NAMES["psnr"]) == "srresnet_x4_psnr"
+    assert upscale.model_label(upscale.MODEL_NAMES["psnr"]) == "shipped psnr"
     assert run_cli(rgba, "-o", tmp_path / "out" / "flat.jpg", "--model", model_path) == 0
     with Image.open(tmp_path / "out" / "flat.jpg") as im:  # JPEG has no alpha: flattened onto white
         assert im.mode == "RGB" and im.size == (160, 160)
