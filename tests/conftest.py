@@ -70,6 +70,26 @@ TINY_TRAIN = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-
 TINY_RUN_FLAGS = ["--pretrain-epochs", "2", "--gan-epochs", "1", *TINY_TRAIN, "--grid-weight", "0.5"]
 
 
+# Tests of a run's wiring (resume, kill, checkpoints, signals) need no graph: with TensorFlow's functions run
+# eagerly, a tiny run takes a third of the time it takes to trace them (same numbers). The graph path is trained
+# by tiny_run and the mirrored, multi-worker and XLA tests.
+EAGER_FLOW = ["-c", "import runtime, sys, runpy, tensorflow as tf\ntf.config.run_functions_eagerly(True)\n"
+                    "sys.argv[0] = 'flow.py'\nrunpy.run_path('flow.py', run_name='__main__')"]
+
+
+@pytest.fixture
+def eager_functions():
+    """TensorFlow's functions (Keras' train and predict steps) run eagerly in this test (see EAGER_FLOW)."""
+    import runtime  # noqa: F401  (first: a quiet TensorFlow)
+
+    # isort: split
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """(dataset, run folder, what training printed): one finished tiny run of both phases (TINY_RUN_FLAGS: 2

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, write_tiny_dataset
+from conftest import EAGER_FLOW, TINY_TRAIN, write_tiny_dataset
 from PIL import Image
 
 import create_dataset
@@ -136,7 +136,7 @@ def kill_when(path, command, log):
 @pytest.mark.slow
 def test_rerun_after_kill_continues_where_each_phase_stopped(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "flow.py", *train_args(tiny_dataset, run, 4, 3, "--jit", "off")]
+    command = [sys.executable, *EAGER_FLOW, *train_args(tiny_dataset, run, 4, 3, "--jit", "off")]
 
     # 1. killed in phase 1, just after an epoch's backup
     killed_at = kill_when(run / "backup" / "pretrain" / "epoch-*", command, tmp_path / "a.log")
@@ -283,7 +283,7 @@ class PoisonAtEpoch(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, capsys):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, capsys, eager_functions):
     run = tmp_path / "run"
     args = flow.parse_args(train_args(tiny_dataset, run, 3, 1, "--jit", "off"))
     assert flow.train(args, extra_callbacks=[PoisonAtEpoch(1)]) == 1
@@ -334,7 +334,7 @@ def test_moving_average_swap_shows_the_average_and_keeps_training_on_the_raw_wei
 
 
 @pytest.mark.slow
-def test_ema_run_exports_the_average_and_trains_as_one_without(tiny_dataset, tmp_path):
+def test_ema_run_exports_the_average_and_trains_as_one_without(tiny_dataset, tmp_path, eager_functions):
     """The same seeded run with and without --ema: identical raw weights after every phase-1 epoch (the average
     never feeds back into training; phase 2 starts from phase 1's best export, which with --ema is the average),
     and with --ema the exported generator is the average, not the raw weights."""
@@ -480,7 +480,7 @@ def test_tfrecord_dataset_feeds_training_as_the_png_one_does(png_and_tfrecord_da
 
 
 @pytest.mark.slow
-def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, capsys):
+def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, capsys, eager_functions):
     png, tfr = png_and_tfrecord_datasets
     run = tmp_path / "run"
     assert flow.main(train_args(tfr, run, 1, 1)) == 0
@@ -498,7 +498,8 @@ def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp_path, capsys, monkeypatch,
+                                                                eager_functions):
     """Other backends have no tf.data, tf.distribute or TensorBoard: flow behaves as if the backend were not TF."""
     monkeypatch.setattr(runtime, "use_tensorflow", lambda: False)
     monkeypatch.setattr(runtime, "tensorboard_available", lambda: False)
