@@ -1806,6 +1806,10 @@ def main(argv=None):
                           + (f" or {args.compare_with}" if args.compare_with else "") + f": {type(e).__name__}: {e}",
                           file=sys.stderr)
                     return 2
+                if any(model_scale(other) != model_scale(model) for _, other in others):
+                    print(f"upscale: --compare-with {args.compare_with} does not upscale x{model_scale(model)} as "
+                          f"{model_path} does", file=sys.stderr)
+                    return 2
                 inference = Inference(model, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
                                       label=model_label(model_path), others=others)
             leftovers += remove_dead_temp_outputs(job.dst, args.compare)

@@ -26,10 +26,11 @@ from generator import load_generator
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import runtime, resizer, flow
+import runtime, resizer, flow, warnings
 import tensorflow as tf
 
 tf.config.run_functions_eagerly(True)  # wiring, not numbers: no tracing (conftest's EAGER_FLOW)
+warnings.filterwarnings("ignore", "Even though", UserWarning)
 
 pattern, nth = sys.argv[1], int(sys.argv[2])
 real_fsync, seen = resizer.fsync_path, [0]
@@ -150,7 +151,7 @@ def test_a_corrupt_newest_state_of_a_run_falls_back_and_the_run_finishes(tiny_da
     """A run stopped by SIGTERM keeps its state; the newest one is then damaged; the rerun resumes before it."""
     run = tmp_path / "run"
     args = train_args(tiny_dataset, run, 3, 0, "--jit", "off", "--steps-per-epoch", "40")
-    process = subprocess.Popen([sys.executable, *EAGER_FLOW, *args], cwd=ROOT, env=env_for_subprocess(),
+    process = subprocess.Popen([sys.executable, "flow.py", *args], cwd=ROOT, env=env_for_subprocess(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     backup = run / "backup" / "pretrain"
     deadline = time.time() + 240
@@ -162,7 +163,7 @@ def test_a_corrupt_newest_state_of_a_run_falls_back_and_the_run_finishes(tiny_da
     assert "SIGTERM: stopped in epoch" in out and "Run the same command again to continue" in out
     newest = training.list_states(backup)[0]
     (newest / training.STATE_FILE).write_bytes(b"\x89HDF\r\n" + b"\0" * 64)  # an h5 header, then nothing
-    resumed = subprocess.run([sys.executable, *EAGER_FLOW, *args], cwd=ROOT, env=env_for_subprocess(),
+    resumed = subprocess.run([sys.executable, "flow.py", *args], cwd=ROOT, env=env_for_subprocess(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"training state {newest} is unreadable" in resumed.stderr and "Traceback" not in resumed.stderr

@@ -280,6 +280,8 @@ def test_single_image_formats_and_compare(model_path, tmp_path):
     assert np.abs(second - third).max() <= 1 and np.abs(second - three[band:, :width]).max() > 5  # not bicubic
     assert upscale.model_label(model_path) == f"{model_path.parent.name}/tiny_x4"
     assert upscale.model_label(upscale.MODEL_NAMES["psnr"]) == "shipped psnr"
+    build_generator(scale=2, filters=8, blocks=1).save(tmp_path / "x2.keras")  # another scale cannot sit beside
+    assert run_cli(src, "-o", tmp_path / "out" / "x.png", "--model", model_path, "--compare-with", tmp_path / "x2.keras") == 2
     assert run_cli(rgba, "-o", tmp_path / "out" / "flat.jpg", "--model", model_path) == 0
     with Image.open(tmp_path / "out" / "flat.jpg") as im:  # JPEG has no alpha: flattened onto white
         assert im.mode == "RGB" and im.size == (160, 160)
