@@ -98,7 +98,8 @@ import resizer
 # configuration (the defaults of the command-line flags)
 MODE = "square"  # square | patches ("patches" when --samples is the only source)
 SCALE = 4  # 2, 3, 4 or 8
-HR_SIZE = 128  # HR side; LR side = HR_SIZE // SCALE
+LR_SIZE = 32  # LR side (the design's 32 x 32); the HR side defaults to LR_SIZE * scale (hr_size_for)
+HR_SIZE = LR_SIZE * SCALE
 PATCHES = 64  # patches mode: crops per photo at most
 MIN_VARIANCE = 25.0  # patches mode: luma variance (0..255 units) below which a patch is flat and skipped
 FILTER = "bicubic"  # LR filter (resizer.FILTERS)
@@ -142,7 +143,7 @@ class NoPairsError(DatasetError):
     """The sources gave no pair at all: no image files, or every one skipped. Nothing is left behind for it."""
 
 
-def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_size=HR_SIZE, patches=PATCHES,
+def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_size=None, patches=PATCHES,
                   min_variance=MIN_VARIANCE, filter=FILTER, blur_sigma=0.0, noise_sigma=0.0, jpeg_quality=None,
                   palette_colors=None, palette_dither="none", split=SPLIT, seed=SEED, min_size=None,
                   max_images=None, workers=None, draft=DRAFT, format="png", shard_mb=SHARD_MB, stream=None,
@@ -152,6 +153,7 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
     sources: folders (searched recursively; a folder holding a fetcher manifest.jsonl is read through it),
         manifest.jsonl files, or image files. samples=True adds scikit-image's colour photos.
     mode: "square" or "patches"; None means square, or patches when samples are the only source.
+    hr_size: HR side in pixels; None means LR_SIZE * scale (hr_size_for).
     min_size: shorter side a photo needs (default, and at least, hr_size). max_images: use at most this
         many source images (a seeded random choice). workers: processes (default: all cores; 1 = in this
         process). overwrite: delete an existing dataset in `out` built with other parameters first.
@@ -208,12 +210,16 @@ def build_dataset(sources, out, *, samples=False, mode=None, scale=SCALE, hr_siz
 
 
 # ----------------------------------------------------------------------------- parameters
+def hr_size_for(scale):
+    """The default HR side at this scale: LR_SIZE x scale, so every scale gives LR_SIZE x LR_SIZE LR images."""
+    return LR_SIZE * scale
 
 
 def _parameters(mode, scale, hr_size, patches, min_variance, filter, blur_sigma, noise_sigma, jpeg_quality,
                 palette_colors, palette_dither, split, seed, min_size, max_images, draft, format, shard_mb,
                 stream=None):
     """Check the arguments and gather them as manifest.json's "parameters"."""
+    hr_size = hr_size_for(scale) if hr_size is None else hr_size
     if mode not in ("square", "patches"):
         raise DatasetError(f"mode must be 'square' or 'patches', not {mode!r}")
     if scale not in (2, 3, 4, 8):
@@ -1406,7 +1412,8 @@ def main(argv=None):
     parser.add_argument("--mode", choices=("square", "patches"),
                         help="square (default) or patches (default when --samples is the only source)")
     parser.add_argument("--scale", type=int, default=SCALE, choices=(2, 3, 4, 8))
-    parser.add_argument("--hr-size", type=int, default=HR_SIZE, help=f"HR side in pixels (default {HR_SIZE})")
+    parser.add_argument("--hr-size", type=int, default=None,
+                        help=f"HR side in pixels (default {LR_SIZE} x scale: {HR_SIZE} at x{SCALE})")
     parser.add_argument("--patches", type=int, default=PATCHES, help=f"patches mode: crops per photo "
                                                                       f"(default {PATCHES})")
     parser.add_argument("--min-variance", type=float, default=MIN_VARIANCE,

@@ -517,9 +517,10 @@ def load_generator_weights(generator, path):
 
 
 # ---------------------------------------------------------------- evaluate: model vs bicubic on a test set
-def evaluate(model_arg, data, scale=None, out=None):
+def evaluate(model_arg, data, scale=None, out=None, per_image=False):
     """Per-image PSNR/SSIM (Y, border = scale) of a model and bicubic, and NIQE (no reference; lower = more
-    natural) of the model, bicubic and the originals; table printed and written (CSV, md). model_grid is the
+    natural) of the model, bicubic and the originals; the per-image table is written (CSV, md) and printed only
+    with per_image, the means per method (summary_table) always. model_grid is the
     largest mean error (grey levels) at one of the scale x scale sub-pixel positions (metrics.grid_error): per
     image in its row, and in the mean row that of the set's mean grid, which is what shows a fixed pattern.
 
@@ -558,7 +559,7 @@ def evaluate(model_arg, data, scale=None, out=None):
     out = Path(out or "out/eval")
     stem = out / f"{label}_{Path(data).resolve().name}_x{scale}"
     table = markdown_table(rows)
-    print(table)
+    print(table if per_image else summary_table(rows[-1]))
     write_csv(stem.with_suffix(".csv"), rows)
     with resizer.atomic_output(stem.with_suffix(".md")) as tmp:
         Path(tmp).write_text(f"{model_arg} on {data}, x{scale}, Y channel, border {scale}\n\n{table}\n")
@@ -660,6 +661,15 @@ def markdown_table(rows):
     lines = ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
     lines += ["| " + " | ".join(fmt(k, r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def summary_table(mean):
+    """A markdown table of evaluate's mean row, one line per method (originals, bicubic, model)."""
+    methods = [m for m in ("hr", "bicubic", "model") if any(k.startswith(m + "_") for k in mean)]
+    keys = [k for k in ("psnr", "ssim", "niqe", "grid") if any(f"{m}_{k}" in mean for m in methods)]
+    rows = [{"method": "originals" if m == "hr" else m,
+             **{k: mean.get(f"{m}_{k}", "") for k in keys}} for m in methods]
+    return markdown_table(rows)
 
 
 def write_csv(path, rows):
@@ -859,6 +869,8 @@ def parse_args(argv=None):
     e.add_argument("--data", required=True, help="DATASET (its test split) or a folder of HR images")
     e.add_argument("--scale", type=int, choices=presets.SCALES, help="default: the model's (4 for bicubic on a folder)")
     e.add_argument("--out", help="folder for the CSV and markdown tables (default out/eval)")
+    e.add_argument("-v", "--per-image", action="store_true",
+                   help="print the per-image table too (it is always written to --out)")
     v = sub.add_parser("evaluate-stream", help="a generator (or bicubic) on streamed video: clips panning over "
                                                "photos, downscaled, encoded and decoded at several CRFs")
     v.add_argument("--model", required=True,
@@ -940,7 +952,7 @@ def main(argv=None):
             _, failed = evaluate_stream(args.model, args.data, args.crf, codec_name=args.codec, preset=args.preset,
                                         frames=args.frames, window=args.window, out=args.out)
             return 1 if failed else 0
-        _, failed = evaluate(args.model, args.data, args.scale, args.out)
+        _, failed = evaluate(args.model, args.data, args.scale, args.out, args.per_image)
         return 1 if failed else 0
     except (ValueError, FileNotFoundError) as err:  # DatasetError, ImageLoadError and StateError are ValueErrors
         return report_error(err, args, 2)

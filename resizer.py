@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -499,6 +500,28 @@ def is_temp_output(path):
     """True for a leftover temporary file of atomic_output (from a process that was killed mid-write)."""
     name = Path(path).name
     return name.startswith(".") and TEMP_MARK in name
+
+
+def dead_temp_outputs(path):
+    """The temporary files atomic_output left beside `path` for `path` itself (".NAME.tmp-PID-XXXX.ext") whose
+    writing process is gone: a killed run's leftovers. A live process's (this one's too) are not listed."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}{re.escape(TEMP_MARK)}(\d+)-[0-9a-f]+{re.escape(path.suffix)}")
+    with contextlib.suppress(OSError):
+        return sorted(p for p in path.parent.iterdir()
+                      if (match := pattern.fullmatch(p.name)) and not process_alive(int(match[1])))
+    return []
+
+
+def process_alive(pid):
+    """True while a process with this id exists (this process included; another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
 
 
 def remove_temp_outputs(folder):

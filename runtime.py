@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
@@ -86,18 +85,12 @@ def gpu_count():
     return 0
 
 
-def cpu_flags():
-    """The CPU's feature flags from /proc/cpuinfo (empty set where there is none)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
-
-
 def native_bf16():
-    """True when bfloat16 math runs natively: a GPU, or a CPU with AVX512_BF16 or AMX."""
-    return gpu_count() > 0 or bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    """True when bfloat16 math runs natively: a GPU, or a CPU with AVX512_BF16 or AMX (upscale.cpu_has_native_bf16,
+    which the environment variable SR_CPU_BF16=on|off overrides)."""
+    import upscale
+
+    return gpu_count() > 0 or upscale.cpu_has_native_bf16()
 
 
 def resolve_switch(value, auto):

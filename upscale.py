@@ -25,6 +25,7 @@ import functools
 import itertools
 import json
 import math
+import os
 import queue
 import re
 import sys
@@ -169,8 +170,18 @@ def widest_map(model):
     return widest
 
 
+CPU_BF16_VARIABLE = "SR_CPU_BF16"  # on/off: override the detection below (tests run both paths on any CPU)
+
+
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
-    """True when this CPU computes bfloat16 natively (AVX512_BF16 or AMX), from /proc/cpuinfo's flags."""
+    """True when this CPU computes bfloat16 natively (AVX512_BF16 or AMX), from /proc/cpuinfo's flags, unless
+    the environment variable SR_CPU_BF16 says on or off. The one CPU check of --precision and
+    --mixed-precision auto (runtime.native_bf16 asks it too)."""
+    forced = os.environ.get(CPU_BF16_VARIABLE, "auto").lower()
+    if forced not in presets.SWITCHES:
+        raise ValueError(f"{CPU_BF16_VARIABLE}={forced!r}: use one of {', '.join(presets.SWITCHES)}")
+    if forced != "auto":
+        return forced == "on"
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -722,7 +733,7 @@ def upscale_image_file(inference, src, dst, *, compare=False):
             save_deep_grey(dst, sr.mean(axis=2))
             if compare:
                 write_compare(compare_path(dst), to_uint8(np.repeat(grey[..., None], 3, axis=2)),
-                              to_uint8(np.clip(sr, 0, 1)), inference.scale, inference.label)
+                              to_uint8(np.clip(sr, 0, 1)), inference.scale, inference.label, inference.others)
             return None
         note = f"16-bit input written as 8-bit ({dst.suffix} holds 8 bits; use .png or .tif for 16)"
     elif info is not None and info.deep_colour:
@@ -742,7 +753,7 @@ def upscale_image_file(inference, src, dst, *, compare=False):
         out, alpha_sr = flatten(out, alpha_sr), None  # JPEG has no alpha: composite onto the background
     save_image(dst, out, alpha=alpha_sr, **options)
     if compare:
-        write_compare(compare_path(dst), rgb, sr, inference.scale, inference.label)
+        write_compare(compare_path(dst), rgb, sr, inference.scale, inference.label, inference.others)
     return note
 
 
@@ -768,6 +779,7 @@ class Inference:
     overlap: int | None = None
     batch_size: int | None = None
     label: str = "model"
+    others: tuple = ()  # (label, model) pairs whose outputs --compare shows beside the model's (--compare-with)
 
     @property
     def scale(self):
@@ -940,7 +952,8 @@ class FrameSink:
         self.write(item)
         if _is_frame(item):
             if self.frames == 0 and self.compare_to is not None:
-                write_compare(self.compare_to, item.rgb, item.sr, self.inference.scale, self.inference.label)
+                write_compare(self.compare_to, item.rgb, item.sr, self.inference.scale, self.inference.label,
+                              self.inference.others)
             self.frames += 1
             if self.stats is not None:
                 self.stats.shown += 1
@@ -1796,6 +1809,14 @@ class RealtimeInbox:
 # --- --compare --------------------------------------------------------------------------------------------
 
 
+def model_label(path):
+    """How --compare names a model: a shipped one by its --model name ("shipped psnr"), any other by its folder
+    and stem (runs/demo/generator.keras: "demo/generator")."""
+    path = Path(path).resolve()
+    shipped = [name for name, file in MODEL_NAMES.items() if Path(file).resolve() == path]
+    return f"shipped {shipped[0]}" if shipped else f"{path.parent.name}/{path.stem}"
+
+
 def compare_path(dst):
     """Where --compare writes its side-by-side image: beside the output, <stem>_compare.png."""
     return dst.with_name(dst.stem + COMPARE_SUFFIX)
@@ -1820,22 +1841,28 @@ def detail_crop(rgb, size):
     return best_pos
 
 
-def write_compare(path, lr_rgb, sr_rgb, scale, label="model"):
-    """Write a labelled side-by-side PNG: bicubic | model, for the most detailed crop of the input."""
+def write_compare(path, lr_rgb, sr_rgb, scale, label="model", others=()):
+    """Write a labelled side-by-side PNG: bicubic | model (| each of others, (label, model) pairs, run on the crop
+    with a margin of its overlap), for the most detailed crop of the input."""
     height, width = lr_rgb.shape[:2]
     crop_h, crop_w = min(COMPARE_CROP, height), min(COMPARE_CROP, width)
     top, left = detail_crop(lr_rgb, min(crop_h, crop_w)) if crop_h == crop_w else (0, 0)
     lr = lr_rgb[top : top + crop_h, left : left + crop_w]
-    bicubic = resize(lr, (crop_w * scale, crop_h * scale), "bicubic")
-    model_crop = sr_rgb[top * scale : (top + crop_h) * scale, left * scale : (left + crop_w) * scale]
+    panels = [(f"bicubic x{scale}", resize(lr, (crop_w * scale, crop_h * scale), "bicubic")),
+              (f"{label} x{scale}", sr_rgb[top * scale : (top + crop_h) * scale, left * scale : (left + crop_w) * scale])]
+    for other_label, model in others:
+        margin = auto_overlap(model)
+        t0, l0 = max(0, top - margin), max(0, left - margin)
+        out = upscale_array(model, lr_rgb[t0 : top + crop_h + margin, l0 : left + crop_w + margin])
+        panels.append((f"{other_label} x{scale}", out[(top - t0) * scale : (top - t0 + crop_h) * scale,
+                                                      (left - l0) * scale : (left - l0 + crop_w) * scale]))
     gap, band = 8, 28
-    canvas = Image.new("RGB", (2 * crop_w * scale + gap, crop_h * scale + band), (255, 255, 255))
-    canvas.paste(Image.fromarray(bicubic), (0, band))
-    canvas.paste(Image.fromarray(model_crop), (crop_w * scale + gap, band))
+    canvas = Image.new("RGB", (len(panels) * (crop_w * scale + gap) - gap, crop_h * scale + band), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=18)
-    draw.text((4, 4), f"bicubic x{scale}", fill=(0, 0, 0), font=font)
-    draw.text((crop_w * scale + gap + 4, 4), f"{label} x{scale}", fill=(0, 0, 0), font=font)
+    for i, (text, pixels) in enumerate(panels):
+        canvas.paste(Image.fromarray(pixels), (i * (crop_w * scale + gap), band))
+        draw.text((i * (crop_w * scale + gap) + 4, 4), text, fill=(0, 0, 0), font=font)
     with atomic_output(path) as tmp:
         canvas.save(tmp, format="PNG")
 
@@ -1897,14 +1924,15 @@ def find_media(folder, exclude=None):
 
 def plan_jobs(inputs, output, fmt=None):
     """Pair every input file (or URL) with its output path. Returns (jobs, problems): problems are (path,
-    reason) for inputs that do not exist or have nothing to upscale. Output PIPE takes one video."""
+    reason) for folders with nothing to upscale. An input that does not exist raises UsageError. Output PIPE
+    takes one video."""
     output = Path(output)
     inputs = [p if is_url(p) else Path(p) for p in inputs]
     if is_pipe(output):
         if len(inputs) != 1 or media_kind(inputs[0]) != "video":
             raise ValueError("-o - (YUV4MPEG2 to stdout, for a player) takes one video file or URL")
         if not is_url(inputs[0]) and not inputs[0].is_file():
-            return [], [(inputs[0], "no such file or folder")]
+            raise UsageError(f"{inputs[0]}: no such file or folder")
         return [Job(inputs[0], output, "video")], []
     single_file = (len(inputs) == 1 and (is_url(inputs[0]) or inputs[0].is_file()) and output.suffix
                    and not output.is_dir())
@@ -1933,8 +1961,8 @@ def plan_jobs(inputs, output, fmt=None):
         elif src.is_file():
             kind = media_kind(src)
             jobs.append(Job(src, (output / src.name).with_suffix(output_suffix(src, kind, fmt)), kind))
-        else:
-            problems.append((src, "no such file or folder"))
+        else:  # a missing input is a usage error: nothing runs (exit 2), as for any other bad argument
+            raise UsageError(f"{src}: no such file or folder")
     return jobs, problems
 
 
@@ -2026,6 +2054,8 @@ def parse_args(argv=None):
                    help="videos: keep pace with the source's clock, dropping the frames the model has no time for "
                         "(a y4m output repeats the last frame for them); reports frames shown and dropped")
     p.add_argument("--compare", action="store_true", help="also write OUT_compare.png: bicubic | model on a crop")
+    p.add_argument("--compare-with", metavar="MODEL", help=f"--compare, with a third panel: this model's output "
+                                                            f"({', '.join(MODEL_NAMES)} or a .keras file)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -2040,6 +2070,8 @@ def check_args(args):
     if args.overlap is not None and args.overlap < 0:
         raise UsageError("--overlap must be at least 0")
     path = resolve_model_path(args.model)
+    if args.compare_with is not None:
+        args.compare, args.compare_with = True, resolve_model_path(args.compare_with)
     try:
         radius = file_receptive_radius(path)
     except ValueError as e:
@@ -2143,7 +2175,7 @@ def upscale_all(args):
         return 2
     inputs = {job.src.resolve() for job in jobs if not is_url(job.src)}
     done, skipped, failed, notes = [], [], list(problems), []
-    seen, inference, runtime = set(), None, None
+    seen, inference, runtime, leftovers = set(), None, None, 0
     progress = False if args.no_progress else None
     outer = None
     if len(jobs) > 1 and not args.no_progress:
@@ -2161,11 +2193,21 @@ def upscale_all(args):
             if inference is None:
                 try:
                     model, runtime = load_fastest(model_path, args.precision, args.compile, jobs, progress)
+                    others = tuple((model_label(path), load_model(path, args.precision))
+                                   for path in [args.compare_with] if path is not None)
                 except Exception as e:  # corrupt, or not a generator: nothing can run
-                    print(f"upscale: cannot load the model {model_path}: {type(e).__name__}: {e}", file=sys.stderr)
+                    print(f"upscale: cannot load the model {model_path}"
+                          + (f" or {args.compare_with}" if args.compare_with else "") + f": {type(e).__name__}: {e}",
+                          file=sys.stderr)
+                    return 2
+                if any(model_scale(other) != model_scale(model) for _, other in others):
+                    print(f"upscale: --compare-with {args.compare_with} does not upscale x{model_scale(model)} as "
+                          f"{model_path} does", file=sys.stderr)
                     return 2
                 inference = Inference(model, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                                      label=model_path.stem)
+                                      label=model_label(model_path), others=others)
+            if not is_pipe(job.dst):
+                leftovers += remove_dead_temp_outputs(job.dst, args.compare)
             try:
                 note = run_job(inference, job, args, progress)
                 done.append(job)
@@ -2188,8 +2230,18 @@ def upscale_all(args):
         print(f"FAILED  {src}: {reason}", file=sys.stderr)
     print(f"upscale: {len(done)} done, {len(skipped)} skipped, {len(failed)} failed "
           f"in {time.perf_counter() - started:.1f} s" + (f" -> {args.output}" if done else "")
-          + (f"; {runtime}" if runtime else ""))
+          + (f"; {runtime}" if runtime else "")
+          + (f"; removed {leftovers} temporary file(s) a killed earlier run left" if leftovers else ""))
     return 1 if failed else 0
+
+
+def remove_dead_temp_outputs(dst, compare):
+    """Delete the temporary outputs that a killed earlier run left for dst (and its compare image); a live
+    process's are left alone. Returns how many were removed."""
+    leftovers = [p for out in ([dst, compare_path(dst)] if compare else [dst]) for p in resizer.dead_temp_outputs(out)]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 if __name__ == "__main__":

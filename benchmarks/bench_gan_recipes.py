@@ -33,19 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import runtime  # noqa: E402, F401  (first: Keras starts without TensorFlow's C++ log lines)
-
-# isort: split
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from bench_presets import chosen_names, fastest_step, run_flow_train, sample_dataset, score  # noqa: E402
 
-import flow  # noqa: E402
-import gan  # noqa: E402
+import flow  # noqa: E402  (Keras loads inside the functions that need it: --help answers at once)
 import metrics  # noqa: E402
 import upscale  # noqa: E402
-from discriminator import build_discriminator  # noqa: E402
-from generator import load_generator  # noqa: E402
 
 PAPER = {"discriminator": "srgan", "d_filters": 64, "gan_loss": "vanilla", "feature_matching": 0.0, "grid_weight": 0.0}
 UNET = {**PAPER, "discriminator": "unet", "d_filters": 32, "gan_loss": "ragan"}  # 32 filters: CPU time (weights/README.md)
@@ -69,6 +62,15 @@ def recipe_flags(recipe):
 
 def gan_step_seconds(init, recipe, args):
     """(seconds per GAN training step, discriminator parameters) of a recipe, compiled as flow.py compiles it."""
+    import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines)
+
+    # isort: split
+    import keras
+
+    import gan
+    from discriminator import build_discriminator
+    from generator import load_generator
+
     discriminator = build_discriminator(args.patch_size, recipe["d_filters"], kind=recipe["discriminator"])
     model = gan.SRGAN(load_generator(init), discriminator)
     model.compile(keras.optimizers.Adam(args.lr), keras.optimizers.Adam(args.lr), content_loss="l1",
@@ -100,6 +102,8 @@ def niqe_without_pattern(model_path, folder, scale=4):
     """Mean NIQE of a generator's outputs on a folder once the set's fixed pattern is taken out: the mean error
     at each scale x scale sub-pixel position (per RGB channel, over the set) subtracted from every output. A
     recipe whose NIQE gain vanishes here got it from the pattern, not from texture."""
+    from generator import load_generator
+
     model = load_generator(model_path)
     pairs, scale = flow.evaluation_pairs(folder, scale)
     outputs = [(upscale.upscale_array(model, lr), hr) for lr, hr in
@@ -138,6 +142,11 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     names = chosen_names(parser, args.recipes, RECIPES, "recipes")
+    import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines
+
+    # isort: split
+    import keras
+
     print(f"Keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs; from {args.init}, "
           f"{args.steps} steps each, batch {args.batch_size} of {args.patch_size} px, L1 + "
           f"{args.adversarial_weight:g} adversarial, Adam {args.lr:g}", flush=True)

@@ -24,16 +24,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import gan  # noqa: E402, F401 (registers SRGAN for loading)
-import generator  # noqa: E402, F401 (registers the generator's layers for loading)
+import presets  # noqa: E402
 
 
 def measure(model_path, batch_path, check, steps):
     """Losses of the first `check` steps, then seconds per step over `steps`, on the current backend."""
+    import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines)
+
+    # isort: split
+    import keras
+
+    import gan  # noqa: F401 (registers SRGAN for loading)
+    import generator  # noqa: F401 (registers the generator's layers for loading)
+
     model = keras.saving.load_model(model_path, safe_mode=True)
     model.jit_compile = True
     batch = np.load(batch_path)
@@ -48,7 +54,7 @@ def measure(model_path, batch_path, check, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="fast", choices=sorted(generator.PRESETS))
+    parser.add_argument("--preset", default="fast", choices=sorted(presets.GENERATOR_PRESETS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--hr", type=int, default=96, help="HR patch size (the paper's 96)")
     parser.add_argument("--check", type=int, default=2, help="warm-up steps whose losses are compared")
@@ -58,6 +64,14 @@ def main():
     if args.worker:  # the JAX side
         print("RESULT " + json.dumps(measure(*args.worker, args.check, args.steps)))
         return
+    import runtime  # noqa: F401 (Keras loads once the command line is known, quietly: --help answers at once)
+
+    # isort: split
+    import keras
+
+    import gan
+    import generator
+
     if keras.backend.backend() != "tensorflow":
         raise SystemExit(f"run with KERAS_BACKEND=tensorflow (got {keras.backend.backend()}); JAX runs as a child")
 

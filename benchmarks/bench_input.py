@@ -57,6 +57,9 @@ def main(argv=None):
     parser.add_argument("--shard-mb", type=float, default=SHARD_MB, help="TFRecord shard size in MB")
     parser.add_argument("--repeat", type=int, default=REPEAT, help="timed passes per format; the best is kept")
     args = parser.parse_args(argv)
+    import runtime  # noqa: F401 (first: TensorFlow starts without its C++ log lines)
+
+    # isort: split
     import tensorflow as tf
 
     with tempfile.TemporaryDirectory(prefix="bench_input-") as tmp:

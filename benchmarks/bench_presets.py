@@ -26,16 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import runtime  # noqa: E402, F401  (first: Keras starts without TensorFlow's C++ log lines)
-
-# isort: split
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from peak import generator_flops  # noqa: E402
 
-import flow  # noqa: E402
-import gan  # noqa: E402
-from generator import build_generator  # noqa: E402
+import flow  # noqa: E402  (Keras loads inside the functions that need it: --help answers at once)
 
 # srresnet as the shipped PSNR model has it; the others as their presets define them
 VARIANTS = {
@@ -68,6 +62,14 @@ def fastest_step(model, batch_size, patch, scale):
 def step_seconds(name, batch_size, patch, scale):
     """(seconds per phase-1 training step, parameters, GFLOP per 640x360 frame) of a preset, compiled as flow.py
     compiles it (L1, Adam)."""
+    import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines)
+
+    # isort: split
+    import keras
+
+    import gan
+    from generator import build_generator
+
     model = build_generator(scale, preset=name, **BUILD_OVERRIDES.get(name, {}))
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=gan.ContentLoss("l1"), jit_compile=False)
     return fastest_step(model, batch_size, patch, scale), model.count_params(), generator_flops(model, 360, 640) / 1e9
@@ -140,6 +142,11 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     names = chosen_names(parser, args.presets, VARIANTS, "presets")
+    import runtime  # first: Keras starts without TensorFlow's C++ log lines
+
+    # isort: split
+    import keras
+
     print(f"Keras {keras.__version__} ({keras.backend.backend()}), {os.cpu_count()} CPUs; {args.minutes:g} min per "
           f"preset, batch {args.batch_size}, HR patch {args.patch_size}, L1, lr {args.lr:g} cosine", flush=True)
 

@@ -41,18 +41,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-tf.get_logger().setLevel("ERROR")  # many models trace side by side here: the retracing warnings are expected
-
-from peak import describe_peak, generator_flops, measure_peak  # noqa: E402
-
-from discriminator import build_discriminator  # noqa: E402
-from gan import SRGAN, ContentLoss  # noqa: E402
-from generator import build_generator  # noqa: E402
-
 # ----------------------------------------------------------------------------- configuration
 BATCH = 16
 LR_SIZE = 32
@@ -79,6 +67,58 @@ def fixed_batch(root):
     load = [np.stack([np.asarray(Image.open(root / "train" / sub / n.name), np.float32) / 255 for n in names])
             for sub in ("lr", "hr")]
     return tf.constant(load[0]), tf.constant(load[1])
+# precision: float32 against bfloat16 compute, from scratch, 1e-3 with cosine decay, as phase 1 trains.
+# ema: the raw weights against their moving average (decay 0.999), fine-tuning the shipped model of the preset at
+#      a constant 1e-4, as the GAN phase trains: the weights keep moving and an average has their noise to remove.
+#      (From scratch an average over the first ~1000 steps only lags: -0.76 dB after 1500 steps of the video
+#      preset at 1e-3, measured.)
+AB_VARIANTS = {
+    "precision": {"fp32": ["--mixed-precision", "off"], "bf16": ["--mixed-precision", "on"]},
+    "ema": {"raw": ["--mixed-precision", "off", "--ema", "0"], "ema": ["--mixed-precision", "off", "--ema", "0.999"]},
+}
+AB_RECIPES = {"precision": ["--lr-g", "1e-3", "--lr-schedule", "cosine"],
+              "ema": ["--lr-g", "1e-4", "--lr-schedule", "constant"]}
+
+
+def parse_args(argv=None):
+    """The command line, with its checks (argparse only: no Keras needed to answer it)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per implementation per round")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    parser.add_argument("--phases", default="1,2", help="which phases to time: 1, 2, 1,2 or '' (none)")
+    parser.add_argument("--input-variant", default="fit", help="the fit path timed with real input ('' to skip)")
+    parser.add_argument("--ab-steps", type=int, default=0,
+                        help="also train phase 1 this many steps twice (see --ab) and compare validation PSNR")
+    parser.add_argument("--ab", default="precision", help=f"comma-separated A/Bs to run: {tuple(AB_VARIANTS)}")
+    parser.add_argument("--ab-preset", default="video", help="the generator preset of the A/B runs")
+    args = parser.parse_args(argv)
+    if set(filter(None, args.ab.split(","))) - set(AB_VARIANTS):
+        parser.error(f"--ab: choose from {tuple(AB_VARIANTS)}")
+    args.variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    return args
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and usage errors answer here, before Keras loads below
+
+import runtime  # noqa: E402, F401  (first: Keras starts without TensorFlow's C++ log lines)
+
+# isort: split
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+tf.get_logger().setLevel("ERROR")  # many models trace side by side here: the retracing warnings are expected
+
+from peak import describe_peak, generator_flops, measure_peak  # noqa: E402
+
+from discriminator import build_discriminator  # noqa: E402
+from gan import SRGAN, ContentLoss  # noqa: E402
+from generator import build_generator  # noqa: E402
 
 
 def template_weights():
@@ -352,17 +392,7 @@ def bench_input(weights, root, batch, name, steps, rounds):
 
 # ----------------------------------------------------------------------------- quality A/Bs: bf16, EMA
 # Each A/B: two flow.py phase-1 runs that differ only in these flags (same seed, data and steps).
-# precision: float32 against bfloat16 compute, from scratch, 1e-3 with cosine decay, as phase 1 trains.
-# ema: the raw weights against their moving average (decay 0.999), fine-tuning the shipped model of the preset at
-#      a constant 1e-4, as the GAN phase trains: the weights keep moving and an average has their noise to remove.
-#      (From scratch an average over the first ~1000 steps only lags: -0.76 dB after 1500 steps of the video
-#      preset at 1e-3, measured.)
-AB_VARIANTS = {
-    "precision": {"fp32": ["--mixed-precision", "off"], "bf16": ["--mixed-precision", "on"]},
-    "ema": {"raw": ["--mixed-precision", "off", "--ema", "0"], "ema": ["--mixed-precision", "off", "--ema", "0.999"]},
-}
-AB_RECIPES = {"precision": ["--lr-g", "1e-3", "--lr-schedule", "cosine"],
-              "ema": ["--lr-g", "1e-4", "--lr-schedule", "constant"]}
+
 
 
 def ab_init(kind, preset):
@@ -405,23 +435,8 @@ def ab_summary(kind, results, steps):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per implementation per round")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved timing rounds")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
-    parser.add_argument("--phases", default="1,2", help="which phases to time: 1, 2, 1,2 or '' (none)")
-    parser.add_argument("--input-variant", default="fit", help="the fit path timed with real input ('' to skip)")
-    parser.add_argument("--ab-steps", type=int, default=0,
-                        help="also train phase 1 this many steps twice (see --ab) and compare validation PSNR")
-    parser.add_argument("--ab", default="precision", help=f"comma-separated A/Bs to run: {tuple(AB_VARIANTS)}")
-    parser.add_argument("--ab-preset", default="video", help="the generator preset of the A/B runs")
-    args = parser.parse_args(argv)
-    if set(filter(None, args.ab.split(","))) - set(AB_VARIANTS):
-        parser.error(f"--ab: choose from {tuple(AB_VARIANTS)}")
-    variants = ["baseline"] + [v for v in args.variants.split(",") if v and v != "baseline"]
-    unknown = set(variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    args = parse_args(argv)
+    variants = args.variants
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"devices {[d.device_type for d in tf.config.list_physical_devices()]}")
     peak = measure_peak()

@@ -516,6 +516,9 @@ def main(argv=None):
         mode, w, h = args.child
         child_memory(mode, int(w), int(h), args.preset, args.model)
         return 0
+    import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines)
+
+    # isort: split
     import keras
 
     import upscale

@@ -12,9 +12,7 @@ measured minutes apart on the same cores does. The peak is the better of a 2048x
 import statistics
 import time
 
-import keras
 import numpy as np
-from keras import ops
 
 MATMUL_SIDE = 2048
 CONV_SHAPE = (1, 360, 640, 64)  # a 3x3 64->64 convolution over a 640x360 feature map
@@ -31,13 +29,25 @@ def _median_seconds(fn, runs=RUNS):
     return statistics.median(times)
 
 
+def _ops():
+    """keras.ops, loaded on first use (runtime first: Keras starts quietly), so importing peak costs nothing."""
+    import runtime  # noqa: F401
+
+    # isort: split
+    from keras import ops
+
+    return ops
+
+
 def _matmul_gflops(dtype):
+    ops = _ops()
     a = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((MATMUL_SIDE,) * 2), dtype=dtype)
     seconds = _median_seconds(lambda: ops.convert_to_numpy(ops.matmul(a, a)))
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
 
 
 def _conv_gflops(dtype):
+    ops = _ops()
     rng = np.random.default_rng(0)
     x = ops.convert_to_tensor(rng.standard_normal(CONV_SHAPE), dtype=dtype)
     k = ops.convert_to_tensor(rng.standard_normal((3, 3, CONV_SHAPE[3], CONV_SHAPE[3])) * 0.05, dtype=dtype)
@@ -66,7 +76,9 @@ def generator_flops(model, height, width):
     """FLOPs (2 per multiply-add) of the convolutions in one forward pass over a height x width LR image:
     every Conv2D at its own output resolution, and the fixed-kernel convolutions of an interpolation skip.
     Element-wise work (activations, adds, pixel shuffles) is left out: it is memory-bound and small."""
-    from generator import InterpolationUpsample, LumaUpsample
+    import keras
+
+    from generator import InterpolationUpsample, LumaUpsample  # imports runtime, then Keras
 
     probe = np.zeros((1, 8, 8, 3), np.float32)  # output sizes relative to the input's, found once
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]

@@ -19,6 +19,15 @@ sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(params=["off", "on"], ids=["cpu-fp32", "cpu-bf16"])
+def cpu_bf16(request, monkeypatch) -> bool:
+    """Run a test twice, the CPU's native bfloat16 forced off and on (upscale.CPU_BF16_VARIABLE, which --precision
+    auto and --mixed-precision auto follow), so any machine checks both paths. True when on. The whole suite can
+    be run either way too: SR_CPU_BF16=on (or off) make test."""
+    monkeypatch.setenv("SR_CPU_BF16", request.param)
+    return request.param == "on"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data (Set5, Set14, clips), or skip when this checkout has none beside it."""
@@ -52,6 +61,53 @@ def write_tiny_dataset(root: Path, *, hr_size: int = 32, scale: int = 4, counts=
 def tiny_dataset(tmp_path) -> Path:
     """A small DATASET folder: 32x32 HR, 8x8 LR, x4, 6/2/2 pairs."""
     return write_tiny_dataset(tmp_path / "dataset")
+
+
+# flow.py train flags of the tests' tiny runs. float32 on every CPU: with native bfloat16, --mixed-precision auto
+# would train in bf16, and the numbers the tests compare (across resumes, workers and devices) are float32's
+TINY_TRAIN = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-loss", "mse", "--batch-size", "2",
+              "--steps-per-epoch", "2", "--verbose", "2", "--mixed-precision", "off"]
+TINY_RUN_FLAGS = ["--pretrain-epochs", "2", "--gan-epochs", "1", *TINY_TRAIN, "--grid-weight", "0.5"]
+
+
+# Tests of a run's wiring (resume, kill, checkpoints) need no graph: with TensorFlow's functions run eagerly, a
+# run of a few tiny steps skips their tracing (same numbers): 10 s instead of 34 in-process, 8.8 s instead of 11.2
+# as a process, measured on 2 cores. Many steps run faster traced. The graph path is trained by tiny_run and the
+# mirrored, multi-worker and XLA tests.
+EAGER_FLOW = ["-W", "ignore:Even though:UserWarning", "-c", "import runtime, sys, runpy, tensorflow as tf\ntf.config.run_functions_eagerly(True)\n"
+                    "sys.argv[0] = 'flow.py'\nrunpy.run_path('flow.py', run_name='__main__')"]
+
+
+@pytest.fixture
+def eager_functions():
+    """TensorFlow's functions (Keras' train and predict steps) run eagerly in this test (see EAGER_FLOW)."""
+    import runtime  # noqa: F401  (first: a quiet TensorFlow)
+
+    # isort: split
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(dataset, run folder, what training printed): one finished tiny run of both phases (TINY_RUN_FLAGS: 2
+    pretraining epochs, 1 GAN epoch), trained once a session for the tests that only read a run. Do not change
+    it; a test that trains further or breaks a run makes its own."""
+    import contextlib
+    import io
+
+    import flow
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    dataset, run = write_tiny_dataset(root / "dataset"), root / "runs" / "tiny"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = flow.main(["train", "--data", str(dataset), "--out", str(run), *TINY_RUN_FLAGS])
+    assert status == 0, printed.getvalue()[-3000:]
+    return dataset, run, printed.getvalue()
 
 
 @pytest.fixture

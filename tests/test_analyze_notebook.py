@@ -8,8 +8,6 @@ import pytest
 from conftest import assert_committed_without_outputs, executed_outputs
 from nbclient import NotebookClient
 
-import flow
-
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "analyze.ipynb"
 
@@ -19,13 +17,8 @@ def test_notebook_is_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_runs_on_a_tiny_run(tiny_dataset, tmp_path):
-    run = tmp_path / "runs" / "tiny"
-    assert flow.main(["train", "--data", str(tiny_dataset), "--out", str(run), "--pretrain-epochs", "2",
-                      "--gan-epochs", "1", "--filters", "8", "--blocks", "1", "--d-filters", "8",
-                      "--content-loss", "mse", "--batch-size", "2", "--steps-per-epoch", "2", "--verbose", "0",
-                      "--jit", "off"]) == 0
-
+def test_notebook_runs_on_a_tiny_run(tiny_run):
+    run = tiny_run[1]  # 2 pretraining epochs, 1 GAN epoch (conftest)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     parameters.source = f"RUN = {json.dumps(str(run))}"

@@ -16,6 +16,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import EAGER_FLOW
 from test_flow import ROOT, env_for_subprocess, history, train_args
 
 import training
@@ -25,7 +26,11 @@ from generator import load_generator
 KILLER = """
 import os, signal, sys
 from pathlib import Path
-import resizer, flow
+import runtime, resizer, flow, warnings
+import tensorflow as tf
+
+tf.config.run_functions_eagerly(True)  # wiring, not numbers: no tracing (conftest's EAGER_FLOW)
+warnings.filterwarnings("ignore", "Even though", UserWarning)
 
 pattern, nth = sys.argv[1], int(sys.argv[2])
 real_fsync, seen = resizer.fsync_path, [0]
@@ -66,7 +71,7 @@ def run_killed_then_resumed(tiny_dataset, tmp_path, pattern, nth):
                             env=env_for_subprocess(), capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     assert "KILLING at" in killed.stdout
-    resumed = subprocess.run([sys.executable, "flow.py", *args], cwd=ROOT, env=env_for_subprocess(),
+    resumed = subprocess.run([sys.executable, *EAGER_FLOW, *args], cwd=ROOT, env=env_for_subprocess(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     return run, resumed.stdout + resumed.stderr

@@ -513,6 +513,13 @@ def test_cli_samples_default_gives_hundreds_of_pairs_in_every_split(tmp_path, ca
         assert on_disk == photos
 
 
+def test_default_hr_size_follows_the_scale(photo_folder, tmp_path):
+    assert create_dataset.hr_size_for(3) == 96 and create_dataset.hr_size_for(8) == 256  # 32 x 32 LR at any scale
+    assert main([str(photo_folder), "--out", str(tmp_path / "x2"), "--scale", "2", "--workers", "1", "--quiet"]) == 0
+    params = json.loads((tmp_path / "x2" / "manifest.json").read_text())["parameters"]
+    assert (params["scale"], params["hr_size"], params["lr_size"]) == (2, 64, 32)
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x")]) == 2
     assert "no sources" in capsys.readouterr().err
@@ -530,8 +537,8 @@ def test_cli_errors(tmp_path, capsys):
     (tmp_path / "broken" / "manifest.json").write_text('{"parameters": ')
     assert main(["--samples", "--out", str(tmp_path / "broken")]) == 2
     assert "unreadable: use --overwrite" in capsys.readouterr().err
-    assert main(["--samples", "--out", str(tmp_path / "y"), "--scale", "3"]) == 2
-    assert "multiple of scale 3" in capsys.readouterr().err
+    assert main(["--samples", "--out", str(tmp_path / "y"), "--scale", "3", "--hr-size", "128"]) == 2
+    assert "multiple of scale 3" in capsys.readouterr().err and not (tmp_path / "y").exists()
     with pytest.raises(SystemExit):
         main(["--samples", "--out", str(tmp_path / "y"), "--scale", "5"])
     empty = tmp_path / "nothing-usable"

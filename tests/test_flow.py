@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import write_tiny_dataset
+from conftest import EAGER_FLOW, TINY_TRAIN, write_tiny_dataset
 from PIL import Image
 
 import create_dataset
@@ -28,10 +28,7 @@ import training
 from generator import build_generator, load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
-# float32 on every CPU: with native bfloat16, --mixed-precision auto would train in bf16, and the numbers these
-# tests compare (across resumes, workers and devices) are float32's
-TINY = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-loss", "mse", "--batch-size", "2",
-        "--steps-per-epoch", "2", "--verbose", "2", "--mixed-precision", "off"]
+TINY = TINY_TRAIN  # float32 on every CPU (see conftest)
 
 
 def train_args(data, out, pretrain=1, gan=1, *extra):
@@ -50,10 +47,8 @@ def env_for_subprocess():
 
 # ---------------------------------------------------------------- a whole run, both phases
 @pytest.mark.slow
-def test_train_both_phases_writes_every_run_artefact(tiny_dataset, tmp_path, capsys):
-    run = tmp_path / "runs" / "tiny"
-    assert flow.main(train_args(tiny_dataset, run, 2, 1, "--grid-weight", "0.5")) == 0
-    out = capsys.readouterr().out
+def test_train_both_phases_writes_every_run_artefact(tiny_run, capsys):
+    tiny_dataset, run, out = tiny_run  # train_args(dataset, run, 2, 1, "--grid-weight", "0.5")
     assert "done" in out and "best epoch" in out and str(run / "generator.keras") in out
 
     config = json.loads((run / "config.json").read_text())
@@ -141,7 +136,7 @@ def kill_when(path, command, log):
 @pytest.mark.slow
 def test_rerun_after_kill_continues_where_each_phase_stopped(tiny_dataset, tmp_path):
     run = tmp_path / "run"
-    command = [sys.executable, "flow.py", *train_args(tiny_dataset, run, 4, 3, "--jit", "off")]
+    command = [sys.executable, *EAGER_FLOW, *train_args(tiny_dataset, run, 4, 3, "--jit", "off")]
 
     # 1. killed in phase 1, just after an epoch's backup
     killed_at = kill_when(run / "backup" / "pretrain" / "epoch-*", command, tmp_path / "a.log")
@@ -288,7 +283,7 @@ class PoisonAtEpoch(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, capsys):
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(tiny_dataset, tmp_path, capsys, eager_functions):
     run = tmp_path / "run"
     args = flow.parse_args(train_args(tiny_dataset, run, 3, 1, "--jit", "off"))
     assert flow.train(args, extra_callbacks=[PoisonAtEpoch(1)]) == 1
@@ -339,7 +334,7 @@ def test_moving_average_swap_shows_the_average_and_keeps_training_on_the_raw_wei
 
 
 @pytest.mark.slow
-def test_ema_run_exports_the_average_and_trains_as_one_without(tiny_dataset, tmp_path):
+def test_ema_run_exports_the_average_and_trains_as_one_without(tiny_dataset, tmp_path, eager_functions):
     """The same seeded run with and without --ema: identical raw weights after every phase-1 epoch (the average
     never feeds back into training; phase 2 starts from phase 1's best export, which with --ema is the average),
     and with --ema the exported generator is the average, not the raw weights."""
@@ -485,7 +480,7 @@ def test_tfrecord_dataset_feeds_training_as_the_png_one_does(png_and_tfrecord_da
 
 
 @pytest.mark.slow
-def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, capsys):
+def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, capsys, eager_functions):
     png, tfr = png_and_tfrecord_datasets
     run = tmp_path / "run"
     assert flow.main(train_args(tfr, run, 1, 1)) == 0
@@ -503,7 +498,8 @@ def test_train_from_a_tfrecord_dataset(png_and_tfrecord_datasets, tmp_path, caps
 
 
 @pytest.mark.slow
-def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_without_tensorflow_phase_1_runs_on_the_pydataset_path(tiny_dataset, tmp_path, capsys, monkeypatch,
+                                                                eager_functions):
     """Other backends have no tf.data, tf.distribute or TensorBoard: flow behaves as if the backend were not TF."""
     monkeypatch.setattr(runtime, "use_tensorflow", lambda: False)
     monkeypatch.setattr(runtime, "tensorboard_available", lambda: False)
@@ -615,6 +611,10 @@ def test_evaluate_a_dataset_test_split_with_its_own_lr(tiny_dataset, tmp_path, c
     rows = read_csv(out / "bicubic_dataset_x4.csv")
     assert [r["image"] for r in rows] == ["img-000.png", "img-001.png", "mean"]
     assert "model_psnr" not in rows[0]
+    printed = capsys.readouterr().out  # the means per method; the per-image rows only in the files ...
+    assert "| method | psnr | ssim | niqe |" in printed and "| bicubic |" in printed and "img-000" not in printed
+    assert flow.main(["evaluate", "--model", "bicubic", "--data", str(tiny_dataset), "--out", str(out), "-v"]) == 0
+    assert "| img-000.png |" in capsys.readouterr().out  # ... unless asked for
     lr = resizer.load_image(tiny_dataset / "test" / "lr" / "img-000.png")  # the DATASET's own LR
     hr = resizer.load_image(tiny_dataset / "test" / "hr" / "img-000.png")
     assert float(rows[0]["bicubic_psnr"]) == pytest.approx(metrics.calculate_psnr(metrics.bicubic_upscale(lr, 4), hr, 4))

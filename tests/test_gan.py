@@ -393,8 +393,10 @@ OTHER_BACKEND_RECIPES = {"paper": {}, "successors": {"kind": "unet", "gan_loss":
                                                  "grid_weight": 1.0}}
 
 
-@pytest.mark.slow  # minutes on 2 CPU cores for JAX: it compiles each op and initializer shape on first use
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+# JAX takes a minute or two on 2 CPU cores (it compiles each op and initializer shape on first use): a soak test
+# (`pytest -m soak`, which .ci/run runs); make test keeps JAX's phase 1 (test_multiworker's data-parallel test)
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=pytest.mark.soak), "torch"])
 def test_train_step_on_another_backend_matches_tensorflow(backend, tmp_path):
     lr, hr = tiny_pair()
     np.savez(tmp_path / "batch.npz", lr=lr, hr=hr)
@@ -428,7 +430,10 @@ def test_train_step_on_another_backend_matches_tensorflow(backend, tmp_path):
             # Keras' SpectralNormalization writes the normalised kernel back into the trainable kernel in
             # training; a stateless JAX step keeps the raw kernel (the gradient then flows through the
             # normalisation, as torch's spectral_norm), so only the U-Net's losses are the same across backends
-            np.testing.assert_allclose(run["weights"], weights, rtol=1e-4)
+            # sums of |w|; the biases start at 0, so theirs are two steps' updates (~1e-3), each a sum over every
+            # pixel with cancellation: float32 rounding that differs between the backends' kernels (oneDNN's
+            # AVX-512 ones more than AVX2's) moves them by ~1e-6 absolute, far above 1e-4 of their size
+            np.testing.assert_allclose(run["weights"], weights, rtol=1e-4, atol=5e-6)
         # JAX save/resume keeps the optimizer state: the resumed model's next step is the original's
         assert run["iterations"] == 2
         for key in run["next"]:

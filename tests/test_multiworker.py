@@ -21,16 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_TRAIN
 
 import flow
 import runtime
 from generator import load_generator
 
 ROOT = Path(__file__).resolve().parents[1]
-# float32 on every CPU: with native bfloat16, --mixed-precision auto would train in bf16, and the numbers these
-# tests compare (across resumes, workers and devices) are float32's
-TINY = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-loss", "mse", "--batch-size", "2",
-        "--steps-per-epoch", "2", "--verbose", "2", "--mixed-precision", "off"]
+TINY = TINY_TRAIN  # float32 on every CPU (see conftest)
 
 
 def free_ports(count):

@@ -22,9 +22,12 @@ def noise(done):
     return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith(TENSORFLOW_NOISE)]
 
 
-@pytest.mark.parametrize("script", ["flow.py", "upscale.py", "create_dataset.py", "fetcher.py"])
+BENCHMARKS = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks").glob("bench_*.py"))
+
+
+@pytest.mark.parametrize("script", ["flow.py", "upscale.py", "create_dataset.py", "fetcher.py", *BENCHMARKS])
 def test_help_is_quiet_and_loads_no_keras(script):
-    code = (f"import runpy, sys\nsys.argv = [{script!r}, '--help']\n"
+    code = (f"import runpy, sys\nsys.argv = [{script!r}, '--help']\nsys.path.insert(0, 'benchmarks')\n"
             f"try:\n    runpy.run_path({script!r}, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
             "print('loaded:', sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))\n"
             "sys.exit(code)\n")

@@ -371,6 +371,24 @@ def test_atomic_output_renames_on_success_and_cleans_up_on_error(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["model.keras"]
 
 
+def test_dead_temp_outputs_are_a_gone_process_leftovers_for_that_output_only(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)  # a process that has ended
+    target = tmp_path / "clip.mp4"
+    dead = tmp_path / f".clip.mp4.tmp-{dead_pid}-0a1b2c3d.mp4"
+    live = tmp_path / f".clip.mp4.tmp-{os.getpid()}-0a1b2c3d.mp4"  # a run still writing (this one)
+    other = tmp_path / f".other.mp4.tmp-{dead_pid}-0a1b2c3d.mp4"  # another output's
+    for path in (dead, live, other):
+        path.write_bytes(b"half")
+    assert resizer.dead_temp_outputs(target) == [dead]
+    assert resizer.dead_temp_outputs(tmp_path / "missing" / "x.png") == []
+
+
 def test_save_image_alpha_formats_and_interrupted_write(tmp_path, monkeypatch):
     img = gradient_rgb(16, 16)
     alpha = np.full((16, 16), 9, np.uint8)

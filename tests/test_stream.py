@@ -157,7 +157,7 @@ def test_pipe_output_takes_one_video(model_path, tmp_path, capsys):
     image.write_bytes(b"")
     assert upscale.main([str(image), "-o", "-", "--model", str(model_path)]) == 2
     assert "-o - (YUV4MPEG2 to stdout, for a player) takes one video" in capsys.readouterr().err
-    upscale.main([str(tmp_path / "missing.mp4"), "-o", "-", "--model", str(model_path)])
+    assert upscale.main([str(tmp_path / "missing.mp4"), "-o", "-", "--model", str(model_path)]) == 2  # as any missing input
     out, err = capsys.readouterr()
     assert not out and "missing.mp4: no such file or folder" in err  # stdout is the video's: all else to stderr
 

@@ -223,7 +223,8 @@ def write_image_tree(root):
 def test_folder_of_images_keeps_alpha_grey_16bit_and_exif(model_path, tmp_path):
     alpha = write_image_tree(tmp_path / "in")
     out = tmp_path / "out"
-    assert run_cli(tmp_path / "in", "-o", out, "--model", model_path) == 0
+    # float32, as the references below: the bf16 path has its own test (test_precision_auto_follows_the_cpu)
+    assert run_cli(tmp_path / "in", "-o", out, "--model", model_path, "--precision", "fp32") == 0
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
         "rgba.png", "rotated.jpg", "sub/deep16.png", "sub/grey.png"]  # the tree is mirrored
     with Image.open(out / "rgba.png") as im:
@@ -269,6 +270,18 @@ def test_single_image_formats_and_compare(model_path, tmp_path):
         assert im.width > 2 * im.height // 2 and im.height > 96 * SCALE // 2
         side = np.asarray(im.convert("RGB"))
     assert (side[:20] < 128).any()  # the labels are drawn in the band on top
+    # --compare-with adds a third panel: that model's output on the same crop (here the same model: the same pixels)
+    assert run_cli(src, "-o", tmp_path / "out" / "three.png", "--model", model_path, "--compare-with", model_path) == 0
+    with Image.open(tmp_path / "out" / "three_compare.png") as im:  # bicubic | model | the other model
+        three = np.asarray(im.convert("RGB")).astype(int)
+    width, gap, band = upscale.COMPARE_CROP * SCALE, 8, 28  # the crop: 96 LR px wide, the image's 72 high
+    assert three.shape == (band + 72 * SCALE, 3 * width + 2 * gap, 3)
+    second, third = (three[band:, k * (width + gap) : k * (width + gap) + width] for k in (1, 2))
+    assert np.abs(second - third).max() <= 1 and np.abs(second - three[band:, :width]).max() > 5  # not bicubic
+    assert upscale.model_label(model_path) == f"{model_path.parent.name}/tiny_x4"
+    assert upscale.model_label(upscale.MODEL_NAMES["psnr"]) == "shipped psnr"
+    build_generator(scale=2, filters=8, blocks=1).save(tmp_path / "x2.keras")  # another scale cannot sit beside
+    assert run_cli(src, "-o", tmp_path / "out" / "x.png", "--model", model_path, "--compare-with", tmp_path / "x2.keras") == 2
     assert run_cli(rgba, "-o", tmp_path / "out" / "flat.jpg", "--model", model_path) == 0
     with Image.open(tmp_path / "out" / "flat.jpg") as im:  # JPEG has no alpha: flattened onto white
         assert im.mode == "RGB" and im.size == (160, 160)
@@ -339,6 +352,43 @@ def test_a_failure_midway_leaves_no_partial_output(model_path, tmp_path, monkeyp
     assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 130
     assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
     assert not [t for t in threading.enumerate() if t.name.startswith("upscale-")]  # the pipeline's threads ended
+
+
+SLOW_MODEL = """
+import sys, time
+import upscale
+real = upscale.upscale_batch
+def slow(model, frames, **kwargs):  # a long video's pace, so that the kill lands mid-video
+    time.sleep(0.1 * len(frames))
+    return real(model, frames, **kwargs)
+upscale.upscale_batch = slow
+sys.exit(upscale.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow  # a second process that imports TensorFlow
+def test_a_rerun_removes_what_a_killed_run_left(model_path, tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    video = make_video(tmp_path / "clip.mp4", frames=60, audio=False)
+    out = tmp_path / "out" / "clip_x4.mp4"
+    root = Path(upscale.__file__).parent
+    killed = subprocess.Popen([sys.executable, "-c", SLOW_MODEL, str(video), "-o", str(out), "--model", str(model_path),
+                               "--compile", "off", "--no-progress"], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not [p for p in leftovers(tmp_path) if p.stat().st_size] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed.kill()  # SIGKILL: no clean-up of its own
+    killed.wait()
+    left = leftovers(tmp_path)
+    assert [p.name.startswith(f".clip_x4.mp4.tmp-{killed.pid}-") for p in left] == [True] and not out.exists()
+    assert run_cli(video, "-o", out, "--model", model_path, "--compile", "off") == 0
+    assert "removed 1 temporary file(s) a killed earlier run left" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["clip_x4.mp4"]  # only the finished file
+    assert len(probe(out)[2]) == 60
 
 
 def test_bad_model_and_bad_output_are_usage_errors(model_path, tmp_path, capsys):
@@ -591,7 +641,11 @@ def test_arguments_are_checked_before_any_model_loads(model_path, tmp_path, caps
     assert run_cli(src, "-o", out, "--model", "video") == 2
     assert "absent_x4.keras" in capsys.readouterr().err
     assert run_cli(src, "-o", out, "--model", tmp_path / "nosuch.keras") == 2
-    assert not out.exists()
+    capsys.readouterr()
+    for inputs in ([tmp_path / "nosuch.png"], [src, tmp_path / "nosuch.png"]):  # a missing input: nothing runs
+        assert run_cli(*inputs, "-o", tmp_path / "outs", "--model", model_path) == 2
+        assert "nosuch.png: no such file or folder" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "outs").exists()
 
 
 def test_receptive_field_from_the_file_matches_the_built_model(model_path):
@@ -758,15 +812,41 @@ def test_bf16_copy_and_precision_choice(model, tmp_path, monkeypatch):
     a, b = upscale.upscale_array(model, img).astype(int), upscale.upscale_array(bf16, img).astype(int)
     assert np.abs(a - b).mean() < 2  # the same weights, rounded to bfloat16
     cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.delenv("SR_CPU_BF16", raising=False)  # the flags decide (the suite may run with it set)
     cpuinfo.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
     assert upscale.cpu_has_native_bf16(cpuinfo)
     cpuinfo.write_text("processor : 0\nflags : fpu sse avx2\n")
     assert not upscale.cpu_has_native_bf16(cpuinfo)
+    monkeypatch.setenv("SR_CPU_BF16", "off")  # the switch the suite runs both ways with overrides the flags
+    assert upscale.cpu_has_native_bf16(tmp_path / "absent") is False
+    cpuinfo.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n")
+    assert not upscale.cpu_has_native_bf16(cpuinfo)
+    monkeypatch.setenv("SR_CPU_BF16", "on")
+    assert upscale.cpu_has_native_bf16(tmp_path / "absent")
+    monkeypatch.setenv("SR_CPU_BF16", "maybe")
+    with pytest.raises(ValueError, match="SR_CPU_BF16"):
+        upscale.cpu_has_native_bf16()
     monkeypatch.setattr(upscale, "cpu_has_native_bf16", lambda: True)
     assert upscale.resolve_precision("auto") == "bf16" and upscale.resolve_precision("fp32") == "fp32"
     monkeypatch.setattr(upscale, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(upscale, "has_gpu", lambda: False)
     assert upscale.resolve_precision("auto") == "fp32"
+
+
+def test_precision_auto_follows_the_cpu(model_path, tmp_path, cpu_bf16):
+    """--precision auto computes in bfloat16 where the CPU does natively (forced both ways by the fixture):
+    float32 gives the float32 model's pixels, bfloat16 the bfloat16 copy's, within a grey level of each."""
+    src = tmp_path / "in.png"
+    Image.fromarray(data.astronaut()[100:160, 150:200]).save(src)
+    import runtime
+
+    assert upscale.resolve_precision("auto") == ("bf16" if cpu_bf16 else "fp32")
+    assert runtime.native_bf16() == cpu_bf16  # what flow.py's --mixed-precision auto asks (no GPU in the tests)
+    assert run_cli(src, "-o", tmp_path / "out.png", "--model", model_path) == 0
+    got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
+    expected = upscale.upscale_array(upscale.load_model(model_path, "bf16" if cpu_bf16 else "fp32"),
+                                     data.astronaut()[100:160, 150:200]).astype(int)
+    assert np.abs(got - expected).max() <= 1
 
 
 # --- the threaded video pipeline -------------------------------------------------------------------------------
