@@ -23,7 +23,8 @@ A run folder (runs/NAME/) holds:
 Every file is written whole or not at all, so after a crash, kill -9 or power cut the same command continues at
 the last finished epoch; Ctrl-C or SIGTERM stops after the current step, saves it, and the same command continues
 from there. --time-budget MINUTES stops the same way when the minutes (counted from the command's start) are spent,
-or earlier at an epoch's end when the next epoch would not fit, and exits 0: the exports are the finished epochs'. Keras loads inside train() and evaluate(), so --help and argument errors answer at once.
+or earlier at an epoch's end when the next epoch would not fit, and exits 0: the exports are the finished epochs'.
+Keras loads inside train() and evaluate(), so --help and argument errors answer at once.
 """
 
 import argparse
@@ -68,7 +69,7 @@ gan_loss = "vanilla"  # vanilla (the paper's) | ragan (ESRGAN's relativistic ave
 feature_matching = 0.0  # weight of discriminator feature matching in the generator's loss
 grid_weight = 0.0  # weight of gan.grid_loss (against a fixed pattern every `scale` pixels) in the generator's loss
 ema = 0.0  # decay of the generator weights' moving average (0: off; ESRGAN's 0.999)
-lr_g = None  # Adam, both phases; None: the paper's BASE_LR at BASE_BATCH, times sqrt(batch / BASE_BATCH)
+lr_g = None  # Adam, both phases; None: the paper's BASE_LR, times sqrt(batch / BASE_BATCH) above BASE_BATCH
 lr_d = None
 lr_schedule = "constant"  # constant | cosine (to 0 over each phase) | step (x0.1 half-way, as the paper's GAN)
 pretrain_loss = "l1"  # phase 1 pixel loss: l1 or mse (L1 reaches higher PSNR in practice: Lim et al. 2017)
@@ -78,7 +79,7 @@ vgg_weights = None  # VGG19 ImageNet weights file; None: the Keras cache
 seed = 0
 strategy = "auto"  # auto | default | mirrored | multiworker
 collective_timeout = 300  # multi-worker: seconds to wait for peers (start-up and each collective)
-mixed_precision = "auto"  # auto (on with a GPU or a CPU with native bfloat16) | on (float16 on GPUs, bfloat16 on CPUs) | off
+mixed_precision = "auto"  # auto (on with a GPU or a CPU with native bfloat16) | on (bfloat16; float16 on pre-Ampere GPUs) | off
 jit = "auto"  # XLA: auto (on with a GPU or a non-TensorFlow backend; off on TF's CPU, where it measured slower) | on | off
 input_pipeline = "auto"  # auto (tf.data on TF; device on a GPU with pairs of one size; else pydataset) | tfdata | pydataset | device
 time_budget = None  # minutes of wall clock for the whole command (None: no limit)
@@ -104,7 +105,8 @@ EXIT_STOPPED = 130  # the exit status after Ctrl-C/SIGTERM (state saved), as she
 def train(args, extra_callbacks=()):
     """`flow.py train`: checks, config, then phase 1 and phase 2 (each skipped when its marker says done).
 
-    Returns the exit status: 0 done, 1 stopped on non-finite values, EXIT_STOPPED after a signal.
+    Returns the exit status: 0 done (or stopped by --time-budget after an exported epoch), 1 stopped on non-finite
+    values or by a budget too small for one epoch, EXIT_STOPPED after a signal.
     """
     started = LOADED if __name__ == "__main__" else time.time()
     splits, scale = check_dataset(args.data)
@@ -452,14 +454,14 @@ def read_config(run):
 
 def batch_and_rates(args, gpu=False, previous=None):
     """(batch size, lr_g, lr_d, how they were chosen): the options given, else what the run being resumed used
-    (previous config), else the defaults: BASE_BATCH (GPU_BATCH with a GPU) and BASE_LR x sqrt(batch /
-    BASE_BATCH), the square-root rule for Adam."""
+    (previous config), else the defaults: BASE_BATCH (GPU_BATCH with a GPU) and BASE_LR, times sqrt(batch /
+    BASE_BATCH) for a batch larger than BASE_BATCH (the square-root rule for Adam)."""
     previous = previous or {}
     batch = args.batch_size or previous.get("batch_size") or (GPU_BATCH if gpu else BASE_BATCH)
-    default_rate = BASE_LR * math.sqrt(batch / BASE_BATCH)
+    default_rate = BASE_LR * math.sqrt(max(batch, BASE_BATCH) / BASE_BATCH)
     rates = [given if given is not None else previous.get(key, default_rate)
              for given, key in ((args.lr_g, "lr_g"), (args.lr_d, "lr_d"))]
-    rule = f"those not given: {BASE_LR:g} x sqrt(batch {batch} / {BASE_BATCH})"
+    rule = f"those not given: {BASE_LR:g} x sqrt(max(batch {batch}, {BASE_BATCH}) / {BASE_BATCH})"
     rule = "given" if args.lr_g is not None and args.lr_d is not None else previous.get("lr_rule", rule)
     return batch, rates[0], rates[1], rule
 
@@ -789,7 +791,8 @@ def parse_args(argv=None):
                    help="validate and export a moving average of the generator's weights with this decay per step "
                         "(e.g. 0.999, as ESRGAN; 0: off); training goes on with the raw weights")
     t.add_argument("--lr-g", type=float, default=lr_g,
-                   help=f"generator's Adam learning rate (default {BASE_LR:g} x sqrt(batch / {BASE_BATCH}))")
+                   help=f"generator's Adam learning rate (default {BASE_LR:g}, x sqrt(batch / {BASE_BATCH}) for "
+                        f"batches over {BASE_BATCH})")
     t.add_argument("--lr-d", type=float, default=lr_d, help="discriminator's (default: as --lr-g's)")
     t.add_argument("--lr-schedule", choices=presets.LR_SCHEDULES, default=lr_schedule)
     t.add_argument("--pretrain-loss", choices=presets.PIXEL_LOSSES, default=pretrain_loss)

@@ -125,9 +125,9 @@ class PairBatches(keras.utils.PyDataset):
         return batch
 
     def on_epoch_end(self):
-        for future in self.pending.values():
-            future.cancel()
-        self.pending = {}
+        if self.pool is not None:  # a new pool each epoch: flow.py may make a new PairBatches for every epoch
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool, self.pending = None, {}
         self.epoch += 1
         self.first_step = 0
 
@@ -149,7 +149,6 @@ class DevicePairBatches(PairBatches):
         _, height, width, _ = lr_all.shape
         self.crop = (self.lr_patch, self.lr_patch) if self.lr_patch else (int(height), int(width))
         self.size = (int(height), int(width))
-        self.cut = _jit(self._cut)
 
     def __getitem__(self, index):
         started = time.perf_counter()
@@ -159,17 +158,19 @@ class DevicePairBatches(PairBatches):
         x = rng.integers(0, width - crop_w + 1, len(order))
         # the dihedral transforms: bit 0 flips left-right, bit 1 upside down, bit 2 transposes (square crops only)
         turn = rng.integers(0, 8 if crop_h == crop_w else 4, len(order))
-        batch = self.cut(self.lr_all, self.hr_all, *(np.asarray(v, np.int32) for v in (order, y, x, turn)))
+        draws = (np.asarray(v, np.int32) for v in (order, y, x, turn))
+        batch = _compiled(cut_pairs)(self.lr_all, self.hr_all, *draws, crop=self.crop, scale=self.scale)
         self.wait_seconds += time.perf_counter() - started
         self.batches_served += 1
         return batch
 
-    def _cut(self, lr_all, hr_all, order, y, x, turn):
-        crop_h, crop_w = self.crop
-        lr = gather_crops(lr_all, order, y, x, turn, crop_h, crop_w)
-        hr = gather_crops(hr_all, order, y * self.scale, x * self.scale, turn, crop_h * self.scale,
-                          crop_w * self.scale)
-        return lr, hr
+
+def cut_pairs(lr_all, hr_all, order, y, x, turn, *, crop, scale):
+    """(lr, hr) float32 batches: LR crops of crop = (h, w) pixels at (y, x) and the HR crops they came from."""
+    (crop_h, crop_w) = crop
+    lr = gather_crops(lr_all, order, y, x, turn, crop_h, crop_w)
+    hr = gather_crops(hr_all, order, y * scale, x * scale, turn, crop_h * scale, crop_w * scale)
+    return lr, hr
 
 
 def device_arrays(lr_images, hr_images):
@@ -206,13 +207,22 @@ def gather_crops(images, order, y, x, turn, crop_h, crop_w):
     return ops.cast(ops.reshape(pixels, (-1, crop_h, crop_w, channels)), "float32") / 255.0
 
 
-def _jit(function):
-    """function compiled with jax.jit on the JAX backend (one dispatch per call), as it is elsewhere."""
+_COMPILED = {}
+
+
+def _compiled(function):
+    """function compiled once with jax.jit on the JAX backend (one dispatch per call; keyword arguments static),
+    the function itself elsewhere."""
     if runtime.backend() != "jax":
         return function
-    import jax
+    if function not in _COMPILED:
+        import inspect
 
-    return jax.jit(function)
+        import jax
+
+        static = [name for name, p in inspect.signature(function).parameters.items() if p.kind == p.KEYWORD_ONLY]
+        _COMPILED[function] = jax.jit(function, static_argnames=static)
+    return _COMPILED[function]
 
 
 def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_batches=0, cache=None,

@@ -61,13 +61,13 @@ def test_tiny_accelerator_run_writes_every_promised_file_and_figure(tmp_path, py
     assert {p.name for p in out.iterdir()} == names  # what comes back from the device: at most 8 files
     assert "No module named 'tensorflow'" not in (out / "accelerator.log").read_text()
     figures = json.loads((out / "figures.json").read_text())
-    assert figures["device"] == "cpu" and figures["peak_bf16_tflops"] is None and figures["parallel"]
+    assert figures["device"] and figures["parallel"] and figures["dataset_pairs"]["train"] > 0
     for name in ("stream", "psnr", "gan"):
         model = figures["models"][name]
         assert model["exit_status"] == 0 and model["epochs"] >= 1 and model["best"]["val_psnr"] > 0
         assert model["steps"] >= 3 and model["step_time_ms"] > 0 and model["images_per_s"] > 0
-        assert 0 <= model["input_wait_share"] < 1 and model["input"] == "PairBatches"  # no GPU here: pydataset
-        assert model["flops_per_step"] > 0 and model["tflops_per_s"] > 0 and model["peak_bf16_share"] is None
+        assert 0 <= model["input_wait_share"] < 1 and model["input"] in ("PairBatches", "DevicePairBatches")
+        assert model["flops_per_step"] > 0 and model["tflops_per_s"] > 0 and "peak_bf16_share" in model
         assert model["settings"]["runtime"]["precision"] == "float32"
         assert model["settings"]["lr_rule"].startswith("those not given")  # scaled for the batch, on record
     assert figures["models"]["gan"]["settings"]["content_loss"] == "vgg16"
@@ -119,7 +119,7 @@ def test_pack_script_names_the_missing_packages(tmp_path):
 def test_time_budget_stops_at_an_epoch_end_exports_and_resumes(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--pretrain-epochs", "1000", "--gan-epochs", "0",
-            "--time-budget", "0.25", *TINY_FLOW]
+            "--time-budget", "0.25", "--input-pipeline", "pydataset", *TINY_FLOW]
     assert flow.main(args) == 0
     out = capsys.readouterr().out
     assert "time budget of 0.25 min spent: pretrain stopped" in out and "done: best epoch" in out
@@ -127,7 +127,7 @@ def test_time_budget_stops_at_an_epoch_end_exports_and_resumes(tiny_dataset, tmp
     speed = json.loads((run / "speed.json").read_text())["pretrain"]
     assert speed["steps"] >= 2 and speed["step_time_s"] > 0 and 0 <= speed["input_wait_share"] < 1
     config = json.loads((run / "config.json").read_text())
-    assert config["time_budget"] == 0.25 and config["runtime"]["input_pipeline"] == "tfdata"
+    assert config["time_budget"] == 0.25 and config["runtime"]["input_pipeline"] == "pydataset"
     epochs = len((run / "history.csv").read_text().splitlines()) - 1
     assert flow.main(args) == 0  # the same command continues where the budget stopped it
     assert len((run / "history.csv").read_text().splitlines()) - 1 > epochs
@@ -145,6 +145,8 @@ def test_a_budget_too_small_for_one_validation_says_so(tiny_dataset, tmp_path, c
 def test_defaults_scale_the_batch_and_learning_rate_for_a_gpu():
     args = flow.parse_args(["train", "--data", "d", "--out", "o"])
     assert flow.batch_and_rates(args, gpu=False)[:3] == (16, 1e-4, 1e-4)
+    small = flow.parse_args(["train", "--data", "d", "--out", "o", "--batch-size", "2"])
+    assert flow.batch_and_rates(small)[:3] == (2, 1e-4, 1e-4)  # scaled up for large batches only
     batch, lr_g, lr_d, rule = flow.batch_and_rates(args, gpu=True)
     assert (batch, lr_g, lr_d) == (256, pytest.approx(4e-4), pytest.approx(4e-4)) and "sqrt" in rule
     resumed = flow.batch_and_rates(args, gpu=True, previous={"batch_size": 16, "lr_g": 1e-4, "lr_d": 1e-4})
