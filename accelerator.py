@@ -48,7 +48,7 @@ PHOTOS_LIMIT_MIB = 40
 DATASET = Path("data/accel-x4")
 RUNS = Path("runs/accelerator")
 PATCHES = 300  # per photo, as weights/DATA.md's datasets
-VAL_LIMIT = 256  # validation pairs per epoch (of 903): validation runs on the CPU while the GPU waits
+VAL_LIMIT = 192  # validation pairs per epoch (of 903): validation runs on the CPU while the GPU waits
 DATASET_ALLOWANCE_MIN = 1.0  # minutes the dataset may take when it must be made (57 photos, 16 cores)
 RESERVE_MIN = 0.4  # after the runs: copies, FLOP counts, the JSON
 MIN_RUN_MIN = 1.2  # below this a run cannot start, compile, train one epoch and validate it on the GPU
@@ -60,11 +60,10 @@ PEAK_BF16 = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12}
 PEAK_SOURCE = "NVIDIA H200 Tensor Core GPU datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity = 989 dense"
 PACKAGES = ("keras", "namex", "optree", "jax", "numpy", "PIL", "skimage", "scipy", "tqdm", "h5py", "ml_dtypes",
             "absl", "rich")
-# The recipes: flow.py options besides --data, --out and --time-budget. Step counts per epoch are set from
-# STEP_SECONDS so that an epoch takes about EPOCH_SECONDS; STEP_SECONDS are estimates for an H200 until a device
-# run measures them (figures.json's step_time_ms: put them here).
-EPOCH_SECONDS = 45
-STEP_SECONDS = {"stream": 0.008, "psnr": 0.012, "gan": 0.05}
+# The recipes: flow.py options besides --data, --out and --time-budget. Epochs are timed (--epoch-seconds), so
+# however fast the GPU turns out, every run validates and exports every EPOCH_SECONDS; MAX_STEPS only caps them.
+EPOCH_SECONDS = 40
+MAX_STEPS = 100_000
 RECIPES = {
     "stream": ["--preset", STREAM_PRESET, "--pretrain-epochs", "100000", "--gan-epochs", "0", "--batch-size", "1024",
                "--pretrain-loss", "l1", "--seed", "1"],
@@ -79,10 +78,10 @@ RECIPES = {
 # per run (each ends when done, its budget a ceiling), and XLA's quick code generation: on a CPU each weight
 # initialiser's shape and the GAN's step compile for seconds to a minute otherwise
 TINY = {"minutes": 3.0, "xla_flags": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-        "dataset_allowance": 0.1, "reserve": 0.2, "min_run": 0.5, "patches": 12, "val_limit": 8, "steps": 3,
+        "dataset_allowance": 0.1, "reserve": 0.2, "min_run": 0.5, "patches": 12, "val_limit": 8,
         "psnr_share": 0.35,
         "extra": ["--filters", "8", "--blocks", "1", "--batch-size", "4", "--patch-size", "32", "--d-filters", "8",
-                  "--mixed-precision", "off"],
+                  "--mixed-precision", "off", "--steps-per-epoch", "3"],
         "epochs": {"stream": ["--pretrain-epochs", "2"], "psnr": ["--pretrain-epochs", "1"],
                    "gan": ["--gan-epochs", "1"]}}
 OUTPUT_NAMES = {"stream": "stream_x4", "psnr": "psnr_x4", "gan": "gan_x4"}
@@ -149,11 +148,11 @@ def make_dataset(photos, dataset, patches, log, env):
     return time.time() - started
 
 
-def flow_command(name, dataset, run, minutes, steps, val_limit, extra=(), init=None):
-    """The flow.py train command line of one run."""
+def flow_command(name, dataset, run, minutes, val_limit, extra=(), init=None):
+    """The flow.py train command line of one run (extra options last: they override the recipe's)."""
     command = [sys.executable, "flow.py", "train", "--data", str(dataset), "--out", str(run), *RECIPES[name],
-               "--steps-per-epoch", str(steps), "--val-limit", str(val_limit), "--time-budget", f"{minutes:.3f}",
-               "--verbose", "2", *extra]
+               "--steps-per-epoch", str(MAX_STEPS), "--epoch-seconds", str(EPOCH_SECONDS), "--val-limit",
+               str(val_limit), "--time-budget", f"{minutes:.3f}", "--verbose", "2", *extra]
     return command + (["--init-generator", str(init)] if init else [])
 
 
@@ -301,13 +300,11 @@ def run_all(args):
     manifest = json.loads((dataset / "manifest.json").read_text())
     figures["dataset_pairs"] = manifest.get("counts")
     budgets = plan_budgets(minutes - (time.time() - started) / 60 - reserve, args.parallel, min_run, psnr_share)
-    steps = {name: tiny["steps"] if tiny else max(1, round(EPOCH_SECONDS / STEP_SECONDS[name]))
-             for name in RECIPES}
     val_limit = tiny["val_limit"] if tiny else VAL_LIMIT
 
     def start(name, minutes_given, init=None):
         extra = [*tiny["extra"], *tiny["epochs"][name]] if tiny else []
-        command = flow_command(name, dataset, runs / name, minutes_given, steps[name], val_limit, extra, init)
+        command = flow_command(name, dataset, runs / name, minutes_given, val_limit, extra, init)
         return Child(name, command, runs / f"{name}.log", env, minutes_given)
 
     results = {}

@@ -83,6 +83,7 @@ mixed_precision = "auto"  # auto (on with a GPU or a CPU with native bfloat16) |
 jit = "auto"  # XLA: auto (on with a GPU or a non-TensorFlow backend; off on TF's CPU, where it measured slower) | on | off
 input_pipeline = "auto"  # auto (tf.data on TF; device on a GPU with pairs of one size; else pydataset) | tfdata | pydataset | device
 time_budget = None  # minutes of wall clock for the whole command (None: no limit)
+epoch_seconds = None  # end each epoch after this many seconds of training (steps_per_epoch then a maximum)
 sample_count = 4  # validation images in the per-epoch sample grids
 val_limit = None  # validate on at most this many pairs of the split, evenly spread (None: all)
 cache_fraction = 0.25  # cache decoded training images when they fit in this share of available memory
@@ -94,7 +95,7 @@ GPU_BATCH = 256
 
 # may change between resumes (a run started on a CPU can continue on a GPU; the VGG file is the same wherever it is)
 RUNTIME_KEYS = ("strategy", "mixed_precision", "jit", "input_pipeline", "vgg_weights", "cache_fraction",
-                "sample_count", "time_budget")
+                "sample_count", "time_budget", "epoch_seconds")
 NOT_COMPARED = ("versions", "runtime", "lr_rule")  # records of the machine a run last ran on; lr_rule: notes
 PHASES = {"pretrain": "phase 1/2: generator pretraining (pixel loss)",
           "gan": "phase 2/2: adversarial training"}
@@ -277,9 +278,10 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch, g_optimizer
     while epoch < last_epoch:
         if run.deadline is not None and time.time() + cycle > run.deadline:
             return budget_spent(run, phase, epoch, 0, backup)
-        guard = training.Guard(save_to=backup, steps_done=step, deadline=run.deadline)
-        # a part-done epoch runs alone, then the rest together; with a time budget, one epoch per fit()
-        until = epoch + 1 if step or run.deadline is not None else last_epoch
+        guard = training.Guard(save_to=backup, steps_done=step, deadline=run.deadline,
+                               epoch_seconds=run.config["epoch_seconds"])
+        # a part-done epoch runs alone, then the rest together; with a time budget or timed epochs, one per fit()
+        until = epoch + 1 if step or run.deadline is not None or run.config["epoch_seconds"] else last_epoch
         meter.source = training_input(run, epoch - first_epoch, step)
         fit_started = time.time()
         model.fit(meter.source, epochs=until, initial_epoch=epoch, steps_per_epoch=steps - step,
@@ -495,6 +497,7 @@ def resolve_config(args, splits, scale, gpu=False, previous=None):
         "strategy": args.strategy, "mixed_precision": args.mixed_precision, "jit": args.jit,
         "input_pipeline": args.input_pipeline, "cache_fraction": args.cache_fraction,
         "sample_count": args.sample_count, "time_budget": args.time_budget, "val_limit": args.val_limit,
+        "epoch_seconds": args.epoch_seconds,
     }
 
 
@@ -814,6 +817,9 @@ def parse_args(argv=None):
     t.add_argument("--time-budget", type=float, default=time_budget, metavar="MINUTES",
                    help="stop when these minutes (from the command's start) are spent, or at the last epoch end "
                         "before: the state is saved and the same command continues; exit 0")
+    t.add_argument("--epoch-seconds", type=float, default=epoch_seconds, metavar="SECONDS",
+                   help="end each epoch (validation, exports, state) after this much training; --steps-per-epoch is "
+                        "then a maximum")
     t.add_argument("--cache-fraction", type=float, default=cache_fraction,
                    help="tf.data caches decoded training images when they fit in this share of free memory")
     t.add_argument("--sample-count", type=int, default=sample_count, help="validation images in the sample grids")
@@ -850,7 +856,7 @@ def check_train_args(parser, args):
         parser.error("--cache-fraction must be in [0, 1]")
     if args.collective_timeout <= 0:
         parser.error("--collective-timeout must be > 0")
-    for name in ("lr_g", "lr_d", "time_budget"):
+    for name in ("lr_g", "lr_d", "time_budget", "epoch_seconds"):
         value = getattr(args, name)
         if value is not None and value <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")

@@ -92,15 +92,17 @@ class PairBatches(keras.utils.PyDataset):
     def __len__(self):
         return self.steps - self.first_step
 
-    def _epoch_order(self, epoch):
-        """Image indices for the whole epoch: fresh permutations of the split, end to end."""
-        n, needed = len(self.lr_images), self.steps * self.batch_size
-        perms = [np.random.default_rng([self.seed, epoch, k]).permutation(n) for k in range(-(-needed // n))]
-        return np.concatenate(perms)
+    def _epoch_order(self, epoch, start, stop):
+        """Image indices [start, stop) of the epoch's order: fresh permutations of the split, end to end (only the
+        permutations that slice touches are drawn, so a long epoch costs no more per batch)."""
+        n = len(self.lr_images)
+        perms = [np.random.default_rng([self.seed, epoch, k]).permutation(n) for k in range(start // n, -(-stop // n))]
+        offset = (start // n) * n
+        return np.concatenate(perms)[start - offset:stop - offset]
 
     def _batch_draws(self, epoch, index):
         """(image indices, numpy Generator) of batch `index` (counted from the epoch's start) of `epoch`."""
-        order = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        order = self._epoch_order(epoch, index * self.batch_size, (index + 1) * self.batch_size)
         return order, np.random.default_rng([self.seed, epoch, 1_000_003, index])
 
     def make_batch(self, epoch, index):
@@ -457,15 +459,17 @@ class Guard(keras.callbacks.Callback):
       command continues from that step. A second signal interrupts at once.
     - deadline (time.time() seconds): the same stop after the first step that ends past it (signalled names
       BUDGET then).
+    - epoch_seconds: an epoch ends, as a finished one, after the first step that ends this long after its start
+      (fit() then returns: flow.py calls it for one epoch at a time with this).
     The epoch-end callbacks ask `epoch_is_good()` before they write anything.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, save_to=None, steps_done=0, deadline=None):
+    def __init__(self, save_to=None, steps_done=0, deadline=None, epoch_seconds=None):
         super().__init__()
         self.save_to, self.steps_done = save_to, steps_done  # steps of the current epoch done before this fit
-        self.deadline = deadline
+        self.deadline, self.epoch_seconds, self._epoch_ends = deadline, epoch_seconds, None
         self.tripped = None  # (epoch, batch, what) once non-finite values were seen
         self.signalled = None  # (signal name, epoch, step) once a stop was asked for
         self._epoch, self._previous = 0, {}
@@ -496,6 +500,7 @@ class Guard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_ends = time.time() + self.epoch_seconds if self.epoch_seconds else None
 
     def on_train_batch_end(self, batch, logs=None):
         bad = [k for k, v in (logs or {}).items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
@@ -507,6 +512,8 @@ class Guard(keras.callbacks.Callback):
             save_state(self.model, self.save_to, self._epoch, step)
             self.signalled = (self._pending or BUDGET, self._epoch, step)
             self.model.stop_training = True
+        elif self._epoch_ends is not None and time.time() >= self._epoch_ends:
+            self.model.stop_training = True  # the epoch is over: its end callbacks validate, export and save
 
     def _past_deadline(self):
         return self.deadline is not None and time.time() >= self.deadline

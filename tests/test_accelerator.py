@@ -101,6 +101,16 @@ def test_bad_input_is_one_line_before_anything_runs(tmp_path, monkeypatch, capsy
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()  # nothing started
 
 
+def test_every_recipe_is_a_flow_command(tmp_path):
+    for name in accelerator.RECIPES:
+        init = tmp_path / "psnr" / "generator.keras" if name == "gan" else None
+        command = accelerator.flow_command(name, tmp_path / "data", tmp_path / name, 2.5, 192, init=init)
+        args = flow.parse_args(command[2:])
+        assert args.time_budget == 2.5 and args.epoch_seconds == accelerator.EPOCH_SECONDS and args.val_limit == 192
+        assert (args.gan_epochs > 0) == (name == "gan") and args.init_generator == (str(init) if init else None)
+    assert args.content_loss == "vgg16" and args.discriminator == "unet" and args.preset == accelerator.PSNR_PRESET
+
+
 def test_budgets_split_the_minutes_left(monkeypatch):
     parallel = accelerator.plan_budgets(6.0, True, 1.0)
     assert parallel["stream"] == 6.0 and parallel["psnr"] + parallel["gan"] == pytest.approx(6.0)
@@ -117,9 +127,11 @@ def test_pack_script_names_the_missing_packages(tmp_path):
 # ---------------------------------------------------------------- flow.py --time-budget
 @pytest.mark.slow
 def test_time_budget_stops_at_an_epoch_end_exports_and_resumes(tiny_dataset, tmp_path, capsys):
+    """Timed epochs (--epoch-seconds, the steps per epoch only a maximum) inside a time budget."""
     run = tmp_path / "run"
     args = ["train", "--data", str(tiny_dataset), "--out", str(run), "--pretrain-epochs", "1000", "--gan-epochs", "0",
-            "--time-budget", "0.25", "--input-pipeline", "pydataset", *TINY_FLOW]
+            "--time-budget", "0.25", "--input-pipeline", "pydataset", *TINY_FLOW, "--steps-per-epoch", "100000",
+            "--epoch-seconds", "2"]
     assert flow.main(args) == 0
     out = capsys.readouterr().out
     assert "time budget of 0.25 min spent: pretrain stopped" in out and "done: best epoch" in out
@@ -129,6 +141,7 @@ def test_time_budget_stops_at_an_epoch_end_exports_and_resumes(tiny_dataset, tmp
     config = json.loads((run / "config.json").read_text())
     assert config["time_budget"] == 0.25 and config["runtime"]["input_pipeline"] == "pydataset"
     epochs = len((run / "history.csv").read_text().splitlines()) - 1
+    assert epochs >= 2  # each epoch ended after 2 s of its 100000 steps
     assert flow.main(args) == 0  # the same command continues where the budget stopped it
     assert len((run / "history.csv").read_text().splitlines()) - 1 > epochs
 
