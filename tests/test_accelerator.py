@@ -239,8 +239,16 @@ def test_missing_vgg16_weights_are_named(tmp_path):
 def test_upscale_default_precision_needs_no_tensorflow(tmp_path):
     code = ("import sys, upscale\n"
             "print(upscale.has_gpu(), upscale.resolve_precision('auto'), 'tensorflow' in sys.modules)\n")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=without_tensorflow(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    env = without_tensorflow(tmp_path)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     has_gpu, precision, tensorflow_loaded = done.stdout.split()
     assert has_gpu == "False" and precision in ("bf16", "fp32") and tensorflow_loaded == "False"
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    done = subprocess.run([sys.executable, "upscale.py", str(tmp_path / "in.png"), "-o", str(tmp_path / "out.png")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # default options
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Image.open(tmp_path / "out.png").size == (128, 96)
