@@ -274,7 +274,7 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch, g_optimizer
     training.truncate_history(run.path / "history.csv", epoch)
     steps = run.config["steps_per_epoch"]
     meter = training.Throughput(run.path / "speed.json", phase, run.config["batch_size"])
-    cycle = 0.0  # seconds the last fit() took: with a time budget, one epoch with its validation and exports
+    cycle = 0.0  # seconds the next fit() should take: with a time budget, one epoch, its validation and exports
     while epoch < last_epoch:
         if run.deadline is not None and time.time() + cycle > run.deadline:
             return budget_spent(run, phase, epoch, 0, backup)
@@ -287,7 +287,7 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch, g_optimizer
         model.fit(meter.source, epochs=until, initial_epoch=epoch, steps_per_epoch=steps - step,
                   callbacks=phase_callbacks(run, phase, generator, guard, g_optimizer) + [meter],
                   verbose=run.verbose, shuffle=False)  # the input shuffles itself (seeded)
-        cycle = time.time() - fit_started
+        cycle = time.time() - fit_started - meter.first_step_seconds  # the next fit's first step: compiled
         if guard.signalled is not None and guard.signalled[0] == training.BUDGET:
             return budget_spent(run, phase, *guard.signalled[1:], backup)
         if not guard.epoch_is_good():

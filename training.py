@@ -560,13 +560,19 @@ class Throughput(keras.callbacks.Callback):
         super().__init__()
         self.path, self.phase, self.batch_size, self.source = Path(path), phase, batch_size, source
         self.step_seconds, self.wait_seconds, self.steps = [], [], 0
-        self._last = None
+        self.first_step_seconds = 0.0  # of the latest fit(): its first step compiles
+        self._last, self._fit_began = None, None
+
+    def on_train_begin(self, logs=None):
+        self._fit_began = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._last = None
 
     def on_train_batch_end(self, batch, logs=None):
         now, waited = time.perf_counter(), getattr(self.source, "wait_seconds", None)
+        if self._fit_began is not None:
+            self.first_step_seconds, self._fit_began = now - self._fit_began, None
         if self._last is not None:
             self.step_seconds.append(now - self._last[0])
             self.wait_seconds.append(None if waited is None or self._last[1] is None else waited - self._last[1])
