@@ -8,7 +8,7 @@ RUN := runs/demo
 SAMPLES = $$($(PY) -c "import skimage.data; print(skimage.data.data_dir)")
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test soak lint lab bench weights clean
+.PHONY: demo test soak lint lab bench weights accelerator accelerator-pack accelerator-wheels clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,23 @@ bench: $(VENV)/.installed
 # Rebuild the shipped models from scratch (Debian machine; see weights/README.md for times).
 weights: $(VENV)/.installed
 	PY=$(PY) weights/train.sh
+
+# The whole GPU run in one command (docs/accelerator.md): trains the stream, PSNR and GAN models on a wall-clock
+# budget and writes their generators, histories and figures.json into OUT. No venv there: the lent machine has
+# python3 with JAX, and Keras from the carried wheels.
+OUT ?= out/accelerator
+ACCEL_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+accelerator:
+	KERAS_BACKEND=jax $(ACCEL_PY) accelerator.py --out $(OUT) $(ACCEL_ARGS)
+
+# What the device run carries, made here: the licensed photos (from the Debian packages weights/train.sh downloads,
+# DEBS=folder of their .deb files) in data/accel-photos, and Keras' wheels for the device's Python in .whl.
+DEBS ?= data/weights-work/debs
+accelerator-pack: $(VENV)/.installed
+	PY=$(PY) DEBS=$(DEBS) weights/pack_photos.sh
+
+accelerator-wheels: $(VENV)/.installed
+	PY=$(PY) weights/accelerator_wheels.sh
 
 clean:
 	rm -rf $(RUN) $(DATA)

@@ -19,16 +19,20 @@ A run folder (runs/NAME/) holds:
     tensorboard/           scalars and the same image grids (TensorFlow backend)
     backup/PHASE/          the phase in progress: its last two training states (weights, optimizers, epoch, step)
     pretrain.done, gan.done   phase markers: a rerun of the same command skips what is finished
+    speed.json             per phase: steps, step time, images/s, the share of step time spent waiting for input
 
 Every file is written whole or not at all, so after a crash, kill -9 or power cut the same command continues at
 the last finished epoch; Ctrl-C or SIGTERM stops after the current step, saves it, and the same command continues
-from there. Keras loads inside train() and evaluate(), so --help and argument errors answer at once.
+from there. --time-budget MINUTES stops the same way when the minutes (counted from the command's start) are spent,
+or earlier at an epoch's end when the next epoch would not fit, and exits 0: the exports are the finished epochs'.
+Keras loads inside train() and evaluate(), so --help and argument errors answer at once.
 """
 
 import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import sys
@@ -52,10 +56,12 @@ from create_dataset import (
 )
 from metrics import bicubic_upscale, calculate_niqe, calculate_psnr, calculate_ssim, grid_error
 
+LOADED = time.time()  # --time-budget counts from here (the command's start, but for Python's own)
+
 # ---------------------------------------------------------------- configuration: `flow.py train` defaults
 pretrain_epochs = 10
 gan_epochs = 10
-batch_size = 16  # global: split across replicas by tf.distribute
+batch_size = None  # global, split across replicas; None: BASE_BATCH, or GPU_BATCH where a GPU is found
 steps_per_epoch = None  # None: one pass over the training split (len(train) // batch_size)
 patch_size = None  # HR crop side in pixels; None: whole HR images
 preset = None  # generator preset (presets.GENERATOR_PRESETS); None: the paper's 16x64 SRResNet
@@ -65,8 +71,8 @@ gan_loss = "vanilla"  # vanilla (the paper's) | ragan (ESRGAN's relativistic ave
 feature_matching = 0.0  # weight of discriminator feature matching in the generator's loss
 grid_weight = 0.0  # weight of gan.grid_loss (against a fixed pattern every `scale` pixels) in the generator's loss
 ema = 0.0  # decay of the generator weights' moving average (0: off; ESRGAN's 0.999)
-lr_g = 1e-4  # Adam, both phases (the paper's 1e-4)
-lr_d = 1e-4
+lr_g = None  # Adam, both phases; None: the paper's BASE_LR, times sqrt(batch / BASE_BATCH) above BASE_BATCH
+lr_d = None
 lr_schedule = "constant"  # constant | cosine (to 0 over each phase) | step (x0.1 half-way, as the paper's GAN)
 pretrain_loss = "l1"  # phase 1 pixel loss: l1 or mse (L1 reaches higher PSNR in practice: Lim et al. 2017)
 content_loss = "vgg54"  # phase 2 content loss: mse | l1 | vgg54 | vgg22
@@ -75,15 +81,24 @@ vgg_weights = None  # VGG19 ImageNet weights file; None: the Keras cache
 seed = 0
 strategy = "auto"  # auto | default | mirrored | multiworker
 collective_timeout = 300  # multi-worker: seconds to wait for peers (start-up and each collective)
-mixed_precision = "auto"  # auto (on with a GPU or a CPU with native bfloat16) | on (float16 on GPUs, bfloat16 on CPUs) | off
+mixed_precision = "auto"  # auto (on with a GPU or a CPU with native bfloat16) | on (bfloat16; float16 on pre-Ampere GPUs) | off
 jit = "auto"  # XLA: auto (on with a GPU or a non-TensorFlow backend; off on TF's CPU, where it measured slower) | on | off
-input_pipeline = "auto"  # auto (tf.data on the TensorFlow backend, else a PyDataset) | tfdata | pydataset
+input_pipeline = "auto"  # auto (tf.data on TF; device on a GPU with pairs of one size; else pydataset) | tfdata | pydataset | device
+time_budget = None  # minutes of wall clock for the whole command (None: no limit)
+epoch_seconds = None  # end each epoch after this many seconds of training (steps_per_epoch then a maximum)
 sample_count = 4  # validation images in the per-epoch sample grids
+val_limit = None  # validate on at most this many pairs of the split, evenly spread (None: all)
 cache_fraction = 0.25  # cache decoded training images when they fit in this share of available memory
+
+BASE_BATCH, BASE_LR = 16, 1e-4  # the paper's batch and Adam learning rate
+# a small generator leaves a GPU idle at batch 16; the learning rate follows the square-root rule for Adam
+# (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"): x4 at 256
+GPU_BATCH = 256
 
 # may change between resumes (a run started on a CPU can continue on a GPU; the VGG file is the same wherever it is)
 RUNTIME_KEYS = ("strategy", "mixed_precision", "jit", "input_pipeline", "vgg_weights", "cache_fraction",
-                "sample_count")
+                "sample_count", "time_budget", "epoch_seconds")
+NOT_COMPARED = ("versions", "runtime", "lr_rule")  # records of the machine a run last ran on; lr_rule: notes
 PHASES = {"pretrain": "phase 1/2: generator pretraining (pixel loss)",
           "gan": "phase 2/2: adversarial training"}
 EXIT_STOPPED = 130  # the exit status after Ctrl-C/SIGTERM (state saved), as shells report an interrupt
@@ -93,13 +108,13 @@ EXIT_STOPPED = 130  # the exit status after Ctrl-C/SIGTERM (state saved), as she
 def train(args, extra_callbacks=()):
     """`flow.py train`: checks, config, then phase 1 and phase 2 (each skipped when its marker says done).
 
-    Returns the exit status: 0 done, 1 stopped on non-finite values, EXIT_STOPPED after a signal.
+    Returns the exit status: 0 done (or stopped by --time-budget after an exported epoch), 1 stopped on non-finite
+    values or by a budget too small for one epoch, EXIT_STOPPED after a signal.
     """
-    started = time.time()
+    started = LOADED if __name__ == "__main__" else time.time()
     splits, scale = check_dataset(args.data)
     check_patch_size(splits, args.patch_size, scale)
-    config = resolve_config(args, splits, scale)
-    if config["pretrain_epochs"] + config["gan_epochs"] < 1:
+    if args.pretrain_epochs + args.gan_epochs < 1:
         raise ValueError("nothing to train: --pretrain-epochs and --gan-epochs are both 0")
     if args.init_generator and not Path(args.init_generator).is_file():
         raise ValueError(f"--init-generator {args.init_generator}: no such file")
@@ -109,22 +124,25 @@ def train(args, extra_callbacks=()):
     # isort: split
     import keras
 
+    strategy_name = runtime.resolve_strategy_name(args.strategy)
+    run_path = worker_run_path(Path(args.out), strategy_name)
+    gpu = runtime.gpu_count() > 0
+    config = resolve_config(args, splits, scale, gpu=gpu, previous=read_config(run_path))
     if config["gan_epochs"] and config["content_loss"].startswith("vgg"):
         import gan
 
-        gan.find_vgg_weights(config["vgg_weights"])  # downloaded now, or a clear error before the run folder
-    strategy_name = runtime.resolve_strategy_name(args.strategy)
-    run_path = worker_run_path(Path(args.out), strategy_name)
+        gan.check_vgg_weights(config["content_loss"], config["vgg_weights"])  # a clear error before the run folder
     check_resume(run_path, config)
-    pipeline = resolve_input_pipeline(args.input_pipeline, runtime.use_tensorflow())
+    pipeline = resolve_input_pipeline(args.input_pipeline, runtime.use_tensorflow(), gpu=gpu,
+                                      one_size=splits["train"].lr_size is not None)
     if strategy_name == "multiworker" and pipeline != "tfdata":
         raise ValueError("--strategy multiworker needs the tf.data input (--input-pipeline tfdata or auto)")
     # bf16 on CPUs that compute it natively: `bench_train_step.py --ab-steps 300` gave the same validation PSNR
     # as float32 (+0.009 dB, video preset), and such a CPU ran phase 1 x1.99 faster (the same benchmark)
-    mixed = runtime.resolve_switch(args.mixed_precision, runtime.gpu_count() > 0 or runtime.native_bf16())
+    mixed = runtime.resolve_switch(args.mixed_precision, gpu or runtime.native_bf16())
     # benchmarks/bench_train_step.py: XLA ran training at x0.77 (phase 1) and x0.82 (phase 2) of plain graph mode
     # on a 2-core CPU; JAX always wants jit.
-    jit_compile = runtime.resolve_switch(args.jit, runtime.gpu_count() > 0 or not runtime.use_tensorflow())
+    jit_compile = runtime.resolve_switch(args.jit, gpu or not runtime.use_tensorflow())
 
     strategy = start_strategy(strategy_name, args.collective_timeout)
     done = agreed_phases(strategy, {p: (run_path / f"{p}.done").is_file() or not config[f"{p}_epochs"]
@@ -134,8 +152,11 @@ def train(args, extra_callbacks=()):
     for phase in PHASES:  # a kill between a phase's marker and its backup's removal leaves a stale backup
         if (run_path / f"{phase}.done").is_file():
             shutil.rmtree(run_path / "backup" / phase, ignore_errors=True)
-    resizer.write_json(run_path / "config.json", {**config, "versions": {"keras": keras.__version__,
-                                                                         "backend": runtime.backend()}})
+    details = runtime.gpu_details()
+    resizer.write_json(run_path / "config.json", {
+        **config, "versions": {"keras": keras.__version__, "backend": runtime.backend()},
+        "runtime": {"device": details[0] if details else "cpu", "precision": runtime.precision_policy(mixed),
+                    "jit": jit_compile, "input_pipeline": pipeline}})
     if all(done.values()):
         print(f"{run_path}: all phases are finished; nothing to do")
         print(summarize(run_path, None))
@@ -157,22 +178,24 @@ def train(args, extra_callbacks=()):
 
             content = gan.ContentLoss(config["content_loss"], vgg_weights=config["vgg_weights"])
         generator = build_run_generator(config)
-    val_lr, val_hr = load_split_arrays(splits["val"])
+    val_lr, val_hr, val_names = validation_subset(*load_split_arrays(splits["val"]), splits["val"].hr_paths,
+                                                  config["val_limit"])
+    deadline = started + 60 * args.time_budget if args.time_budget else None
     run = Run(run_path, config, splits, val_lr, val_hr, strategy, jit_compile, pipeline,
-              extra_callbacks=tuple(extra_callbacks), verbose=args.verbose)
+              extra_callbacks=tuple(extra_callbacks), verbose=args.verbose, deadline=deadline, val_names=val_names)
 
     if not done["pretrain"]:
         if config["init_generator"] and not has_state(run, "pretrain"):
             load_generator_weights(generator, config["init_generator"])
         status = pretrain(run, generator)
-        if status:
+        if status or run.budget_spent:
             return status
     if not done["gan"]:
         start = phase1_weights(run)
         if start and not has_state(run, "gan"):
             load_generator_weights(generator, start)
         status = adversarial(run, generator, content)
-        if status:
+        if status or run.budget_spent:
             return status
     print(summarize(run_path, started) if runtime.writes_run_folder()
           else f"{runtime.task_name()}: done; the chief writes the run folder ({args.out} on its machine)")
@@ -194,6 +217,10 @@ class Run:
     train_arrays: tuple | None = None
     extra_callbacks: tuple = ()
     verbose: object = "auto"
+    deadline: float | None = None  # time.time() at which --time-budget is spent
+    device_arrays: tuple | None = None  # the train split in the accelerator's memory (--input-pipeline device)
+    budget_spent: bool = False
+    val_names: list = ()  # the validation pairs' HR paths, for the sample grids' labels (empty for TFRecords)
 
 
 # ---------------------------------------------------------------- the two phases
@@ -248,16 +275,43 @@ def fit_phase(run, phase, model, generator, first_epoch, last_epoch, g_optimizer
           flush=True)
     training.truncate_history(run.path / "history.csv", epoch)
     steps = run.config["steps_per_epoch"]
+    meter = training.Throughput(run.path / "speed.json", phase, run.config["batch_size"])
+    cycle = 0.0  # seconds the next fit() should take: with a time budget, one epoch, its validation and exports
     while epoch < last_epoch:
-        guard = training.Guard(save_to=backup, steps_done=step)
-        until = epoch + 1 if step else last_epoch  # a part-done epoch runs alone, then the rest together
-        model.fit(training_input(run, epoch - first_epoch, step), epochs=until, initial_epoch=epoch,
-                  steps_per_epoch=steps - step, callbacks=phase_callbacks(run, phase, generator, guard, g_optimizer),
+        if run.deadline is not None and time.time() + cycle > run.deadline:
+            return budget_spent(run, phase, epoch, 0, backup)
+        guard = training.Guard(save_to=backup, steps_done=step, deadline=run.deadline,
+                               epoch_seconds=run.config["epoch_seconds"])
+        # a part-done epoch runs alone, then the rest together; with a time budget or timed epochs, one per fit()
+        until = epoch + 1 if step or run.deadline is not None or run.config["epoch_seconds"] else last_epoch
+        meter.source = training_input(run, epoch - first_epoch, step)
+        fit_started = time.time()
+        model.fit(meter.source, epochs=until, initial_epoch=epoch, steps_per_epoch=steps - step,
+                  callbacks=phase_callbacks(run, phase, generator, guard, g_optimizer) + [meter],
                   verbose=run.verbose, shuffle=False)  # the input shuffles itself (seeded)
+        cycle = time.time() - fit_started - meter.first_step_seconds  # the next fit's first step: compiled
+        if guard.signalled is not None and guard.signalled[0] == training.BUDGET:
+            return budget_spent(run, phase, *guard.signalled[1:], backup)
         if not guard.epoch_is_good():
             return stopped(run, phase, guard, backup)
         epoch, step = until, 0
     return finish_phase(run, phase)
+
+
+def budget_spent(run, phase, epoch, step, backup):
+    """--time-budget is spent: say where the run stopped and how to go on; 0, or 1 when not one epoch of the
+    run has finished (nothing exported: the budget was too small)."""
+    run.budget_spent = True
+    if step or has_state(run, phase):
+        where = f"in epoch {epoch + 1} after step {step}" if step else f"after epoch {epoch}"
+        print(f"\ntime budget of {run.config['time_budget']:g} min spent: {phase} stopped {where}; the training state "
+              f"is saved in {backup}. Run the same command again (with more minutes) to continue.", flush=True)
+    if not (run.path / "best.json").is_file():
+        print(f"error: --time-budget {run.config['time_budget']:g} min ended before the first epoch's validation; no "
+              "generator was exported: give more minutes or fewer --steps-per-epoch", file=sys.stderr, flush=True)
+        return 1
+    print(summarize(run.path, None), flush=True)
+    return 0
 
 
 def phase_callbacks(run, phase, generator, guard, g_optimizer):
@@ -271,7 +325,7 @@ def phase_callbacks(run, phase, generator, guard, g_optimizer):
     average = training.MovingAverageSwap(g_optimizer) if run.config["ema"] else None
     cbs = [guard, *([average.swap_in] if average else []),
            training.ValidationMetrics(generator, run.val_lr, run.val_hr, run.config["scale"], run.path, guard,
-                                      count=run.config["sample_count"], names=run.splits["val"].hr_paths or None,
+                                      count=run.config["sample_count"], names=run.val_names or None,
                                       tensorboard=tensorboard, niqe=phase == "gan"),
            training.ExportBest(generator, lambda g, path: export_generator(g, run.config, path), run.path, phase,
                                guard),
@@ -287,10 +341,19 @@ def phase_callbacks(run, phase, generator, guard, g_optimizer):
 
 
 def training_input(run, epochs_done, steps_done=0):
-    """tf.data or PyDataset training batches, fast-forwarded past epochs_done epochs and steps_done steps."""
+    """tf.data, PyDataset or device-cut training batches, fast-forwarded past epochs_done epochs and steps_done
+    steps."""
     import training
 
     cfg = run.config
+    if run.input_pipeline == "device":
+        if run.device_arrays is None:  # uploaded once, kept for every epoch of the command
+            run.device_arrays = training.device_arrays(*load_split_arrays(run.splits["train"],
+                                                                          desc="loading train split"))
+        return training.DevicePairBatches(run.device_arrays, batch_size=cfg["batch_size"],
+                                          steps=cfg["steps_per_epoch"], scale=cfg["scale"],
+                                          patch_size=cfg["patch_size"], seed=cfg["seed"],
+                                          start_epoch=epochs_done, first_step=steps_done)
     if run.input_pipeline == "tfdata":
         return training.tf_pair_dataset(run.splits["train"], batch_size=cfg["batch_size"], scale=cfg["scale"],
                                         patch_size=cfg["patch_size"], seed=cfg["seed"],
@@ -378,10 +441,41 @@ def summarize(run, started):
 
 
 # ---------------------------------------------------------------- the configuration of a run
-def resolve_config(args, splits, scale):
-    """The run's full configuration as plain JSON values (what config.json holds)."""
+def validation_subset(val_lr, val_hr, names, limit):
+    """(lr, hr, names) of at most `limit` validation pairs, evenly spread over the split (every one when limit is
+    None): the validation after every epoch runs on the CPU while the accelerator waits. names may be empty."""
+    if limit is None or limit >= len(val_lr):
+        return val_lr, val_hr, list(names)
+    keep = np.linspace(0, len(val_lr) - 1, limit).round().astype(int)
+    return [val_lr[i] for i in keep], [val_hr[i] for i in keep], [names[i] for i in keep] if names else []
+
+
+def read_config(run):
+    """A run folder's config.json as a dict; None when there is none."""
+    path = Path(run) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def batch_and_rates(args, gpu=False, previous=None):
+    """(batch size, lr_g, lr_d, how they were chosen): the options given, else what the run being resumed used
+    (previous config), else the defaults: BASE_BATCH (GPU_BATCH with a GPU) and BASE_LR, times sqrt(batch /
+    BASE_BATCH) for a batch larger than BASE_BATCH (the square-root rule for Adam)."""
+    previous = previous or {}
+    batch = args.batch_size or previous.get("batch_size") or (GPU_BATCH if gpu else BASE_BATCH)
+    default_rate = BASE_LR * math.sqrt(max(batch, BASE_BATCH) / BASE_BATCH)
+    rates = [given if given is not None else previous.get(key, default_rate)
+             for given, key in ((args.lr_g, "lr_g"), (args.lr_d, "lr_d"))]
+    rule = f"those not given: {BASE_LR:g} x sqrt(max(batch {batch}, {BASE_BATCH}) / {BASE_BATCH})"
+    rule = "given" if args.lr_g is not None and args.lr_d is not None else previous.get("lr_rule", rule)
+    return batch, rates[0], rates[1], rule
+
+
+def resolve_config(args, splits, scale, gpu=False, previous=None):
+    """The run's full configuration as plain JSON values (what config.json holds). gpu: a GPU was found (larger
+    default batch); previous: the config.json of the run being resumed, whose defaults it keeps."""
     train_split = splits["train"]
-    steps = args.steps_per_epoch or max(1, len(train_split) // args.batch_size)
+    batch, lr_g_value, lr_d_value, rule = batch_and_rates(args, gpu, previous)
+    steps = args.steps_per_epoch or max(1, len(train_split) // batch)
     lr_w, lr_h = train_split.lr_size or (0, 0)
     # the discriminator's input side: the patch, or the whole HR image when square (else size-agnostic: None)
     hr_size = args.patch_size or (lr_w * scale if lr_w == lr_h else None)
@@ -392,23 +486,25 @@ def resolve_config(args, splits, scale):
         "data": args.data if has_scheme(args.data) else str(Path(args.data).resolve()), "scale": scale,
         "train_images": len(train_split),
         "val_images": len(splits["val"]), "patch_size": args.patch_size, "hr_size": hr_size,
-        "pretrain_epochs": args.pretrain_epochs, "gan_epochs": args.gan_epochs, "batch_size": args.batch_size,
+        "pretrain_epochs": args.pretrain_epochs, "gan_epochs": args.gan_epochs, "batch_size": batch,
         "steps_per_epoch": steps, "preset": args.preset, "generator": arch,
         "discriminator": {"kind": args.discriminator, "filters": args.d_filters, "hr_size": hr_size},
         "gan_loss": args.gan_loss, "feature_matching_weight": args.feature_matching, "ema": args.ema,
         "grid_weight": args.grid_weight,
-        "lr_g": args.lr_g, "lr_d": args.lr_d, "lr_schedule": args.lr_schedule, "pretrain_loss": args.pretrain_loss,
+        "lr_g": lr_g_value, "lr_d": lr_d_value, "lr_rule": rule, "lr_schedule": args.lr_schedule,
+        "pretrain_loss": args.pretrain_loss,
         "content_loss": args.content_loss, "adversarial_weight": args.adversarial_weight,
         "vgg_weights": str(Path(args.vgg_weights).resolve()) if args.vgg_weights else None,
         "init_generator": init, "seed": args.seed,
         "strategy": args.strategy, "mixed_precision": args.mixed_precision, "jit": args.jit,
         "input_pipeline": args.input_pipeline, "cache_fraction": args.cache_fraction,
-        "sample_count": args.sample_count,
+        "sample_count": args.sample_count, "time_budget": args.time_budget, "val_limit": args.val_limit,
+        "epoch_seconds": args.epoch_seconds,
     }
 
 
 # settings added after run folders were made, with the value that such a run trained with, so it still resumes
-LATER_SETTINGS = {"ema": 0.0, "grid_weight": 0.0}
+LATER_SETTINGS = {"ema": 0.0, "grid_weight": 0.0, "val_limit": None}
 LATER_GENERATOR_SETTINGS = {"block": "residual", "output": "rgb"}
 
 
@@ -418,7 +514,7 @@ def config_differences(old, new):
     old = {**LATER_SETTINGS, **old}
     if isinstance(old.get("generator"), dict):
         old["generator"] = {**LATER_GENERATOR_SETTINGS, **old["generator"]}
-    keys = sorted((set(old) | set(new)) - set(RUNTIME_KEYS) - {"versions"})
+    keys = sorted((set(old) | set(new)) - set(RUNTIME_KEYS) - set(NOT_COMPARED))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
@@ -435,12 +531,16 @@ def check_resume(run, config):
         raise ValueError(f"{run} exists, is not empty and holds no config.json: not a run folder; choose another --out")
 
 
-def resolve_input_pipeline(requested, tensorflow_backend):
-    """auto: tf.data on the TensorFlow backend, a PyDataset elsewhere."""
+def resolve_input_pipeline(requested, tensorflow_backend, gpu=False, one_size=True):
+    """auto: tf.data on the TensorFlow backend; elsewhere crops cut on the GPU from the split held in its memory
+    (device) when there is one and the pairs have one size, else a PyDataset."""
     if requested == "auto":
-        return "tfdata" if tensorflow_backend else "pydataset"
+        return "tfdata" if tensorflow_backend else "device" if gpu and one_size else "pydataset"
     if requested == "tfdata" and not tensorflow_backend:
         raise ValueError("--input-pipeline tfdata needs the TensorFlow backend; use pydataset")
+    if requested == "device" and not one_size:
+        raise ValueError("--input-pipeline device needs training pairs of one size (create_dataset.py --mode "
+                         "patches or square); use pydataset")
     return requested
 
 
@@ -816,7 +916,8 @@ def parse_args(argv=None):
     t.add_argument("--out", required=True, help="run folder, e.g. runs/demo (rerun to resume)")
     t.add_argument("--pretrain-epochs", type=int, default=pretrain_epochs)
     t.add_argument("--gan-epochs", type=int, default=gan_epochs)
-    t.add_argument("--batch-size", type=int, default=batch_size, help="global batch size")
+    t.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"global batch size (default {BASE_BATCH}, or {GPU_BATCH} where a GPU is found)")
     t.add_argument("--steps-per-epoch", type=int, default=steps_per_epoch, help="default: len(train) // batch")
     t.add_argument("--patch-size", type=int, default=patch_size, help="HR crop size; default: whole HR images")
     t.add_argument("--preset", default=preset, choices=list(presets.GENERATOR_PRESETS),
@@ -842,8 +943,10 @@ def parse_args(argv=None):
     t.add_argument("--ema", type=float, default=ema, metavar="DECAY",
                    help="validate and export a moving average of the generator's weights with this decay per step "
                         "(e.g. 0.999, as ESRGAN; 0: off); training goes on with the raw weights")
-    t.add_argument("--lr-g", type=float, default=lr_g)
-    t.add_argument("--lr-d", type=float, default=lr_d)
+    t.add_argument("--lr-g", type=float, default=lr_g,
+                   help=f"generator's Adam learning rate (default {BASE_LR:g}, x sqrt(batch / {BASE_BATCH}) for "
+                        f"batches over {BASE_BATCH})")
+    t.add_argument("--lr-d", type=float, default=lr_d, help="discriminator's (default: as --lr-g's)")
     t.add_argument("--lr-schedule", choices=presets.LR_SCHEDULES, default=lr_schedule)
     t.add_argument("--pretrain-loss", choices=presets.PIXEL_LOSSES, default=pretrain_loss)
     t.add_argument("--content-loss", choices=presets.CONTENT_LOSSES, default=content_loss)
@@ -855,13 +958,23 @@ def parse_args(argv=None):
     t.add_argument("--collective-timeout", type=float, default=collective_timeout, metavar="SECONDS",
                    help="multi-worker: how long a worker waits for the others (at start, and in each step)")
     t.add_argument("--mixed-precision", choices=presets.SWITCHES, default=mixed_precision,
-                   help="auto: on with a GPU (float16) or a CPU with native bfloat16 (AVX512_BF16/AMX); on a CPU, "
-                        "'on' means bfloat16")
+                   help="auto: on with a GPU or a CPU with native bfloat16 (AVX512_BF16/AMX); on means bfloat16 "
+                        "(float16 on GPUs older than Ampere)")
     t.add_argument("--jit", choices=presets.SWITCHES, default=jit, help="XLA compilation")
-    t.add_argument("--input-pipeline", choices=("auto", "tfdata", "pydataset"), default=input_pipeline)
+    t.add_argument("--input-pipeline", choices=("auto", "tfdata", "pydataset", "device"), default=input_pipeline,
+                   help="auto: tfdata on TensorFlow; device (crops cut on the GPU from the split in its memory) on a "
+                        "GPU when the pairs have one size; else pydataset")
+    t.add_argument("--time-budget", type=float, default=time_budget, metavar="MINUTES",
+                   help="stop when these minutes (from the command's start) are spent, or at the last epoch end "
+                        "before: the state is saved and the same command continues; exit 0")
+    t.add_argument("--epoch-seconds", type=float, default=epoch_seconds, metavar="SECONDS",
+                   help="end each epoch (validation, exports, state) after this much training; --steps-per-epoch is "
+                        "then a maximum")
     t.add_argument("--cache-fraction", type=float, default=cache_fraction,
                    help="tf.data caches decoded training images when they fit in this share of free memory")
     t.add_argument("--sample-count", type=int, default=sample_count, help="validation images in the sample grids")
+    t.add_argument("--val-limit", type=int, default=val_limit, metavar="N",
+                   help="validate on at most N pairs of the validation split, evenly spread (default: all)")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1, help="Keras fit verbosity")
     e = sub.add_parser("evaluate", help="PSNR/SSIM of a generator (or bicubic) on a DATASET's test split or a folder")
     e.add_argument("--model", required=True,
@@ -928,7 +1041,8 @@ def check_train_args(parser, args):
     for name in ("pretrain_epochs", "gan_epochs"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
-    for name in ("batch_size", "steps_per_epoch", "patch_size", "filters", "blocks", "d_filters", "sample_count"):
+    for name in ("batch_size", "steps_per_epoch", "patch_size", "filters", "blocks", "d_filters", "sample_count",
+                 "val_limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -940,6 +1054,10 @@ def check_train_args(parser, args):
         parser.error("--cache-fraction must be in [0, 1]")
     if args.collective_timeout <= 0:
         parser.error("--collective-timeout must be > 0")
+    for name in ("lr_g", "lr_d", "time_budget", "epoch_seconds"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
 
 
 def main(argv=None):

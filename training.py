@@ -1,17 +1,21 @@
 """What Keras calls during a flow.py training run: the input batches, the callbacks, and the crash-safe state.
 
-Input: `tf_pair_dataset` (tf.data over a split's PNG files) or `PairBatches` (a PyDataset over images held in
-memory, for the JAX and PyTorch backends). Both draw the same kind of aligned random crops, flips and turns, keyed
-on (seed, position), so a resumed run sees the batches an uninterrupted one would have.
+Input: `tf_pair_dataset` (tf.data over a split's PNG files), `PairBatches` (a PyDataset over images held in
+memory, for the JAX and PyTorch backends) or `DevicePairBatches` (the whole split in the accelerator's memory,
+crops cut there). All draw the same kind of aligned random crops, flips and turns, keyed on (seed, position), so a
+resumed run sees the batches an uninterrupted one would have. The two PyDatasets count the seconds the training
+loop waits for them (`wait_seconds`), which `Throughput` turns into a share of the step time.
 
 Callbacks, in the order a run uses them (flow.phase_callbacks):
-    Guard               stops on non-finite losses or weights, and after the current step on SIGINT/SIGTERM
+    Guard               stops on non-finite losses or weights, and after the current step on SIGINT/SIGTERM or
+                        when the time budget is spent
     MovingAverageSwap   (--ema) its swap_in puts the weights' moving average in the generator for what follows ...
     ValidationMetrics   PSNR/SSIM of the whole validation split, and of bicubic, into the logs; sample grids
     ExportBest          generator_<phase>.keras / generator.keras (best val SSIM), generator_last.keras
     HistoryCSV          history.csv, one whole row per epoch
                         (TensorBoard, and MovingAverageSwap's swap_out: the raw weights back for training and state)
     StateBackup         the training state (weights, both optimizers, epoch, step) after every epoch
+    Throughput          step time, images/s and the share of it spent waiting for input, into speed.json
 
 Every file is written to a temporary name, flushed to disk and renamed (resizer.atomic_output), so a crash at any
 instant leaves each file whole or absent. The state keeps its last two versions: an unreadable newest one falls
@@ -25,6 +29,8 @@ import os
 import shutil
 import signal
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import runtime  # first: Keras starts without TensorFlow's C++ log lines
@@ -67,39 +73,158 @@ class PairBatches(keras.utils.PyDataset):
     """Training batches from a split held in memory, without TensorFlow (for the JAX and PyTorch backends).
 
     Batch `index` of epoch `e` depends only on (seed, e, index): the same seed gives the same batches, and a
-    resumed run (start_epoch, first_step) sees what an uninterrupted one would have.
+    resumed run (start_epoch, first_step) sees what an uninterrupted one would have. `workers` threads make the
+    next batches ahead; Keras asks for each batch from the training loop itself, so the time it blocks here is
+    the loop's wait for input (wait_seconds).
     """
 
     def __init__(self, lr_images, hr_images, *, batch_size, steps, scale, patch_size=None, seed=0,
                  start_epoch=0, first_step=0, workers=2):
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        super().__init__(workers=1, use_multiprocessing=False)  # 1: no Keras enqueuer, __getitem__ in the loop
         self.lr_images, self.hr_images = lr_images, hr_images
         self.batch_size, self.steps, self.scale, self.seed = batch_size, steps, scale, seed
         self.lr_patch = patch_size // scale if patch_size else None
         self.epoch, self.first_step = start_epoch, first_step
+        self.threads, self.ahead, self.pending = max(1, workers), 2 * max(1, workers), {}
+        self.pool = None
+        self.wait_seconds, self.batches_served = 0.0, 0
 
     def __len__(self):
         return self.steps - self.first_step
 
-    def _epoch_order(self, epoch):
-        """Image indices for the whole epoch: fresh permutations of the split, end to end."""
-        n, needed = len(self.lr_images), self.steps * self.batch_size
-        perms = [np.random.default_rng([self.seed, epoch, k]).permutation(n) for k in range(-(-needed // n))]
-        return np.concatenate(perms)
+    def _epoch_order(self, epoch, start, stop):
+        """Image indices [start, stop) of the epoch's order: fresh permutations of the split, end to end (only the
+        permutations that slice touches are drawn, so a long epoch costs no more per batch)."""
+        n = len(self.lr_images)
+        perms = [np.random.default_rng([self.seed, epoch, k]).permutation(n) for k in range(start // n, -(-stop // n))]
+        offset = (start // n) * n
+        return np.concatenate(perms)[start - offset:stop - offset]
 
-    def __getitem__(self, index):
-        epoch, index = self.epoch, index + self.first_step
-        order = self._epoch_order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, epoch, 1_000_003, index])
+    def _batch_draws(self, epoch, index):
+        """(image indices, numpy Generator) of batch `index` (counted from the epoch's start) of `epoch`."""
+        order = self._epoch_order(epoch, index * self.batch_size, (index + 1) * self.batch_size)
+        return order, np.random.default_rng([self.seed, epoch, 1_000_003, index])
+
+    def make_batch(self, epoch, index):
+        """Batch `index` (from the epoch's start) of `epoch` as float32 [0, 1] arrays (lr, hr)."""
+        order, rng = self._batch_draws(epoch, index)
         pairs = [random_pair_transform(self.lr_images[i], self.hr_images[i], self.scale, self.lr_patch, rng)
                  for i in order]
         lr = np.stack([p[0] for p in pairs]).astype(np.float32) / 255.0
         hr = np.stack([p[1] for p in pairs]).astype(np.float32) / 255.0
         return lr, hr
 
+    def __getitem__(self, index):
+        started = time.perf_counter()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pair-batches")
+        for k in range(index, min(index + self.ahead, len(self))):  # keep `ahead` batches in the making
+            if k not in self.pending:
+                self.pending[k] = self.pool.submit(self.make_batch, self.epoch, k + self.first_step)
+        batch = self.pending.pop(index).result()
+        self.wait_seconds += time.perf_counter() - started
+        self.batches_served += 1
+        return batch
+
     def on_epoch_end(self):
+        if self.pool is not None:  # a new pool each epoch: flow.py may make a new PairBatches for every epoch
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool, self.pending = None, {}
         self.epoch += 1
         self.first_step = 0
+
+
+class DevicePairBatches(PairBatches):
+    """PairBatches cut on the accelerator: the whole split sits in its memory as two uint8 arrays (device_arrays),
+    and each batch is one gather that crops, flips and turns every pair at once (keras.ops, jit-compiled on JAX).
+    The host only draws the batch's random numbers (the same draws as PairBatches) and dispatches the gather, so
+    a small model on a large GPU is not held up by a Python loop over images. Pairs must all have one size
+    (create_dataset.py --mode patches or square)."""
+
+    def __init__(self, device_arrays, *, batch_size, steps, scale, patch_size=None, seed=0, start_epoch=0,
+                 first_step=0):
+        lr_all, hr_all = device_arrays
+        count = int(lr_all.shape[0])
+        super().__init__(range(count), range(count), batch_size=batch_size, steps=steps, scale=scale,
+                         patch_size=patch_size, seed=seed, start_epoch=start_epoch, first_step=first_step)
+        self.lr_all, self.hr_all = lr_all, hr_all
+        _, height, width, _ = lr_all.shape
+        self.crop = (self.lr_patch, self.lr_patch) if self.lr_patch else (int(height), int(width))
+        self.size = (int(height), int(width))
+
+    def __getitem__(self, index):
+        started = time.perf_counter()
+        order, rng = self._batch_draws(self.epoch, index + self.first_step)
+        (crop_h, crop_w), (height, width) = self.crop, self.size
+        y = rng.integers(0, height - crop_h + 1, len(order))
+        x = rng.integers(0, width - crop_w + 1, len(order))
+        # the dihedral transforms: bit 0 flips left-right, bit 1 upside down, bit 2 transposes (square crops only)
+        turn = rng.integers(0, 8 if crop_h == crop_w else 4, len(order))
+        draws = (np.asarray(v, np.int32) for v in (order, y, x, turn))
+        batch = _compiled(cut_pairs)(self.lr_all, self.hr_all, *draws, crop=self.crop, scale=self.scale)
+        self.wait_seconds += time.perf_counter() - started
+        self.batches_served += 1
+        return batch
+
+
+def cut_pairs(lr_all, hr_all, order, y, x, turn, *, crop, scale):
+    """(lr, hr) float32 batches: LR crops of crop = (h, w) pixels at (y, x) and the HR crops they came from."""
+    (crop_h, crop_w) = crop
+    lr = gather_crops(lr_all, order, y, x, turn, crop_h, crop_w)
+    hr = gather_crops(hr_all, order, y * scale, x * scale, turn, crop_h * scale, crop_w * scale)
+    return lr, hr
+
+
+def device_arrays(lr_images, hr_images):
+    """A split's LR and HR images stacked into two uint8 tensors in the accelerator's memory (the backend's default
+    device); a clear error when the pairs differ in size or the flat pixel index would overflow int32."""
+    sizes = {image.shape for image in lr_images} | {("hr", *image.shape) for image in hr_images}
+    if len(sizes) != 2:
+        raise ValueError("--input-pipeline device needs training pairs of one size (create_dataset.py --mode "
+                         "patches or square); this split's sizes vary")
+    if len(hr_images) * hr_images[0].shape[0] * hr_images[0].shape[1] >= 2**31:
+        raise ValueError(f"--input-pipeline device: {len(hr_images)} HR images are too many pixels for one int32 "
+                         "index; use --input-pipeline pydataset")
+    return keras.ops.convert_to_tensor(np.stack(lr_images)), keras.ops.convert_to_tensor(np.stack(hr_images))
+
+
+def gather_crops(images, order, y, x, turn, crop_h, crop_w):
+    """float32 [0, 1] crops (N, crop_h, crop_w, C) of uint8 images (M, H, W, C): crop k is image order[k] from
+    (y[k], x[k]), turned by turn[k] (bit 0: left-right flip, 1: upside-down flip, 2: transpose), in one gather
+    of flat pixel indices. The transform acts on the crop's own coordinates, so LR and HR crops of one pair
+    (offsets and sides times the scale) stay aligned."""
+    from keras import ops
+
+    _, height, width, channels = images.shape
+    rows = ops.reshape(ops.arange(crop_h, dtype="int32"), (1, crop_h, 1))
+    cols = ops.reshape(ops.arange(crop_w, dtype="int32"), (1, 1, crop_w))
+    turn = ops.reshape(turn, (-1, 1, 1))
+    transpose, upside_down, mirrored = (turn // 4) % 2 == 1, (turn // 2) % 2 == 1, turn % 2 == 1
+    src_rows, src_cols = ops.where(transpose, cols, rows), ops.where(transpose, rows, cols)  # (N, h, w) each
+    src_rows = ops.where(upside_down, crop_h - 1 - src_rows, src_rows)
+    src_cols = ops.where(mirrored, crop_w - 1 - src_cols, src_cols)
+    flat = ((ops.reshape(order, (-1, 1, 1)) * height + ops.reshape(y, (-1, 1, 1)) + src_rows) * width
+            + ops.reshape(x, (-1, 1, 1)) + src_cols)
+    pixels = ops.take(ops.reshape(images, (-1, channels)), ops.reshape(flat, (-1,)), axis=0)
+    return ops.cast(ops.reshape(pixels, (-1, crop_h, crop_w, channels)), "float32") / 255.0
+
+
+_COMPILED = {}
+
+
+def _compiled(function):
+    """function compiled once with jax.jit on the JAX backend (one dispatch per call; keyword arguments static),
+    the function itself elsewhere."""
+    if runtime.backend() != "jax":
+        return function
+    if function not in _COMPILED:
+        import inspect
+
+        import jax
+
+        static = [name for name, p in inspect.signature(function).parameters.items() if p.kind == p.KEYWORD_ONLY]
+        _COMPILED[function] = jax.jit(function, static_argnames=static)
+    return _COMPILED[function]
 
 
 def tf_pair_dataset(split, *, batch_size, scale, patch_size=None, seed=0, skip_batches=0, cache=None,
@@ -332,14 +457,19 @@ class Guard(keras.callbacks.Callback):
       keeps the bad epoch out;
     - SIGINT (Ctrl-C) or SIGTERM: stop after the current step and save the state there (save_to), so the same
       command continues from that step. A second signal interrupts at once.
+    - deadline (time.time() seconds): the same stop after the first step that ends past it (signalled names
+      BUDGET then).
+    - epoch_seconds: an epoch ends, as a finished one, after the first step that ends this long after its start
+      (fit() then returns: flow.py calls it for one epoch at a time with this).
     The epoch-end callbacks ask `epoch_is_good()` before they write anything.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, save_to=None, steps_done=0):
+    def __init__(self, save_to=None, steps_done=0, deadline=None, epoch_seconds=None):
         super().__init__()
         self.save_to, self.steps_done = save_to, steps_done  # steps of the current epoch done before this fit
+        self.deadline, self.epoch_seconds, self._epoch_ends = deadline, epoch_seconds, None
         self.tripped = None  # (epoch, batch, what) once non-finite values were seen
         self.signalled = None  # (signal name, epoch, step) once a stop was asked for
         self._epoch, self._previous = 0, {}
@@ -370,23 +500,32 @@ class Guard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._epoch_ends = time.time() + self.epoch_seconds if self.epoch_seconds else None
 
     def on_train_batch_end(self, batch, logs=None):
         bad = [k for k, v in (logs or {}).items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
         if bad and self.tripped is None:
             self.tripped = (self._epoch, batch, ", ".join(bad))
             self.model.stop_training = True
-        elif self._pending and self.signalled is None:
+        elif self.signalled is None and (self._pending or self._past_deadline()):
             step = self.steps_done + batch + 1
             save_state(self.model, self.save_to, self._epoch, step)
-            self.signalled = (self._pending, self._epoch, step)
+            self.signalled = (self._pending or BUDGET, self._epoch, step)
             self.model.stop_training = True
+        elif self._epoch_ends is not None and time.time() >= self._epoch_ends:
+            self.model.stop_training = True  # the epoch is over: its end callbacks validate, export and save
+
+    def _past_deadline(self):
+        return self.deadline is not None and time.time() >= self.deadline
 
     def on_epoch_end(self, epoch, logs=None):
         self.steps_done = 0
         if self.epoch_is_good() and not all(np.all(np.isfinite(w)) for w in self.model.get_weights()):
             self.tripped = (epoch, None, "weights")
             self.model.stop_training = True
+
+
+BUDGET = "time budget"  # Guard.signalled's name for a stop at the deadline
 
 
 def _in_main_thread():
@@ -405,6 +544,65 @@ class StateBackup(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.guard.epoch_is_good():
             save_state(self.model, self.folder, epoch + 1)
+
+
+class Throughput(keras.callbacks.Callback):
+    """Wall time per training step, images/s and the share of step time the loop spent waiting for its input,
+    written to `path` (speed.json, one entry per phase) at every epoch's end and when training ends.
+
+    A step's time runs from one batch's end to the next (Guard, earlier in the list, has read the step's
+    losses, so the device has finished it). The first step of every fit() (compilation) and of every epoch
+    (after validation) is not timed. The wait is what the input's wait_seconds grew by in between (the
+    PyDatasets count it; tf.data runs inside the compiled step, so with it the share is null). Reuse one
+    instance for all fit() calls of a phase: the counts add up."""
+
+    def __init__(self, path, phase, batch_size, source=None):
+        super().__init__()
+        self.path, self.phase, self.batch_size, self.source = Path(path), phase, batch_size, source
+        self.step_seconds, self.wait_seconds, self.steps = [], [], 0
+        self.first_step_seconds = 0.0  # of the latest fit(): its first step compiles
+        self._last, self._fit_began = None, None
+
+    def on_train_begin(self, logs=None):
+        self._fit_began = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        now, waited = time.perf_counter(), getattr(self.source, "wait_seconds", None)
+        if self._fit_began is not None:
+            self.first_step_seconds, self._fit_began = now - self._fit_began, None
+        if self._last is not None:
+            self.step_seconds.append(now - self._last[0])
+            self.wait_seconds.append(None if waited is None or self._last[1] is None else waited - self._last[1])
+        self._last = (now, waited)
+        self.steps += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.write()
+
+    def on_train_end(self, logs=None):
+        self.write()
+
+    def figures(self):
+        """{"steps", "timed_steps", "step_time_s" (median), "images_per_s", "input_wait_share", "batch_size"}."""
+        timed = np.asarray(self.step_seconds, np.float64)
+        waits = self.wait_seconds
+        share = (float(np.sum(waits) / timed.sum()) if timed.size and all(w is not None for w in waits)
+                 else None)
+        median = float(np.median(timed)) if timed.size else None
+        return {"steps": self.steps, "timed_steps": int(timed.size), "step_time_s": median,
+                "images_per_s": self.batch_size / median if median else None, "input_wait_share": share,
+                "batch_size": self.batch_size, "input": type(self.source).__name__ if self.source is not None
+                else None}
+
+    def write(self):
+        if not runtime.writes_run_folder():
+            return
+        figures = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        figures[self.phase] = self.figures()
+        resizer.write_json(self.path, figures)
 
 
 def sample_grid(lr, bicubic, sr, hr, names=None):

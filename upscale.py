@@ -191,10 +191,10 @@ def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
 
 
 def has_gpu():
-    """True when the Keras backend sees a GPU (TensorFlow backend)."""
-    import tensorflow as tf
+    """True when the Keras backend (TensorFlow, JAX or torch) sees a GPU; needs no TensorFlow elsewhere."""
+    import runtime
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return runtime.gpu_count() > 0
 
 
 def resolve_precision(precision="auto"):

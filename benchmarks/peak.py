@@ -72,22 +72,33 @@ def describe_peak(peak):
                      for p in ("fp32", "bf16") if p in peak)
 
 
+def _conv_of(layer):
+    """The Conv2D a layer is (or wraps, as keras.layers.SpectralNormalization does); None for other layers."""
+    import keras
+
+    inner = getattr(layer, "layer", None)
+    return layer if isinstance(layer, keras.layers.Conv2D) else inner if isinstance(inner, keras.layers.Conv2D) else None
+
+
 def generator_flops(model, height, width):
-    """FLOPs (2 per multiply-add) of the convolutions in one forward pass over a height x width LR image:
-    every Conv2D at its own output resolution, and the fixed-kernel convolutions of an interpolation skip.
-    Element-wise work (activations, adds, pixel shuffles) is left out: it is memory-bound and small."""
+    """FLOPs (2 per multiply-add) of the convolutions in one forward pass over a height x width input image:
+    every Conv2D (spectral-normalised ones too) at its own output resolution, and the fixed-kernel convolutions of
+    an interpolation skip. Element-wise work (activations, adds, pixel shuffles) is left out: it is memory-bound
+    and small. Any size-agnostic convolutional model will do (discriminators, the VGG of a content loss)."""
     import keras
 
     from generator import InterpolationUpsample, LumaUpsample  # imports runtime, then Keras
 
-    probe = np.zeros((1, 8, 8, 3), np.float32)  # output sizes relative to the input's, found once
-    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    side = model.input.shape[1:3]  # a model tied to one input size is probed at that size
+    side = (8, 8) if None in side else tuple(side)
+    probe = np.zeros((1, *side, 3), np.float32)  # output sizes relative to the input's, found once
+    convs = [layer for layer in model.layers if _conv_of(layer) is not None]
     outputs = keras.Model(model.input, [layer.output for layer in convs])(probe)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     macs = 0.0
     for layer, out in zip(convs, outputs, strict=True):
-        area = height * width * (out.shape[1] / 8) * (out.shape[2] / 8)
-        kh, kw, cin, cout = layer.kernel.shape
+        area = height * width * (out.shape[1] / side[0]) * (out.shape[2] / side[1])
+        kh, kw, cin, cout = _conv_of(layer).kernel.shape
         macs += area * kh * kw * cin * cout
     for layer in model.layers:
         if isinstance(layer, InterpolationUpsample):
