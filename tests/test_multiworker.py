@@ -111,7 +111,7 @@ def test_two_workers_train_both_phases_in_step(tiny_dataset, png_and_tfrecord_da
     # the chief wrote the run folder, once; the worker wrote nothing into it
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["best.json", "config.json", "gan.done", "generator.keras", "generator_gan.keras", "generator_last.keras",
-         "generator_pretrain.keras", "history.csv", "pretrain.done", "samples", "tensorboard"])
+         "generator_pretrain.keras", "history.csv", "pretrain.done", "samples", "speed.json", "tensorboard"])
     assert history_epochs(run) == [1, 2]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch-001.png", "epoch-002.png"]
     assert "worker 1 (127.0.0.1:" in worker and "done; the chief writes the run folder" in worker
