@@ -71,11 +71,12 @@ TINY_RUN_FLAGS = ["--pretrain-epochs", "2", "--gan-epochs", "1", *TINY_TRAIN, "-
 
 
 # Tests of a run's wiring (resume, kill, checkpoints) need no graph: with TensorFlow's functions run eagerly, a
-# run of a few tiny steps skips their tracing (same numbers): 10 s instead of 34 in-process, 8.8 s instead of 11.2
-# as a process, measured on 2 cores. Many steps run faster traced. The graph path is trained by tiny_run and the
-# mirrored, multi-worker and XLA tests.
-EAGER_FLOW = ["-W", "ignore:Even though:UserWarning", "-c", "import runtime, sys, runpy, tensorflow as tf\ntf.config.run_functions_eagerly(True)\n"
-                    "sys.argv[0] = 'flow.py'\nrunpy.run_path('flow.py', run_name='__main__')"]
+# run of a few tiny steps skips their tracing, with the same numbers (measured on the 2 shared cores: a tiny run
+# in-process 10 s instead of 34, as a process 8.8 s instead of 11.2). Runs of many steps are faster traced. The
+# graph path is trained by tiny_run and the mirrored, multi-worker and XLA tests.
+EAGER_FLOW = ["-W", "ignore:Even though:UserWarning", "-c",
+              "import runtime, sys, runpy, tensorflow as tf\ntf.config.run_functions_eagerly(True)\n"
+              "sys.argv[0] = 'flow.py'\nrunpy.run_path('flow.py', run_name='__main__')"]
 
 
 @pytest.fixture
