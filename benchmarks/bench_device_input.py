@@ -23,8 +23,6 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
 
-import training  # noqa: E402
-
 RECIPES = {"stream": 1024, "psnr": 256, "gan": 64}  # accelerator.py's batch sizes
 HR, SCALE = 128, 4
 
@@ -42,12 +40,13 @@ def median_seconds(function, repeat):
 
 def main(argv=None):
     """Print one line per recipe and the ratio; returns 0."""
-    import keras
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=1000, help="synthetic training pairs")
     parser.add_argument("--repeat", type=int, default=10)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help answers before Keras loads
+    import keras
+
+    import training  # imports runtime first: Keras starts quietly
     rng = np.random.default_rng(0)
     hrs = [rng.integers(0, 256, (HR, HR, 3), dtype=np.uint8) for _ in range(args.pairs)]
     lrs = [hr[::SCALE, ::SCALE].copy() for hr in hrs]
