@@ -13,29 +13,17 @@ A GPU step shorter than the host's time per batch / W leaves the GPU waiting for
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import numpy as np  # noqa: E402
+from peak import median_seconds  # noqa: E402
 
 RECIPES = {"stream": 1024, "psnr": 256, "gan": 64}  # accelerator.py's batch sizes
 HR, SCALE = 128, 4
-
-
-def median_seconds(function, repeat):
-    """Median wall time of function() over repeat calls, after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main(argv=None):

@@ -104,16 +104,6 @@ def tiling(model, size, tile=None):
             f"{tiles * tile_h * tile_w / (size[0] * size[1]):.2f}x the pixels")
 
 
-def median_seconds(fn, repeats):
-    fn()  # warm-up: traces and compiles the predict function for this shape
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def interleaved_times(cases, repeats):
     """{name: (median wall s, median CPU s)}: one warm-up each, then the cases in turn, `repeats` rounds, so
     a change in the machine's load (teammates' jobs) hits them alike."""

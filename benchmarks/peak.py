@@ -19,8 +19,10 @@ CONV_SHAPE = (1, 360, 640, 64)  # a 3x3 64->64 convolution over a 640x360 featur
 RUNS = 5
 
 
-def _median_seconds(fn, runs=RUNS):
-    fn()  # warm-up: kernels chosen, memory allocated
+def median_seconds(fn, runs=RUNS):
+    """Median wall time of fn() over `runs` calls, after one warm-up call (kernels chosen or compiled, memory
+    allocated)."""
+    fn()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -42,7 +44,7 @@ def _ops():
 def _matmul_gflops(dtype):
     ops = _ops()
     a = ops.convert_to_tensor(np.random.default_rng(0).standard_normal((MATMUL_SIDE,) * 2), dtype=dtype)
-    seconds = _median_seconds(lambda: ops.convert_to_numpy(ops.matmul(a, a)))
+    seconds = median_seconds(lambda: ops.convert_to_numpy(ops.matmul(a, a)))
     return 2 * MATMUL_SIDE**3 / seconds / 1e9
 
 
@@ -51,7 +53,7 @@ def _conv_gflops(dtype):
     rng = np.random.default_rng(0)
     x = ops.convert_to_tensor(rng.standard_normal(CONV_SHAPE), dtype=dtype)
     k = ops.convert_to_tensor(rng.standard_normal((3, 3, CONV_SHAPE[3], CONV_SHAPE[3])) * 0.05, dtype=dtype)
-    seconds = _median_seconds(lambda: ops.convert_to_numpy(ops.conv(x, k, padding="same")))
+    seconds = median_seconds(lambda: ops.convert_to_numpy(ops.conv(x, k, padding="same")))
     n, h, w, c = CONV_SHAPE
     return 2 * n * h * w * 9 * c * c / seconds / 1e9
 

@@ -12,7 +12,7 @@ PY=${PY:-.venv/bin/python}
 WORK=${WORK:-data/weights-work}
 
 # 1. Photos: MATE's nature backgrounds and the photographs among Plasma's wallpapers (drawn ones left out).
-PLASMA_PHOTOS="BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Grey Kite OneStandsOut Path summer_1am"
+. weights/photos.sh  # PLASMA_PHOTOS, OPENCV_PHOTOS (the script runs from the repository root)
 mkdir -p "$WORK/debs" "$WORK/photos/mate-nature" "$WORK/photos/plasma"
 (cd "$WORK/debs" && apt-get download mate-backgrounds plasma-workspace-wallpapers)
 for deb in "$WORK"/debs/*.deb; do dpkg -x "$deb" "$WORK/debs/x"; done
@@ -47,12 +47,6 @@ ARCH="--filters 64 --blocks 16 --no-batch-norm --interpolation-skip bicubic"
 # 6. More photos with what the wallpapers lack (text, buildings, objects): 26 photographs among OpenCV's examples
 #    (opencv-doc; drawn, rendered, synthetic, benchmark and near-duplicate images left out, see DATA.md), added to
 #    the same photos in a second RAW folder. Old photos keep their splits (the split follows each file's bytes).
-OPENCV_PHOTOS="data/aero1.jpg data/aero3.jpg data/aloeL.jpg data/apple.jpg data/board.jpg data/building.jpg
-  data/chicky_512.png data/ela_original.jpg data/fruits.jpg data/graf1.png data/leuvenA.jpg data/orange.jpg
-  data/squirrel_cls.jpg data/stuff.jpg data/sudoku.png text/scenetext01.jpg text/scenetext02.jpg text/scenetext03.jpg
-  text/scenetext04.jpg text/scenetext05.jpg text/scenetext06.jpg text/scenetext_segmented_word01.jpg
-  text/scenetext_segmented_word02.jpg text/scenetext_segmented_word03.jpg text/scenetext_segmented_word04.jpg
-  text/scenetext_segmented_word05.jpg"
 (cd "$WORK/debs" && apt-get download opencv-doc)
 INCLUDE=()
 for photo in $OPENCV_PHOTOS; do INCLUDE+=(--include "usr/share/doc/opencv-doc/examples/$photo"); done
