@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, into .whl/, the wheels the GPU machine lacks for `make accelerator` (`make accelerator-wheels`): Keras
 # and the two packages it needs that the machine's image does not hold (namex, optree), for its Python 3.12 on
-# x86-64 Linux. Everything else the run imports is there (/work/.library/device/KINDS.md's package list: jax, numpy,
+# x86-64 Linux. Everything else the run imports is there (the lent machine's package list: jax, numpy,
 # pillow, scikit-image, scipy, tqdm, h5py, ml-dtypes, absl-py, rich, packaging). Versions: this venv's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
