@@ -658,11 +658,8 @@ def evaluate(model_arg, data, scale=None, out=None, per_image=False):
     label = model_label(model_arg, model_path)
     out = Path(out or "out/eval")
     stem = out / f"{label}_{Path(data).resolve().name}_x{scale}"
-    table = markdown_table(rows)
+    table = write_tables(stem, rows, f"{model_arg} on {data}, x{scale}, Y channel, border {scale}")
     print(table if per_image else summary_table(rows[-1]))
-    write_csv(stem.with_suffix(".csv"), rows)
-    with resizer.atomic_output(stem.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(f"{model_arg} on {data}, x{scale}, Y channel, border {scale}\n\n{table}\n")
     for name, reason in failed:
         print(f"failed: {name}: {reason}", file=sys.stderr)
     mean = rows[-1]
@@ -780,6 +777,16 @@ def write_csv(path, rows):
         writer.writerows(rows)
 
 
+def write_tables(stem, rows, heading):
+    """An evaluation's rows as stem.csv and as stem.md (the heading, then the markdown table), each written
+    atomically; returns the markdown table."""
+    table = markdown_table(rows)
+    write_csv(stem.with_suffix(".csv"), rows)
+    with resizer.atomic_output(stem.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(f"{heading}\n\n{table}\n")
+    return table
+
+
 # ---------------------------------------------------------------- evaluate-stream: models on streamed video
 STREAM_CONDITIONS = ("clean", 18, 28, 34)  # `evaluate-stream --crf`: as issue 20 measured the video model
 STREAM_VIDEO_CLIPS = 12  # clips of consecutive frames taken from an HR video at most
@@ -835,13 +842,9 @@ def evaluate_stream(model_arg, data, conditions=STREAM_CONDITIONS, *, codec_name
     label = model_label(model_arg, model_path)
     source = Path(data).resolve()
     stem = Path(out or "out/eval") / f"{label}_{source.stem if source.is_file() else source.name}_x{scale}_stream"
-    table = markdown_table(rows)
-    print(table)
-    write_csv(stem.with_suffix(".csv"), rows)
     what = (f"{model_arg} on {data}, x{scale}: {len(clips) - len(failed)} clips of {frames} frames, {codec_name} "
             f"preset {preset} yuv420p at {codec.FPS} fps; Y channel, border {scale}; NIQE of each clip's last frame")
-    with resizer.atomic_output(stem.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(f"{what}\n\n{table}\n")
+    print(write_tables(stem, rows, what))
     for name, reason in failed:
         print(f"failed: {name}: {reason}", file=sys.stderr)
     scores = ", ".join(f"{r['condition']} {r['gain_db']:+.2f} dB" if model is not None
