@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from fakeserver import FakeServer
 
+import inference
+import media
 import upscale
 from generator import build_generator
 
@@ -195,7 +197,7 @@ def test_a_broken_segment_stops_with_the_url_and_keeps_the_frames_before_it(mode
 
 
 def test_a_stalled_or_short_stream_is_named_with_where_it_stopped(model_path, tmp_path, monkeypatch):
-    monkeypatch.setattr(upscale, "STREAM_READ_TIMEOUT", 1.0)
+    monkeypatch.setattr(media, "STREAM_READ_TIMEOUT", 1.0)
     with FakeServer() as server:
         url = serve_hls(server, segments=4)
         server.fault("/live/seg3.ts", {"sleep": 4})  # the server stops answering
@@ -290,7 +292,7 @@ def test_the_fastest_candidate_is_chosen_by_timing():
 
 def test_auto_runs_what_timed_fastest_and_the_summary_says_so(model_path, tmp_path, monkeypatch, capsys):
     clip = encode_frames(str(tmp_path / "clip.mp4"), range(4))
-    monkeypatch.setattr(upscale, "cpu_has_native_bf16", lambda: True)  # bf16 is a candidate on any CPU
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)  # bf16 is a candidate on any CPU
     timed, used = [], []
     fake = {"fp32": 0.2, "fp32 XLA": 0.1, "bf16": 0.25, "bf16 XLA": 0.4}  # seconds per frame, as if measured
 
@@ -298,7 +300,7 @@ def test_auto_runs_what_timed_fastest_and_the_summary_says_so(model_path, tmp_pa
         timed.append(sorted(candidates))
         return "fp32 XLA", {name: fake[name] for name in candidates}
 
-    monkeypatch.setattr(upscale, "fastest", fake_fastest)
+    monkeypatch.setattr(inference, "fastest", fake_fastest)
     real_run_job = upscale.run_job
     monkeypatch.setattr(upscale, "run_job", lambda inference, *a: used.append(inference.model) or real_run_job(inference, *a))
     assert upscale.main([clip, "-o", str(tmp_path / "out.mp4"), "--model", str(model_path), "--no-progress"]) == 0
@@ -306,7 +308,7 @@ def test_auto_runs_what_timed_fastest_and_the_summary_says_so(model_path, tmp_pa
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.startswith("upscale: 1 done") and ("; ran fp32 XLA, the fastest on 32x24 frames here (frames/s: "
                                                       "fp32 5.00, fp32 XLA 10.00, bf16 4.00, bf16 XLA 2.50; timed in") in summary
-    assert upscale._state(used[0]).compiled is not None  # the XLA-compiled fp32 model ran
+    assert inference._state(used[0]).compiled is not None  # the XLA-compiled fp32 model ran
     assert {layer.dtype_policy.name for layer in used[0].layers} == {"float32"}
     # a fixed setting is not timed, and a still image is not either
     assert upscale.main([clip, "-o", str(tmp_path / "fixed.mp4"), "--model", str(model_path), "--no-progress",

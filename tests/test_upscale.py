@@ -17,6 +17,7 @@ import skimage
 from PIL import Image, ImageSequence
 from skimage import data
 
+import inference
 import presets
 import resizer
 import upscale
@@ -334,7 +335,7 @@ def test_a_failure_midway_leaves_no_partial_output(model_path, tmp_path, monkeyp
             raise RuntimeError("disk on fire")
         return real(model, frames, **kwargs)
 
-    monkeypatch.setattr(upscale, "upscale_batch", fails_on_frame_4)
+    monkeypatch.setattr(inference, "upscale_batch", fails_on_frame_4)  # what Inference.frames calls
     assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 1
     assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
     calls.clear()
@@ -348,7 +349,7 @@ def test_a_failure_midway_leaves_no_partial_output(model_path, tmp_path, monkeyp
         return real(model, frames, **kwargs)
 
     calls.clear()
-    monkeypatch.setattr(upscale, "upscale_batch", interrupted_on_frame_3)
+    monkeypatch.setattr(inference, "upscale_batch", interrupted_on_frame_3)
     assert run_cli(video, "-o", tmp_path / "out" / "clip.mp4", "--model", model_path) == 130
     assert not (tmp_path / "out" / "clip.mp4").exists() and not leftovers(tmp_path)
     assert not [t for t in threading.enumerate() if t.name.startswith("upscale-")]  # the pipeline's threads ended
@@ -406,7 +407,7 @@ def test_bad_model_and_bad_output_are_usage_errors(model_path, tmp_path, capsys)
 
 
 def test_missing_default_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(upscale, "DEFAULT_MODEL", tmp_path / "weights" / "srresnet_x4_psnr.keras")
+    monkeypatch.setattr(inference, "DEFAULT_MODEL", tmp_path / "weights" / "srresnet_x4_psnr.keras")
     src = tmp_path / "in.png"
     Image.fromarray(data.coffee()[:16, :16]).save(src)
     assert run_cli(src, "-o", tmp_path / "out.png") == 2
@@ -617,7 +618,8 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(upscale, "load_model", refuse)
+    monkeypatch.setattr(upscale, "load_model", refuse)  # --compare-with's model
+    monkeypatch.setattr(inference, "load_model", refuse)  # load_fastest's
 
 
 def test_arguments_are_checked_before_any_model_loads(model_path, tmp_path, capsys, no_model_load, monkeypatch):
@@ -826,10 +828,10 @@ def test_bf16_copy_and_precision_choice(model, tmp_path, monkeypatch):
     monkeypatch.setenv("SR_CPU_BF16", "maybe")
     with pytest.raises(ValueError, match="SR_CPU_BF16"):
         upscale.cpu_has_native_bf16()
-    monkeypatch.setattr(upscale, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
     assert upscale.resolve_precision("auto") == "bf16" and upscale.resolve_precision("fp32") == "fp32"
-    monkeypatch.setattr(upscale, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(upscale, "has_gpu", lambda: False)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(inference, "has_gpu", lambda: False)
     assert upscale.resolve_precision("auto") == "fp32"
 
 
@@ -920,9 +922,11 @@ def test_pipeline_queues_are_bounded_and_errors_stop_every_stage():
 
 
 def test_compile_auto_is_on_for_frames_and_off_for_still_images():
-    still, anim = upscale.Job(Path("a.png"), Path("b.png"), "image"), upscale.Job(Path("a.gif"), Path("b.gif"), "animation")
-    assert not upscale.wants_compile("auto", [still]) and upscale.wants_compile("auto", [still, anim])
-    assert upscale.wants_compile("on", [still]) and not upscale.wants_compile("off", [anim])
+    still, anim = upscale.Job(Path("a.png"), Path("b.png"), "image"), upscale.Job(SKIMAGE_GIF, Path("b.gif"), "animation")
+    assert upscale.first_frame_size([still]) is None
+    assert upscale.first_frame_size([still, anim]) == Image.open(SKIMAGE_GIF).size  # what the runtimes are timed on
+    assert not inference.wants_compile("auto", None) and inference.wants_compile("auto", (32, 24))
+    assert inference.wants_compile("on", None) and not inference.wants_compile("off", (32, 24))
     assert upscale.parse_args(["x.png", "-o", "y.png", "--compile"]).compile == "on"
     assert upscale.parse_args(["x.png", "-o", "y.png"]).compile == "auto"
 
