@@ -166,14 +166,16 @@ class InterpolationUpsample(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="srgan")
 class LumaUpsample(keras.layers.Layer):
-    """The tail of a luma-first generator: [LR (N,H,W,3), luma residual (N,H,W,r*r)] -> SR (N,H*r,W*r,3).
+    """The tail of a luma-first generator: [LR (N,H,W,C), luma residual (N,H,W,r*r)] -> SR (N,H*r,W*r,C).
 
-    SR = interpolate(LR) + the residual added equally to R, G and B. Adding d to all three channels adds d to
-    luma and nothing to chroma (BT.601's Cb and Cr weights each sum to zero), so the network predicts luma
-    detail only and chroma stays interpolated, as in ESPCN, FSRCNN and on-device upscalers: its last conv needs
-    r*r channels instead of 3*r*r. The interpolation is a depthwise convolution (each channel its own r*r taps,
-    a third of InterpolationUpsample's dense kernel), renormalised at the borders like InterpolationUpsample,
-    and the one transpose of the sub-pixel shuffle also brings the channel-major phases into place.
+    SR = interpolate(LR) + the residual added equally to every channel (R, G and B in a generator). Adding d to
+    all three adds d to luma and nothing to chroma (BT.601's Cb and Cr weights each sum to zero), so the network
+    predicts luma detail only and chroma stays interpolated, as in ESPCN, FSRCNN and on-device upscalers: its
+    last conv needs r*r channels instead of 3*r*r. The interpolation is a depthwise convolution (each channel
+    its own r*r taps, a third of InterpolationUpsample's dense kernel), renormalised at the borders like
+    InterpolationUpsample, and the one transpose of the sub-pixel shuffle also brings the channel-major phases
+    into place. Any channel count works: the YUV video path runs it on luma alone (one channel), and
+    ChromaUpsample applies the same interpolation to chroma planes.
     """
 
     def __init__(self, scale, interpolation="bicubic", **kwargs):
@@ -183,33 +185,55 @@ class LumaUpsample(keras.layers.Layer):
         self.scale, self.interpolation = int(scale), interpolation
         r = self.scale
         taps = interpolation_taps(r, interpolation)
-        phases = np.stack([np.outer(taps[i], taps[j]) for i in range(r) for j in range(r)], axis=-1)  # (5,5,r*r)
-        self._depthwise = np.repeat(phases[:, :, None, :], 3, axis=2).astype(np.float32)  # (5, 5, 3, r*r)
-        self._phase_kernel = phases[:, :, None, :].astype(np.float32)  # (5, 5, 1, r*r)
+        self._phases = np.stack([np.outer(taps[i], taps[j]) for i in range(r) for j in range(r)], axis=-1)  # (5,5,r*r)
+        self._phase_kernel = self._phases[:, :, None, :].astype(np.float32)  # (5, 5, 1, r*r)
 
     def call(self, inputs):
         lr, residual = inputs
-        r = self.scale
+        phases = self.interpolated_phases(lr)
+        return self.shuffle(phases + ops.expand_dims(ops.cast(residual, phases.dtype), 3))
+
+    def interpolated_phases(self, x):
+        """(N, H, W, C) -> (N, H, W, C, r*r): each channel's r*r output phases of the interpolation."""
+        channels = x.shape[-1]
         pad = ((0, 0), (2, 2), (2, 2), (0, 0))
-        kernel = ops.convert_to_tensor(self._depthwise, dtype=lr.dtype)
-        weighted = ops.depthwise_conv(ops.pad(lr, pad), kernel, padding="valid")  # (N, H, W, 3*r*r), c-major
-        ones = ops.pad(ops.ones_like(lr[..., :1]), pad)
-        weights = ops.conv(ones, ops.convert_to_tensor(self._phase_kernel, dtype=lr.dtype), padding="valid")
-        shape = ops.shape(lr)
+        depthwise = np.repeat(self._phases[:, :, None, :], channels, axis=2).astype(np.float32)  # (5, 5, C, r*r)
+        kernel = ops.convert_to_tensor(depthwise, dtype=x.dtype)
+        weighted = ops.depthwise_conv(ops.pad(x, pad), kernel, padding="valid")  # (N, H, W, C*r*r), c-major
+        ones = ops.pad(ops.ones_like(x[..., :1]), pad)
+        weights = ops.conv(ones, ops.convert_to_tensor(self._phase_kernel, dtype=x.dtype), padding="valid")
+        shape = ops.shape(x)
+        return ops.reshape(weighted, (shape[0], shape[1], shape[2], channels, self.scale**2)) / ops.expand_dims(weights, 3)
+
+    def shuffle(self, phases):
+        """(N, H, W, C, r*r) channel-major phases -> (N, H*r, W*r, C)."""
+        r, channels = self.scale, phases.shape[3]
+        shape = ops.shape(phases)
         n, h, w = shape[0], shape[1], shape[2]
-        phases = ops.reshape(weighted, (n, h, w, 3, r * r)) / ops.expand_dims(weights, 3)
-        phases = phases + ops.expand_dims(ops.cast(residual, phases.dtype), 3)
-        x = ops.reshape(phases, (n, h, w, 3, r, r))
+        x = ops.reshape(phases, (n, h, w, channels, r, r))
         x = ops.transpose(x, (0, 1, 4, 2, 5, 3))  # (n, h, i, w, j, c)
-        return ops.reshape(x, (n, h * r, w * r, 3))
+        return ops.reshape(x, (n, h * r, w * r, channels))
 
     def compute_output_shape(self, input_shapes):
-        n, h, w, _ = input_shapes[0]
+        n, h, w, c = input_shapes[0]
         r = self.scale
-        return (n, None if h is None else h * r, None if w is None else w * r, 3)
+        return (n, None if h is None else h * r, None if w is None else w * r, c)
 
     def get_config(self):
         return {**super().get_config(), "scale": self.scale, "interpolation": self.interpolation}
+
+
+@keras.saving.register_keras_serializable(package="srgan")
+class ChromaUpsample(LumaUpsample):
+    """LumaUpsample's interpolation alone: (N, H, W, C) -> (N, H*r, W*r, C), the same taps, border
+    renormalisation and shuffle, so chroma planes upscaled with it are what a luma-first generator gives its
+    chroma (the YUV video path: inference.upscale_chroma)."""
+
+    def call(self, x):
+        return self.shuffle(self.interpolated_phases(x))
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape([input_shape])
 
 
 def upsample_stages(scale):

@@ -180,6 +180,11 @@ class Inference:
         """A list of uint8 RGB frames, upscaled (upscale_batch: small frames share model calls)."""
         return list(upscale_batch(self.model, rgbs, tile=self.tile, overlap=self.overlap))
 
+    def luma_frames(self, rgbs, luma_weights):
+        """The YUV video path: the luma (float (s*H, s*W)) of each uint8 RGB frame upscaled (upscale_luma)."""
+        return [upscale_luma(self.model, rgb, luma_weights, tile=self.tile, overlap=self.overlap,
+                             batch_size=self.batch_size) for rgb in rgbs]
+
     def frames_per_batch(self, width, height):
         """How many frames of this size go to the model together: as many whole frames as one call holds."""
         if self.tile is not None and width * height > self.tile * self.tile:
@@ -207,7 +212,7 @@ def upscale_array(model, rgb_uint8, *, tile=None, overlap=None, batch_size=None)
     rgb = np.asarray(rgb_uint8)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"upscale_array expects a uint8 (H, W, 3) RGB array, got {rgb.dtype} {rgb.shape}")
-    return _to_uint8_in_bands(upscale_float(model, to_float(rgb), tile=tile, overlap=overlap, batch_size=batch_size))
+    return to_uint8_in_bands(upscale_float(model, to_float(rgb), tile=tile, overlap=overlap, batch_size=batch_size))
 
 
 def upscale_float(model, x, *, tile=None, overlap=None, batch_size=None):
@@ -285,20 +290,94 @@ def upscale_batch(model, lr_uint8_batch, *, batch_size=None, tile=None, overlap=
             if not is_out_of_memory(e):
                 raise
             sr = np.stack([upscale_float(model, to_float(img), tile=tile, overlap=overlap) for img in chunk])
-        out.extend(_to_uint8_in_bands(frame) for frame in sr)
+        out.extend(to_uint8_in_bands(frame) for frame in sr)
     return np.stack(out)
 
 
-def _to_uint8_in_bands(x, rows=64):
+def to_uint8_in_bands(x, rows=64, *, scale=255.0, offset=0.0, low=0.0, high=255.0):
     """to_uint8 (the same steps, so the same values) a band of rows at a time, in place in one temporary:
-    it stays in cache and memory stays small for a 4K output (a frame's float RGB is 44 MB at 2560x1440)."""
+    it stays in cache and memory stays small for a 4K output (a frame's float RGB is 44 MB at 2560x1440).
+    scale, offset, low, high: x * scale + offset, clipped to [low, high] (limited-range video luma: 219, 16,
+    16, 235)."""
     out = np.empty(x.shape, np.uint8)
     for top in range(0, x.shape[0], rows):
-        band = np.multiply(x[top : top + rows], np.float32(255.0), dtype=np.float32)
-        np.nan_to_num(band, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-        np.rint(np.clip(band, 0.0, 255.0, out=band), out=band)
+        band = np.multiply(x[top : top + rows], np.float32(scale), dtype=np.float32)
+        if offset:
+            band += np.float32(offset)
+        np.nan_to_num(band, copy=False, nan=low, posinf=high, neginf=low)
+        np.rint(np.clip(band, low, high, out=band), out=band)
         out[top : top + rows] = band
     return out
+
+
+# --- the YUV video path: luma through the network, chroma interpolated -----------------------------------
+
+
+def upscale_luma(model, rgb_uint8, luma_weights, *, tile=None, overlap=None, batch_size=None):
+    """The luma (Y, float32 (s*H, s*W) in [0, 1], not clipped) of what a luma-first model (see luma_upsample)
+    makes of a uint8 (H, W, 3) RGB image, without making its RGB: the network runs on the image as it does
+    for upscale_array, and its luma residual is added to the interpolated luma of the image. luma_weights:
+    (Kr, Kg, Kb) of the output's colour matrix (BT.709: 0.2126, 0.7152, 0.0722). Adding the residual to
+    R, G and B alike adds it to luma whatever the matrix, so this is, to float rounding, the luma of
+    upscale_array's output before it is clipped and rounded. Tiled as upscale_array; the model (fp32 or
+    bf16, XLA or not) is the one given."""
+    rgb = np.asarray(rgb_uint8)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"upscale_luma expects a uint8 (H, W, 3) RGB array, got {rgb.dtype} {rgb.shape}")
+    luma = luma_model(model, luma_weights)
+    return upscale_float(luma, to_float(rgb), tile=tile, overlap=overlap, batch_size=batch_size)[..., 0]
+
+
+def upscale_chroma(model, chroma):
+    """Chroma planes (float (h, w, C)) upscaled s times by the interpolation the luma-first model gives its
+    chroma (generator.ChromaUpsample: the model's LumaUpsample taps); float32 (s*h, s*w, C)."""
+    x = np.asarray(chroma, np.float32)
+    state = _state(model)
+    if x.shape[-1] not in state.chroma:
+        import keras
+
+        from generator import ChromaUpsample
+
+        layer = luma_upsample(model)
+        planes = keras.Input((None, None, x.shape[-1]), dtype="float32", name="chroma")
+        upsample = ChromaUpsample(layer.scale, layer.interpolation, dtype="float32", name="chroma_upsample")
+        state.chroma[x.shape[-1]] = keras.Model(planes, upsample(planes))
+    return np.asarray(state.chroma[x.shape[-1]].predict_on_batch(x[None]), np.float32)[0]
+
+
+def luma_upsample(model):
+    """The LumaUpsample layer a luma-first generator (the stream preset) ends in, or None: its network predicts
+    a luma residual and its chroma is interpolated."""
+    from generator import LumaUpsample
+
+    return next((layer for layer in model.layers if isinstance(layer, LumaUpsample)), None)
+
+
+def luma_model(model, luma_weights):
+    """A model (uint8-range RGB in [0, 1] (N, H, W, 3) -> luma (N, s*H, s*W, 1)) sharing the luma-first
+    model's layers and weights: the network up to its LumaUpsample, whose residual is added to the
+    interpolated luma (a fixed 1x1 convolution with luma_weights) instead of to R, G and B. Made once per
+    model and weights; XLA-compiled when the model is (compile_model)."""
+    state = _state(model)
+    weights = tuple(float(w) for w in luma_weights)
+    if weights not in state.luma:
+        import keras
+
+        from generator import LumaUpsample
+
+        layer = luma_upsample(model)
+        if layer is None:
+            raise ValueError(f"{model.name} predicts RGB: only a luma-first model (preset stream) has a luma path")
+        image, residual = layer.input
+        to_luma = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, dtype="float32", name="to_luma")
+        luma = to_luma(image)
+        to_luma.set_weights([np.asarray(weights, np.float32).reshape(1, 1, 3, 1)])
+        sr = LumaUpsample(layer.scale, layer.interpolation, dtype="float32", name="sr_luma")([luma, residual])
+        state.luma[weights] = keras.Model(model.inputs, sr, name=f"{model.name}_luma")
+    luma = state.luma[weights]
+    if state.compiled is not None and _state(luma).compiled is None:
+        compile_model(luma)
+    return luma
 
 
 # --- what is remembered per model ----------------------------------------------------------------------
@@ -313,6 +392,8 @@ class _ModelState:
     bytes_per_pixel: int  # activation_bytes_per_pixel
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
     compiled: object = None  # an XLA-compiled forward (compile_model), or None for model.predict_on_batch
+    luma: dict = field(default_factory=dict)  # luma weights -> luma_model (the YUV video path)
+    chroma: dict = field(default_factory=dict)  # channels -> the chroma interpolation model (upscale_chroma)
 
 
 _STATES = weakref.WeakKeyDictionary()
@@ -451,6 +532,26 @@ def receptive_radius(model):
 def file_receptive_radius(path):
     """receptive_radius of a saved .keras model, read from the config.json inside the file (a zip) without
     building the model or importing the backend. Raises ValueError when the file is not a Keras model."""
+
+    def chain():
+        for name, cfg in _file_layers(path):
+            if name == "Conv2D":
+                yield "conv", int(cfg["kernel_size"][0]), int(cfg.get("dilation_rate", [1])[0]), 1
+            elif name == "PixelShuffle":
+                yield "shuffle", 1, 1, int(cfg["scale"])
+
+    return _receptive_radius(chain())
+
+
+def file_luma_first_scale(path):
+    """The scale of a saved luma-first model's LumaUpsample (what the YUV video path needs), or None when the
+    model predicts RGB; read from the file like file_receptive_radius."""
+    return next((int(cfg["scale"]) for name, cfg in _file_layers(path) if name == "LumaUpsample"), None)
+
+
+def _file_layers(path):
+    """(class name, config) of every layer of a saved .keras model, nested models' included, from the
+    config.json inside the file (a zip). Raises ValueError when the file is not a Keras model."""
     try:
         with zipfile.ZipFile(path) as archive:
             config = json.loads(archive.read("config.json"))
@@ -460,14 +561,11 @@ def file_receptive_radius(path):
     def walk(entry):
         for layer in entry.get("config", {}).get("layers", []):
             cfg = layer.get("config", {})
-            if layer.get("class_name") == "Conv2D":
-                yield "conv", int(cfg["kernel_size"][0]), int(cfg.get("dilation_rate", [1])[0]), 1
-            elif layer.get("class_name") == "PixelShuffle":
-                yield "shuffle", 1, 1, int(cfg["scale"])
-            elif "layers" in cfg:  # a nested model
+            yield layer.get("class_name"), cfg
+            if "layers" in cfg:  # a nested model
                 yield from walk(layer)
 
-    return _receptive_radius(walk(config))
+    return list(walk(config))
 
 
 def _receptive_radius(layers):
@@ -568,13 +666,13 @@ def _tile_count(length, max_side, overlap):
 
 
 def tiled_upscale(forward, x, scale, *, tile, overlap, batch_size=1):
-    """Upscale float32 (H, W, 3) `x` with `forward` (float32 (N, h, w, 3) -> (N, s*h, s*w, 3)) tile by tile.
+    """Upscale float32 (H, W, 3) `x` with `forward` (float32 (N, h, w, 3) -> (N, s*h, s*w, C)) tile by tile.
 
     tile: a side (square tiles) or a (height, width) shape, cut to the image's size. Tiles are laid flush
     with the image edges (none reaches past them), so pixels at the image border see exactly what
     whole-image inference shows them, and nothing needs padding. Every tile has the same shape and every
     call to forward the same batch size, so a compiled function traces once per image size.
-    Returns float32 (s*H, s*W, 3), not clipped.
+    Returns float32 (s*H, s*W, C), not clipped (C: 3, or 1 for luma_model).
     """
     height, width = x.shape[:2]
     tile_h, tile_w = (tile, tile) if np.isscalar(tile) else tile
@@ -592,14 +690,15 @@ def tiled_upscale(forward, x, scale, *, tile, overlap, batch_size=1):
     calls = math.ceil(len(boxes) / batch_size)
     per_call = math.ceil(len(boxes) / calls)
 
-    out = np.zeros((height * scale, width * scale, 3), np.float32)
-    weight = np.zeros((height * scale, width * scale, 1), np.float32)
+    out, weight = None, np.zeros((height * scale, width * scale, 1), np.float32)
     for first in range(0, len(boxes), per_call):
         chunk = boxes[first : first + per_call]
         batch = np.stack([x[ys[i] : ys[i] + tile_h, xs[j] : xs[j] + tile_w] for i, j in chunk])
         if len(chunk) < per_call:
             batch = np.concatenate([batch, np.repeat(batch[-1:], per_call - len(chunk), axis=0)])
         result = np.asarray(forward(batch), dtype=np.float32)
+        if out is None:
+            out = np.zeros((height * scale, width * scale, result.shape[-1]), np.float32)
         for (i, j), sr in zip(chunk, result, strict=False):
             w = (wys[i][:, None] * wxs[j][None, :])[..., None]
             top, left = ys[i] * scale, xs[j] * scale

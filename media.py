@@ -28,7 +28,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, ImageSequence
 
 import resizer
-from inference import auto_overlap, progress_bar, upscale_array
+from inference import (
+    auto_overlap,
+    luma_upsample,
+    model_scale,
+    progress_bar,
+    to_uint8_in_bands,
+    upscale_array,
+    upscale_chroma,
+)
 from resizer import ImageLoadError, atomic_output, load_image, resize, save_image, to_uint8
 
 # -----------------------------------------------------------------------------
@@ -45,6 +53,12 @@ DEFAULT_PRESET = "veryfast"  # x264 at 2560x1440 keeps up with the model; crf 18
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                 "placebo")
 DEFAULT_PIX_FMT = "yuv420p"  # what every player decodes; needs even width and height
+YUV420_FORMATS = {"yuv420p", "yuvj420p"}  # 8-bit 4:2:0, limited and full range: what the YUV path reads and writes
+VIDEO_PATHS = ("auto", "yuv", "rgb")  # --video-path (see choose_video_path)
+# (Kr, Kb) of the YUV matrices by AVCOL_SPC code: BT.709, FCC, BT.601 (470BG, 170M), SMPTE 240M, BT.2020;
+# unspecified and others are BT.601, as swscale converts them
+KR_KB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 6: (0.299, 0.114), 7: (0.212, 0.087),
+         9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
 CRF_CODECS = {"libx264", "libx265", "libvpx-vp9", "libsvtav1"}
 PRESET_CODECS = {"libx264", "libx265"}
 GIF_MIN_DELAY_MS = 20  # browsers show GIF frames with a shorter delay for 100 ms; so do videos made from them
@@ -431,7 +445,7 @@ def palette_error(rgb, palette_rgb, mask=None, step=4):
 
 
 def upscale_video_file(inference, src, dst, *, video_options, compare=False, start=0.0, max_frames=None,
-                       progress=None, threaded=True, realtime=False, stats=None, pipe=None):
+                       progress=None, threaded=True, realtime=False, stats=None, pipe=None, video_path="auto"):
     """Upscale a video file or URL (from `start` seconds on, at most max_frames frames) into dst: decode ->
     upscale -> encode, streamed (threaded: the three overlap, see run_frames), keeping every frame's
     timestamp (variable frame rate too), its rotation, and the audio streams' packets unchanged (cut with
@@ -442,7 +456,8 @@ def upscale_video_file(inference, src, dst, *, video_options, compare=False, sta
     realtime: keep pace with the source's clock and drop the frames the model has no time for (see
     RealtimeInbox); stats (a StreamStats) counts the frames shown and dropped.
     A URL that breaks off midway (StreamError) keeps what was written: the file is closed and kept, a pipe
-    stops after a whole frame; the error is raised after that, saying so."""
+    stops after a whole frame; the error is raised after that, saying so.
+    video_path: "yuv", "rgb" or "auto" (see choose_video_path); stats.video_path says which ran."""
     to_pipe = is_pipe(dst)
     stats = StreamStats() if stats is None else stats
     stats.realtime = realtime
@@ -450,18 +465,25 @@ def upscale_video_file(inference, src, dst, *, video_options, compare=False, sta
                                   else contextlib.nullcontext()) as audio_inp:
         vin = inp.streams.video[0]
         width, height = vin.codec_context.width, vin.codec_context.height
+        stats.video_path = choose_video_path(video_path, inference.model, DEFAULT_PIX_FMT if to_pipe else
+                                             video_options.get("pix_fmt", DEFAULT_PIX_FMT), vin.codec_context.format)
         bar = progress_bar(progress, _expected_frames(inp, vin, start, max_frames), source_name(src))
-        items = video_items(inp, src, audio_inp=audio_inp, start=start, max_frames=max_frames)
+        items = video_items(inp, src, audio_inp=audio_inp, start=start, max_frames=max_frames,
+                            chroma=stats.video_path == "yuv")
         compare_to = None if not compare or to_pipe else compare_path(dst)
         batch = inference.frames_per_batch(width, height)
 
-        def run(write):
+        def run(write, colour):
+            upscale_frames = inference.frames
+            if stats.video_path == "yuv":  # the model thread makes luma, the encoder thread chroma
+                yuv = Yuv420Frames(inference, colour)
+                upscale_frames, write = yuv.luma, yuv.sink(write)
             sink = FrameSink(write, bar, compare_to, inference, stats)
             try:
                 if realtime:  # the decoder keeps the source's pace; the model takes the newest frame
-                    run_frames(paced(items, stats), inference.frames, sink, inbox=RealtimeInbox(stats))
+                    run_frames(paced(items, stats), upscale_frames, sink, inbox=RealtimeInbox(stats))
                 else:
-                    run_frames(items, inference.frames, sink, frames_per_batch=batch, threaded=threaded)
+                    run_frames(items, upscale_frames, sink, frames_per_batch=batch, threaded=threaded)
             except StreamError as e:
                 if sink.frames == 0:
                     raise
@@ -475,7 +497,7 @@ def upscale_video_file(inference, src, dst, *, video_options, compare=False, sta
                                height * inference.scale, rate=vin.average_rate or vin.guessed_rate,
                                sample_aspect=vin.sample_aspect_ratio)
             try:
-                frames, broken = run(writer)
+                frames, broken = run(writer, writer.colour)
                 writer.finish(stats.decoded if realtime else None)
             except PipeClosed:
                 frames, broken = stats.shown, None
@@ -488,7 +510,7 @@ def upscale_video_file(inference, src, dst, *, video_options, compare=False, sta
                 if vin.sample_aspect_ratio:
                     writer.stream.codec_context.sample_aspect_ratio = vin.sample_aspect_ratio
                 audio_out = {a.index: _copy_stream(out, a, dst) for a in inp.streams.audio}
-                frames, broken = run(VideoSink(out, writer, audio_out, dst))
+                frames, broken = run(VideoSink(out, writer, audio_out, dst), writer.colour)
                 writer.finish()
         bar.close()
     if broken is not None:
@@ -530,8 +552,10 @@ class DecodedFrame:
     pts: int
     time: float
     rotation: int = 0
-    sr: np.ndarray | None = None  # the upscaled RGB, once the model has seen it
+    sr: np.ndarray | None = None  # the upscaled RGB (the YUV path: luma, then Yuv420), once the model has seen it
     index: int = 0  # frames decoded before this one (--realtime: the y4m output repeats a frame for those dropped)
+    chroma: np.ndarray | None = None  # the YUV path: the source's U and V planes, uint8 (ceil(H/2), ceil(W/2), 2)
+    colour: tuple = (2, False)  # the YUV path: the source's (AVCOL_SPC colour space, full range)
 
 
 @dataclass
@@ -541,16 +565,16 @@ class AudioPacket:
     packet: object
 
 
-def video_items(inp, src, *, audio_inp=None, start=0.0, max_frames=None):
+def video_items(inp, src, *, audio_inp=None, start=0.0, max_frames=None, chroma=False):
     """What a video becomes, in order: its DecodedFrames (video_frames) and, between them, its audio
     packets (AudioPacket) up to each frame's time, retimed like the frames. The first item is a frame (its
     rotation goes into the output's header, which the first packet written writes). With a start, audio
     from before the first frame is left out; with max_frames reached, audio after the last frame's end.
     audio_inp: a second open input of the same file, for the audio (its own demuxer: the video's decoding
-    stays the plain video_frames), or None for no audio."""
+    stays the plain video_frames), or None for no audio. chroma: see video_frames."""
     vin = inp.streams.video[0]
     frame_seconds = float(_frame_step(vin) * vin.time_base)
-    frames = video_frames(inp, src, start=start, max_frames=max_frames)
+    frames = video_frames(inp, src, start=start, max_frames=max_frames, chroma=chroma)
     if is_url(src):
         frames = watched_stream(frames, inp, src, frame_seconds=frame_seconds, max_frames=max_frames)
     first = next(frames, None)
@@ -576,11 +600,12 @@ def video_items(inp, src, *, audio_inp=None, start=0.0, max_frames=None):
         getattr(audio, "close", lambda: None)()
 
 
-def video_frames(inp, src, *, start=0.0, max_frames=None):
+def video_frames(inp, src, *, start=0.0, max_frames=None, chroma=False):
     """Decode the first video stream of an open input into DecodedFrames from `start` seconds on (a seek,
     then the frames shown before it dropped), at most max_frames of them, with increasing timestamps
     (missing ones filled in, repeated ones bumped: encoders need them increasing). With a start, the
-    output timestamps count from the first frame kept, so the output starts at 0."""
+    output timestamps count from the first frame kept, so the output starts at 0. chroma: also keep each
+    frame's U and V planes and its colour space (the YUV path; 4:2:0 sources only)."""
     vin = inp.streams.video[0]
     vin.thread_type = "AUTO"
     step, tb = _frame_step(vin), vin.time_base
@@ -597,8 +622,11 @@ def video_frames(inp, src, *, start=0.0, max_frames=None):
             if last_pts is not None and pts <= last_pts:
                 pts = last_pts + 1
             last_pts = pts
-            yield DecodedFrame(frame_to_rgb(frame), pts - offset, float(pts * tb), getattr(frame, "rotation", 0) or 0,
-                               index=count)
+            decoded = DecodedFrame(frame_to_rgb(frame), pts - offset, float(pts * tb),
+                                   getattr(frame, "rotation", 0) or 0, index=count)
+            if chroma:
+                decoded.chroma, decoded.colour = chroma_planes(frame), frame_colour(frame)
+            yield decoded
             count += 1
             if max_frames is not None and count >= max_frames:
                 return
@@ -608,6 +636,20 @@ def frame_to_rgb(frame):
     """A decoded video frame as uint8 RGB, converted with its own tagged matrix and range (full-range phone
     video included); untagged frames get FFmpeg's default (BT.601, limited range)."""
     return frame.reformat(format="rgb24", src_color_range=frame.color_range or None).to_ndarray()
+
+
+def chroma_planes(frame):
+    """A decoded 4:2:0 frame's U and V planes as uint8 (ceil(H/2), ceil(W/2), 2)."""
+    if frame.format.name not in YUV420_FORMATS:
+        raise VideoError(f"the YUV path reads 8-bit 4:2:0 video, not {frame.format.name}; use --video-path rgb")
+    planes = [np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+              for plane in frame.planes[1:3]]
+    return np.stack(planes, axis=-1)
+
+
+def frame_colour(frame):
+    """(AVCOL_SPC colour space, full range) of a decoded frame, as frame_to_rgb converts it."""
+    return int(frame.colorspace), int(frame.color_range) == 2 or frame.format.name.startswith("yuvj")
 
 
 def audio_packets(inp, src, start=0.0):
@@ -692,9 +734,16 @@ class VideoWriter:
             self.colour = _tag_bt709(self.stream.codec_context, full_range=pix_fmt.startswith("yuvj"))
 
     def write(self, rgb, pts):
-        """Encode one uint8 (H, W, 3) frame shown at pts (in time_base units)."""
+        """Encode one uint8 (H, W, 3) frame, or Yuv420 planes in the stream's format, shown at pts (in
+        time_base units)."""
         import av
 
+        if isinstance(rgb, Yuv420):
+            if rgb.y.shape != (self.height, self.width):
+                raise VideoError(f"frame size changed mid-stream: {rgb.y.shape[1]}x{rgb.y.shape[0]} after "
+                                 f"{self.width}x{self.height}")
+            self._encode(rgb.frame(self.stream.pix_fmt), pts)
+            return
         if rgb.shape[0] != self.height or rgb.shape[1] != self.width:
             if not (0 <= self.height - rgb.shape[0] <= 1 and 0 <= self.width - rgb.shape[1] <= 1):
                 raise VideoError(f"frame size changed mid-stream: {rgb.shape[1]}x{rgb.shape[0]} after "
@@ -704,6 +753,9 @@ class VideoWriter:
         if self.colour is not None:  # convert with the matrix the stream is tagged with
             frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace=self.colour[0],
                                    dst_color_range=self.colour[1])
+        self._encode(frame, pts)
+
+    def _encode(self, frame, pts):
         frame.pts, frame.time_base = int(pts), self.time_base
         self.out.mux(self.stream.encode(frame))
         self.frames += 1
@@ -810,6 +862,127 @@ def _mux(out, packet, audio_out, dst):
         raise VideoError(f"{dst}: cannot write the audio packets ({e}); try an .mkv output") from e
 
 
+# --- the YUV path: video planes in and out, luma through the network -----------------------------------
+
+
+def choose_video_path(choice, model, pix_fmt, source_format):
+    """--video-path: "yuv" or "rgb". rgb decodes frames to RGB, upscales RGB and converts it back to YUV for
+    the encoder. yuv (a luma-first model with an even scale, 8-bit 4:2:0 in and out: see Yuv420Frames) makes
+    no RGB image at the output's size: the network's luma plus the interpolated luma, and the source's
+    chroma planes interpolated. auto: yuv where it can run, else rgb; yuv where it cannot is a VideoError.
+    pix_fmt: the output's pixel format; source_format: the decoder's (a name or av VideoFormat, None when
+    unknown)."""
+    if choice not in VIDEO_PATHS:
+        raise ValueError(f"video path must be one of {VIDEO_PATHS}, got {choice!r}")
+    if choice == "rgb":
+        return "rgb"
+    layer = luma_upsample(model)
+    obstacles = yuv_path_obstacles(None if layer is None else model_scale(model), pix_fmt,
+                                   getattr(source_format, "name", source_format))
+    if obstacles and choice == "yuv":
+        raise VideoError("--video-path yuv cannot run: " + "; ".join(obstacles))
+    return "rgb" if obstacles else "yuv"
+
+
+def yuv_path_obstacles(luma_scale, pix_fmt, source_format=None):
+    """Why the YUV path cannot run (an empty list when it can). luma_scale: the scale of a luma-first model,
+    None for a model that predicts RGB."""
+    obstacles = []
+    if luma_scale is None:
+        obstacles.append("the model predicts RGB (only a luma-first model, such as stream, has a luma path)")
+    elif luma_scale % 2:
+        obstacles.append(f"its scale x{luma_scale} is odd (4:2:0 chroma needs an even one)")
+    if pix_fmt not in YUV420_FORMATS:
+        obstacles.append(f"the output pixel format is {pix_fmt}, not yuv420p")
+    if source_format is not None and source_format not in YUV420_FORMATS:
+        obstacles.append(f"the source is {source_format}, not 8-bit 4:2:0")
+    return obstacles
+
+
+class Yuv420(NamedTuple):
+    """The planes of a 4:2:0 frame: Y (H, W), U and V (H/2, W/2), uint8."""
+
+    y: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+
+    def frame(self, pix_fmt="yuv420p"):
+        """An av.VideoFrame of these planes."""
+        import av
+
+        width = self.y.shape[1]
+        packed = np.concatenate([self.y.reshape(-1), self.u.reshape(-1), self.v.reshape(-1)])
+        return av.VideoFrame.from_ndarray(packed.reshape(-1, width), format=pix_fmt)
+
+
+class Yuv420Frames:
+    """The YUV path of a luma-first model (the stream preset: the network predicts a luma residual, chroma is
+    interpolated). The network sees each frame's RGB at the source's size, as in the RGB path, and the
+    output's luma is made directly: the interpolated luma plus the network's residual (inference's
+    upscale_luma, in the output's matrix). Its chroma is the source's 4:2:0 planes converted to the output's
+    matrix and interpolated as the model interpolates chroma (upscale_chroma). No RGB image is made at the
+    output's size, and nothing is converted there by swscale. The model thread calls luma(), the encoder
+    thread sink()'s writer. colour: the output's (Colorspace, ColorRange), as its writer converts frames."""
+
+    def __init__(self, inference, colour):
+        self.inference = inference
+        self.matrix, self.full = int(colour[0]), int(colour[1]) == 2
+        self.luma_weights = tuple(float(k) for k in yuv_matrix(self.matrix)[0])
+
+    def luma(self, rgbs):
+        """The upscaled luma (float (s*H, s*W)) of each uint8 RGB frame."""
+        return self.inference.luma_frames(rgbs, self.luma_weights)
+
+    def sink(self, write):
+        """write, given frames whose .sr the model made with luma(): it gets them as Yuv420 planes."""
+
+        def write_planes(item):
+            if getattr(item, "chroma", None) is not None and not isinstance(item.sr, Yuv420):
+                item.sr = self.planes(item.sr, item.chroma, item.colour)
+            write(item)
+
+        return write_planes
+
+    def planes(self, luma, chroma, source_colour):
+        """Yuv420 planes from the upscaled luma and the source's chroma planes ((h, w, 2) uint8 in the
+        source's (colour space, full range))."""
+        height, width = luma.shape
+        y = to_uint8_in_bands(luma, **_levels(self.full, chroma=False))
+        centred = (chroma.astype(np.float32) - 128) / np.float32(255 if source_colour[1] else 224)
+        conversion = chroma_conversion(source_colour[0], self.matrix)
+        if not np.allclose(conversion, np.eye(2)):
+            centred = centred @ conversion.T.astype(np.float32)
+        # an odd source's last chroma sample covers half a pixel past its edge: cut to the output's chroma size
+        upscaled = upscale_chroma(self.inference.model, centred)[: (height + 1) // 2, : (width + 1) // 2]
+        uv = to_uint8_in_bands(upscaled, **_levels(self.full, chroma=True))
+        return Yuv420(y, np.ascontiguousarray(uv[..., 0]), np.ascontiguousarray(uv[..., 1]))
+
+
+def yuv_matrix(colorspace):
+    """The RGB -> (Y, Cb, Cr) matrix of an AVCOL_SPC colour space (RGB and Y in [0, 1], Cb and Cr in
+    [-0.5, 0.5]); unspecified and unknown ones are BT.601's, as swscale converts them."""
+    kr, kb = KR_KB.get(int(colorspace), KR_KB[5])
+    kg = 1.0 - kr - kb
+    return np.array([[kr, kg, kb],
+                     [-kr / (2 * (1 - kb)), -kg / (2 * (1 - kb)), 0.5],
+                     [0.5, -kg / (2 * (1 - kr)), -kb / (2 * (1 - kr))]])
+
+
+def chroma_conversion(source, target):
+    """The 2x2 matrix taking (Cb, Cr) of one colour space to another's. Grey has no chroma in either, so the
+    target's chroma depends on the source's chroma alone: chroma converts at chroma resolution."""
+    return (yuv_matrix(target) @ np.linalg.inv(yuv_matrix(source)))[1:, 1:]
+
+
+def _levels(full_range, *, chroma):
+    """to_uint8_in_bands' scale, offset and clip for luma ([0, 1]) or centred chroma ([-0.5, 0.5]) in full or
+    limited range (luma 16-235, chroma 16-240, as an RGB image converts)."""
+    if full_range:
+        return dict(scale=255.0, offset=128.0 if chroma else 0.0, low=0.0, high=255.0)
+    return dict(scale=224.0, offset=128.0, low=16.0, high=240.0) if chroma else \
+        dict(scale=219.0, offset=16.0, low=16.0, high=235.0)
+
+
 # --- streams: URLs in, YUV4MPEG2 out, real time --------------------------------------------------------
 
 
@@ -909,6 +1082,8 @@ class Y4MWriter:
     def _yuv(self, rgb):
         import av
 
+        if isinstance(rgb, Yuv420):  # the YUV path's planes, made in this writer's colour (self.colour)
+            return b"FRAME\n" + rgb.y.tobytes() + rgb.u.tobytes() + rgb.v.tobytes()
         rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         yuv = frame.reformat(format="yuv420p", dst_colorspace=self.colour[0], dst_color_range=self.colour[1])
@@ -945,6 +1120,7 @@ class StreamStats:
     shown: int = 0  # frames upscaled and written
     dropped: int = 0  # frames replaced by a newer one before the model could take them (--realtime)
     reader_closed: bool = False  # -o -: the player quit
+    video_path: str = "rgb"  # "yuv" or "rgb" (choose_video_path)
     started: float | None = None  # perf_counter at the first frame
 
     def rate(self):
@@ -1058,7 +1234,8 @@ class FrameSink:
         self.write(item)
         if _is_frame(item):
             if self.frames == 0 and self.compare_to is not None:
-                write_compare(self.compare_to, item.rgb, item.sr, self.inference.scale, self.inference.label,
+                sr = self.inference.image(item.rgb) if isinstance(item.sr, Yuv420) else item.sr  # the YUV path's
+                write_compare(self.compare_to, item.rgb, sr, self.inference.scale, self.inference.label,
                               self.inference.others)
             self.frames += 1
             if self.stats is not None:

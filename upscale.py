@@ -49,6 +49,7 @@ from inference import (
     compile_model,
     cpu_has_native_bf16,
     fastest,
+    file_luma_first_scale,
     file_receptive_radius,
     has_gpu,
     is_out_of_memory,
@@ -79,6 +80,7 @@ from media import (
     DEFAULT_VIDEO_CODEC,
     QUEUE_FRAMES,
     QUEUE_ITEMS,
+    VIDEO_PATHS,
     VIDEO_SUFFIXES,
     X264_PRESETS,
     AudioPacket,
@@ -104,6 +106,7 @@ from media import (
     upscale_image_file,
     upscale_video_file,
     video_frames,
+    yuv_path_obstacles,
 )
 from resizer import ImageLoadError, is_temp_output
 
@@ -230,7 +233,7 @@ def run_job(inference, job, args, progress):
     if job.kind == "video":
         frames = upscale_video_file(inference, job.src, job.dst, video_options=video_options, compare=args.compare,
                                     progress=progress, realtime=args.realtime, stats=stats,
-                                    pipe=getattr(args, "pipe", None), **timing)
+                                    pipe=getattr(args, "pipe", None), video_path=args.video_path, **timing)
     elif job.kind == "animation" and (job.dst.suffix.lower() == ".gif" or animation_info(job.src)[0] > 1):
         frames = upscale_animation_file(inference, job.src, job.dst, video_options=video_options,
                                         compare=args.compare, progress=progress, **timing)
@@ -238,6 +241,9 @@ def run_job(inference, job, args, progress):
         return upscale_image_file(inference, job.src, job.dst, compare=args.compare)
     seconds = time.perf_counter() - started
     note = f"{frames} frames in {seconds:.1f} s ({frames / max(seconds, 1e-9):.2f} frames/s)"
+    if job.kind == "video":
+        note += f"; {stats.video_path.upper()} path" + (" (luma through the network, chroma interpolated)"
+                                                        if stats.video_path == "yuv" else "")
     if stats.realtime:
         note += f"; realtime: {stats.describe()}"
     if stats.reader_closed:
@@ -302,6 +308,11 @@ def parse_args(argv=None):
     p.add_argument("--realtime", action="store_true",
                    help="videos: keep pace with the source's clock, dropping the frames the model has no time for "
                         "(a y4m output repeats the last frame for them); reports frames shown and dropped")
+    p.add_argument("--video-path", choices=VIDEO_PATHS, default="auto",
+                   help="videos: yuv runs a luma-first model (stream) on the decoded planes: luma through the "
+                        "network, chroma interpolated, no RGB image at the output size (faster); rgb converts "
+                        "frames to RGB and back; auto (default): yuv for a luma-first model with an even scale "
+                        "writing yuv420p (a video file or -o -), else rgb")
     p.add_argument("--compare", action="store_true", help="also write OUT_compare.png: bicubic | model on a crop")
     p.add_argument("--compare-with", metavar="MODEL", help=f"--compare, with a third panel: this model's output "
                                                             f"({', '.join(MODEL_NAMES)} or a .keras file)")
@@ -339,9 +350,12 @@ def check_args(args):
     if args.compare_with is not None:
         args.compare, args.compare_with = True, resolve_model_path(args.compare_with)
     try:
-        radius = file_receptive_radius(path)
+        radius, luma_scale = file_receptive_radius(path), file_luma_first_scale(path)
     except ValueError as e:
         raise UsageError(f"cannot load the model {path}: {e}") from e
+    obstacles = yuv_path_obstacles(luma_scale, DEFAULT_PIX_FMT if is_pipe(args.output) else args.pix_fmt)
+    if args.video_path == "yuv" and obstacles:
+        raise UsageError(f"--video-path yuv cannot run with {path.name}: " + "; ".join(obstacles))
     if args.tile is not None:
         overlap = args.overlap if args.overlap is not None else overlap_for_radius(radius)
         if args.tile <= 2 * overlap:

@@ -23,7 +23,12 @@ says so: speed does not depend on the weights.
 4. GIF grain: the high-frequency energy (RMS of a Laplacian, grey levels) of the written GIF frame minus
    the model's output, and its frame-to-frame flicker, for Pillow's median cut per frame (before) against
    GifPalette (a shared, k-means-refined palette, exact nearest colours), on the first frames of a RIFE
-   GIF from ../shared/data/clips (or skimage's GIF). Parts 3-4 are left out for untrained models.
+   GIF from ../shared/data/clips (or skimage's GIF). Parts 3-4 are left out for untrained models;
+5. for a luma-first model (stream), the YUV video path against the RGB path (--video-path), with part 1's
+   fastest case: model only (the frame's uint8 output: RGB from upscale_array, or Y, U, V planes), the whole
+   path into the y4m pipe and into a libx264 veryfast file (interleaved rounds; ratios yuv/rgb measured in
+   the same run), and the Y-PSNR of both paths against the clip's own frames, downscaled x4 and encoded
+   losslessly (trained models only).
 The --tiling study: 1. tiled vs whole-image speed (480x270 -> x4, SRResNet, random weights); 2. peak memory
 of a 960x540 -> x4 upscale in a fresh process per case.
 """
@@ -276,9 +281,10 @@ def current_rss():
     return 0
 
 
-def end_to_end(model, frames, threaded, tmp, to_pipe=False):
+def end_to_end(model, frames, threaded, tmp, to_pipe=False, video_path="auto"):
     """(frames/s, peak RSS bytes) of upscaling the clip's first frames into an MP4 with the CLI's defaults, or
-    (to_pipe) as YUV4MPEG2 into a pipe that another process reads (upscale.py CLIP -o - | player)."""
+    (to_pipe) as YUV4MPEG2 into a pipe that another process reads (upscale.py CLIP -o - | player).
+    video_path: the CLI's --video-path."""
     import upscale
 
     clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", max(frames, 24))
@@ -288,7 +294,7 @@ def end_to_end(model, frames, threaded, tmp, to_pipe=False):
         start = time.perf_counter()
         upscale.upscale_video_file(upscale.Inference(model), clip, "-" if to_pipe else Path(tmp) / "out.mp4",
                                    video_options=options, max_frames=frames, progress=False, threaded=threaded,
-                                   pipe=reader.stdin if to_pipe else None)
+                                   pipe=reader.stdin if to_pipe else None, video_path=video_path)
         seconds = time.perf_counter() - start
     if reader is not None:
         reader.stdin.close()
@@ -320,6 +326,87 @@ def whole_path(model, frames, rounds):
                 shares[case].append(rate / model_fps)
                 peaks[case] = max(peaks[case], peak)
     return {case: (float(np.median(fps[case])), float(np.median(shares[case])), peaks[case]) for case in cases}
+
+
+def yuv_against_rgb(model, frames, rounds, repeats):
+    """Part 5: {case: (rgb frames/s, yuv frames/s, median ratio yuv/rgb)} for the model alone and the whole
+    paths, each round running the rgb and yuv cases in turn."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    import media
+    import upscale
+
+    rgb, chroma, colour = first_frame_planes()
+    yuv = media.Yuv420Frames(upscale.Inference(model), (Colorspace.ITU709, ColorRange.MPEG))
+    cases = {"rgb": lambda: upscale.upscale_array(model, rgb),
+             "yuv": lambda: yuv.planes(yuv.luma([rgb])[0], chroma, colour)}
+    times = interleaved_times(cases, repeats)
+    rows = {"model only (the frame's uint8 output)": (1 / times["rgb"][0], 1 / times["yuv"][0],
+                                                      times["rgb"][0] / times["yuv"][0])}
+    paths = {"decode -> upscale -> y4m pipe": True, f"decode -> upscale -> libx264 {upscale.DEFAULT_PRESET} file": False}
+    rates = {case: {"rgb": [], "yuv": []} for case in paths}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(rounds):
+            for case, to_pipe in paths.items():
+                for path in ("rgb", "yuv"):
+                    rates[case][path].append(end_to_end(model, frames, True, tmp, to_pipe=to_pipe, video_path=path)[0])
+    for case, r in rates.items():
+        ratio = float(np.median([y / x for x, y in zip(r["rgb"], r["yuv"], strict=True)]))
+        rows[case] = (float(np.median(r["rgb"])), float(np.median(r["yuv"])), ratio)
+    return rows
+
+
+def first_frame_planes():
+    """The clip's first frame (or a stand-in) as the YUV path sees it: (RGB, U and V planes, its colour)."""
+    import av
+
+    import media
+
+    if CLIP.is_file():
+        with av.open(str(CLIP)) as c:
+            frame = next(c.decode(video=0))
+    else:
+        frame = av.VideoFrame.from_ndarray(test_image(640, 360), format="rgb24").reformat(format="yuv420p")
+    return media.frame_to_rgb(frame), media.chroma_planes(frame), media.frame_colour(frame)
+
+
+def yuv_rgb_quality(model, count=8, seconds=30):
+    """(rgb Y-PSNR, yuv Y-PSNR) in dB, the mean over `count` frames of the clip from `seconds` on: each
+    frame downscaled x4 (bicubic), encoded losslessly, upscaled by both paths into y4m, its Y against the
+    frame's own (BT.601: what y4m takes for 640x360); None without the clip."""
+    import io
+
+    import av
+
+    import media
+    import upscale
+    from resizer import resize
+
+    if not CLIP.is_file():
+        return None
+    with av.open(str(CLIP)) as inp:
+        inp.seek(seconds * av.time_base)
+        hr = [media.frame_to_rgb(f) for f, _ in zip(inp.decode(video=0), range(count), strict=False)]
+    weights = media.yuv_matrix(5)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = Path(tmp) / "lr.mkv"
+        with av.open(str(clip), "w") as out:
+            v = out.add_stream("libx264", rate=24)
+            v.width, v.height, v.pix_fmt, v.options = 160, 90, "yuv420p", {"qp": "0", "preset": "ultrafast"}
+            for rgb in hr:
+                out.mux(v.encode(av.VideoFrame.from_ndarray(resize(rgb, (160, 90), "bicubic"), format="rgb24")))
+            out.mux(v.encode(None))
+        psnr = []
+        for path in ("rgb", "yuv"):
+            pipe = io.BytesIO()
+            upscale.upscale_video_file(upscale.Inference(model), clip, "-", video_options={}, progress=False,
+                                       pipe=pipe, video_path=path)
+            data = pipe.getvalue().split(b"\n", 1)[1].split(b"FRAME\n")[1:]
+            ys = [np.frombuffer(d[: 640 * 360], np.uint8).reshape(360, 640).astype(np.float64) for d in data]
+            ref = [16 + 219 * (f.astype(np.float64) / 255) @ weights for f in hr]
+            psnr.append(float(np.mean([10 * np.log10(255**2 / np.mean((y - r) ** 2)) for y, r in zip(ys, ref,
+                                                                                                    strict=True)])))
+    return tuple(psnr)
 
 
 PIPE_READER = "import os, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, open(os.devnull, 'wb'), 1 << 20)"
@@ -411,8 +498,9 @@ def copy_of(model, precision="fp32", xla=False):
 
 
 def report_model(name, frames, repeats, quick, peak, speed_only=False):
-    """Parts 1-4 for one model (see bench_model); peak: measure_peak() of this run. Part 2 runs the fastest
+    """Parts 1-5 for one model (see bench_model); peak: measure_peak() of this run. Part 2 runs the fastest
     case of part 1 (what upscale.py's --compile/--precision auto would time and pick)."""
+    import inference
     import upscale
 
     base, about, trained = bench_model(name)
@@ -431,15 +519,34 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False):
         print(f"   {case:9s}: {1 / t:7.3f} frames/s ({t:6.3f} s)  {base_t / t:5.2f}x fp32, {share:5.1%} of peak"
               + ("   <- fastest" if case == best else ""))
     frames = frames or int(np.clip(round(4 / times[best]), 8, 96))  # about 4 s of model time
-    print(f"2. whole path, {best} (the fastest above), {frames} frames of "
+    path = "yuv" if inference.luma_upsample(base) is not None else "rgb"  # what --video-path auto takes
+    print(f"2. whole path, {best} (the fastest above), {path.upper()} path, {frames} frames of "
           f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {PATH_ROUNDS} rounds, each "
           f"also timing the model alone on as many frames (the share is the median of the rounds' ratios):")
     rows = whole_path(models[best], frames, PATH_ROUNDS)
     for case, (fps, share, rss) in rows.items():
         print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+    psnr = None
     if speed_only or not trained:
         print("3-4. Set5 PSNR and GIF grain: skipped (" + ("--speed-only" if speed_only else "untrained weights") + ")")
-        return times, rows, None
+    else:
+        psnr = set5_and_gif(base, quick)
+    if inference.luma_upsample(base) is not None:
+        print(f"5. the YUV path against the RGB path (--video-path), {best}, {frames} frames, {PATH_ROUNDS} rounds "
+              f"({load_average()}):")
+        for case, (rgb_fps, yuv_fps, ratio) in yuv_against_rgb(models[best], frames, PATH_ROUNDS, repeats).items():
+            print(f"   {case:42s}: rgb {rgb_fps:7.3f}, yuv {yuv_fps:7.3f} frames/s: yuv {ratio:.2f}x rgb")
+        quality = yuv_rgb_quality(base) if trained else None
+        if quality is not None:
+            print(f"   Y-PSNR, 8 clip frames from 30 s downscaled x4 and upscaled back: rgb {quality[0]:.4f} dB, "
+                  f"yuv {quality[1]:.4f} dB, difference {quality[1] - quality[0]:+.4f} dB")
+    return times, rows, psnr
+
+
+def set5_and_gif(base, quick):
+    """Parts 3-4 for a trained model: Set5 PSNR of fp32 and bf16, GIF grain. Returns the PSNRs (or None)."""
+    import upscale
+
     fp32, bf16 = base, upscale.with_precision(base, "bf16")
     psnr = set5_psnr({"fp32": fp32, "bf16": bf16}, crop=96 if quick else None)
     if psnr is None:
@@ -454,7 +561,7 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False):
     print(f"   Pillow, per frame : {before[0]:6.2f} / {before[1]:6.2f} / {before[2]:5.2f}")
     print(f"   shared palette    : {after[0]:6.2f} / {after[1]:6.2f} / {after[2]:5.2f}  "
           f"({after[0] / before[0]:.2f}x grain, {after[1] / before[1]:.2f}x flicker; {shared} frames shared, {own} own)")
-    return times, rows, psnr
+    return psnr
 
 
 def cpu_name():

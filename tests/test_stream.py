@@ -229,13 +229,14 @@ def test_an_unreachable_url_fails_before_the_model_loads(model_path, tmp_path, c
 
 def slow_frames(monkeypatch, seconds):
     """Make the model take `seconds` per call more than it does (a model slower than the source)."""
-    real = upscale.Inference.frames
+    for method in ("frames", "luma_frames"):  # the RGB and the YUV video path (the stream model's, by default)
+        real = getattr(upscale.Inference, method)
 
-    def frames(self, rgbs):
-        time.sleep(seconds)
-        return real(self, rgbs)
+        def frames(self, rgbs, *args, real=real):
+            time.sleep(seconds)
+            return real(self, rgbs, *args)
 
-    monkeypatch.setattr(upscale.Inference, "frames", frames)
+        monkeypatch.setattr(upscale.Inference, method, frames)
 
 
 def test_realtime_drops_frames_when_the_model_is_behind_and_counts_them(model_path, tmp_path, monkeypatch):

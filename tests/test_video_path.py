@@ -1,0 +1,272 @@
+"""The YUV video path (--video-path): a luma-first model on decoded planes against the RGB path.
+
+The RGB path decodes frames to RGB, upscales RGB and converts it back to YUV; the YUV path makes the output's
+luma directly (the network's residual plus the interpolated luma) and interpolates the source's chroma planes.
+Both must give the same pictures: Y-PSNR against the original frames within 0.05 dB, on a generated clip and
+on the Big Buck Bunny excerpt in ../shared/data/clips (skipped when absent).
+"""
+
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from skimage import data
+
+import inference
+import media
+import upscale
+from generator import ChromaUpsample, LumaUpsample, build_generator
+from resizer import resize
+
+SCALE = 4
+CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+@pytest.fixture(scope="module")
+def stream_model():
+    """The stream preset with random weights, its last conv damped (as a briefly trained one: near bicubic,
+    with a residual that matters), so the two paths have a network output to disagree on."""
+    keras.utils.set_random_seed(1)
+    model = build_generator(scale=SCALE, preset="stream")
+    last = model.get_layer("out_conv")
+    kernel, bias = last.get_weights()
+    last.set_weights([np.random.default_rng(2).normal(0, 0.02, kernel.shape).astype(np.float32), bias])
+    return model
+
+
+@pytest.fixture(scope="module")
+def stream_path(stream_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "stream_x4.keras"
+    stream_model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rgb_model_path(tmp_path_factory):
+    """A model that predicts RGB (the video preset)."""
+    path = tmp_path_factory.mktemp("models") / "video_x4.keras"
+    build_generator(scale=SCALE, preset="video").save(path)
+    return path
+
+
+def moving_frames(count, size):
+    """HR frames: a window moving over skimage's astronaut (detail, skin, flat areas), size (width, height)."""
+    photo = data.astronaut()
+    width, height = size
+    return [np.ascontiguousarray(photo[40 + 3 * k : 40 + 3 * k + height, 60 + 5 * k : 60 + 5 * k + width])
+            for k in range(count)]
+
+
+def encode_lossless(path, frames, codec="libx264", fps=24):
+    """yuv420p video of uint8 RGB frames, lossless in YUV (x264 qp 0, or FFV1 for odd sizes)."""
+    height, width = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        v = out.add_stream(codec, rate=fps)
+        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.options = {"qp": "0", "preset": "ultrafast"} if codec == "libx264" else {}
+        v.codec_context.time_base = Fraction(1, fps)
+        for k, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = k, Fraction(1, fps)
+            out.mux(v.encode(frame))
+        out.mux(v.encode(None))
+    return path
+
+
+def y4m_frames(data):
+    """The (Y, U, V) planes of every frame of a YUV4MPEG2 4:2:0 stream."""
+    header, rest = data.split(b"\n", 1)
+    fields = {f[:1]: f[1:] for f in header.split()[1:]}
+    width, height = int(fields[b"W"]), int(fields[b"H"])
+    size, frames = width * height * 3 // 2, []
+    while rest:
+        assert rest.startswith(b"FRAME\n")
+        plane = np.frombuffer(rest[6 : 6 + size], np.uint8)
+        rest = rest[6 + size :]
+        y, u = plane[: width * height].reshape(height, width), plane[width * height : width * height * 5 // 4]
+        frames.append((y, u.reshape(height // 2, width // 2), plane[width * height * 5 // 4 :].reshape(height // 2, -1)))
+    return frames
+
+
+def upscale_to_y4m(model, clip, path, **kwargs):
+    stats, pipe = media.StreamStats(), io.BytesIO()
+    media.upscale_video_file(inference.Inference(model), clip, "-", video_options={}, progress=False, pipe=pipe,
+                             stats=stats, video_path=path, **kwargs)
+    assert stats.video_path == path
+    return y4m_frames(pipe.getvalue())
+
+
+def y_psnr(y, reference_rgb, colorspace):
+    """PSNR (dB) of a limited-range Y plane against the Y of an RGB frame in the same matrix."""
+    reference = 16 + 219 * (reference_rgb.astype(np.float64) / 255) @ media.yuv_matrix(colorspace)[0]
+    return 10 * np.log10(255**2 / np.mean((y.astype(np.float64) - reference) ** 2))
+
+
+def compare_paths(model, clip, hr_frames, **kwargs):
+    """(mean Y-PSNR of the rgb path, of the yuv path, against hr_frames; Y-PSNR between the two paths)."""
+    rgb, yuv = upscale_to_y4m(model, clip, "rgb", **kwargs), upscale_to_y4m(model, clip, "yuv", **kwargs)
+    assert len(rgb) == len(yuv) == len(hr_frames)
+    colorspace = 1 if hr_frames[0].shape[0] > 576 else 5  # what Y4MWriter converts with
+    height, width = hr_frames[0].shape[:2]
+    ours = [np.mean([y_psnr(f[0][:height, :width], hr, colorspace) for f, hr in zip(out, hr_frames, strict=True)])
+            for out in (rgb, yuv)]
+    between = np.mean([10 * np.log10(255**2 / np.mean((a[0].astype(float) - b[0]) ** 2)) for a, b in zip(rgb, yuv,
+                                                                                                    strict=True)])
+    return ours[0], ours[1], between
+
+
+# --- the layer: one interpolation for luma, RGB and chroma ---------------------------------------------------
+
+
+def luma_upsample_before(layer, lr, residual):
+    """LumaUpsample.call as it was before its interpolation was shared with ChromaUpsample (3 channels)."""
+    r, phases = layer.scale, layer._phases  # (5, 5, r*r) taps, float64, as the layer made them before
+    depthwise = np.repeat(phases[:, :, None, :], 3, axis=2).astype(np.float32)
+    pad = ((0, 0), (2, 2), (2, 2), (0, 0))
+    weighted = ops.depthwise_conv(ops.pad(lr, pad), ops.convert_to_tensor(depthwise), padding="valid")
+    ones = ops.pad(ops.ones_like(lr[..., :1]), pad)
+    weights = ops.conv(ones, ops.convert_to_tensor(phases[:, :, None, :].astype(np.float32)), padding="valid")
+    n, h, w = lr.shape[0], lr.shape[1], lr.shape[2]
+    x = ops.reshape(weighted, (n, h, w, 3, r * r)) / ops.expand_dims(weights, 3)
+    x = x + ops.expand_dims(ops.cast(residual, x.dtype), 3)
+    x = ops.transpose(ops.reshape(x, (n, h, w, 3, r, r)), (0, 1, 4, 2, 5, 3))
+    return ops.reshape(x, (n, h * r, w * r, 3))
+
+
+@pytest.mark.skipif(not (WEIGHTS / "stream_x4.keras").is_file(), reason="weights/stream_x4.keras is not shipped here")
+def test_shared_interpolation_leaves_the_shipped_stream_model_bit_identical():
+    model = inference.load_model(WEIGHTS / "stream_x4.keras", "fp32")
+    layer = inference.luma_upsample(model)
+    parts = keras.Model(model.inputs, layer.input)  # the image and the network's residual
+    x = np.random.default_rng(0).random((2, 29, 43, 3), dtype=np.float32)
+    lr, residual = parts.predict_on_batch(x)
+    before = np.asarray(luma_upsample_before(layer, ops.convert_to_tensor(lr), ops.convert_to_tensor(residual)))
+    assert np.array_equal(np.asarray(model.predict_on_batch(x)), before)
+
+
+def test_chroma_upsample_is_luma_upsample_without_a_residual():
+    x = np.random.default_rng(0).random((1, 13, 17, 2), dtype=np.float32)
+    chroma = np.asarray(ChromaUpsample(SCALE)(x))
+    luma_first = np.asarray(LumaUpsample(SCALE)([x, np.zeros((1, 13, 17, SCALE * SCALE), np.float32)]))
+    assert chroma.shape == (1, 13 * SCALE, 17 * SCALE, 2) and np.array_equal(chroma, luma_first)
+
+
+def test_luma_model_gives_the_luma_of_the_rgb_output(stream_model):
+    rgb = moving_frames(1, (40, 30))[0]
+    weights = media.yuv_matrix(1)[0]
+    rgb_sr = inference.upscale_float(stream_model, rgb.astype(np.float32) / 255)
+    luma = inference.upscale_luma(stream_model, rgb, weights)
+    assert luma.shape == (30 * SCALE, 40 * SCALE)
+    assert np.abs(rgb_sr @ weights.astype(np.float32) - luma).max() < 1e-5
+    tiled = inference.upscale_luma(stream_model, rgb, weights, tile=25, overlap=8)  # tiles cross-faded alike
+    tiled_rgb = inference.upscale_float(stream_model, rgb.astype(np.float32) / 255, tile=25, overlap=8)
+    assert np.abs(tiled_rgb @ weights.astype(np.float32) - tiled).max() < 1e-5
+
+
+def test_luma_model_runs_compiled_and_in_bf16_as_the_model_does(stream_model):
+    rgb = moving_frames(1, (40, 30))[0]
+    weights = media.yuv_matrix(1)[0]
+    fp32 = inference.upscale_luma(stream_model, rgb, weights)
+    copy = keras.models.clone_model(stream_model)
+    copy.set_weights(stream_model.get_weights())
+    for model in (inference.compile_model(copy), inference.with_precision(stream_model, "bf16")):
+        compiled = inference._state(model).compiled is not None
+        assert (inference._state(inference.luma_model(model, weights)).compiled is not None) == compiled
+        assert np.abs(inference.upscale_luma(model, rgb, weights) - fp32).max() < 0.01
+
+
+def test_chroma_converts_between_matrices_at_chroma_resolution():
+    rgb = np.random.default_rng(0).random((100, 3))
+    for source, target in ((5, 1), (1, 5), (9, 1)):
+        converted = (rgb @ media.yuv_matrix(source)[1:].T) @ media.chroma_conversion(source, target).T
+        assert np.allclose(converted, rgb @ media.yuv_matrix(target)[1:].T)
+
+
+# --- the two paths give the same frames ------------------------------------------------------------------
+
+
+def test_yuv_path_matches_rgb_path_on_a_generated_clip(stream_model, tmp_path):
+    hr = moving_frames(4, (192, 128))
+    clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (48, 32), "bicubic") for f in hr])
+    rgb_psnr, yuv_psnr, between = compare_paths(stream_model, clip, hr)
+    assert abs(yuv_psnr - rgb_psnr) < 0.05 and between > 45, (rgb_psnr, yuv_psnr, between)
+
+
+@pytest.mark.skipif(not CLIP.is_file(), reason=f"{CLIP} is absent (the shared benchmark clips)")
+@pytest.mark.skipif(not (WEIGHTS / "stream_x4.keras").is_file(), reason="weights/stream_x4.keras is not shipped here")
+def test_yuv_path_matches_rgb_path_on_the_shared_clip(tmp_path):
+    with av.open(str(CLIP)) as inp:
+        inp.seek(30 * av.time_base)  # detail: the first seconds are nearly flat (PSNR 50 dB, all rounding)
+        hr = [media.frame_to_rgb(f) for f, _ in zip(inp.decode(video=0), range(4), strict=False)]
+    clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (160, 90), "bicubic") for f in hr])
+    rgb_psnr, yuv_psnr, between = compare_paths(inference.load_model(WEIGHTS / "stream_x4.keras", "fp32"), clip, hr)
+    assert abs(yuv_psnr - rgb_psnr) < 0.05 and between > 45, (rgb_psnr, yuv_psnr, between)
+
+
+def test_odd_sizes_give_the_whole_frame(stream_model, tmp_path):
+    hr = moving_frames(2, (132, 100))
+    clip = encode_lossless(tmp_path / "odd.mkv", [resize(f, (33, 25), "bicubic") for f in hr], codec="ffv1")
+    rgb_psnr, yuv_psnr, between = compare_paths(stream_model, clip, hr)
+    frames = upscale_to_y4m(stream_model, clip, "yuv")
+    assert frames[0][0].shape == (100, 132) and frames[0][1].shape == (50, 66)
+    assert abs(yuv_psnr - rgb_psnr) < 0.05 and between > 40, (rgb_psnr, yuv_psnr, between)
+
+
+def test_yuv_path_writes_a_tagged_x264_file_like_the_rgb_path(stream_model, tmp_path):
+    hr = moving_frames(3, (160, 128))
+    clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (40, 32), "bicubic") for f in hr])
+    lumas = {}
+    for path in ("rgb", "yuv"):
+        dst = tmp_path / f"{path}.mp4"
+        stats = media.StreamStats()
+        assert media.upscale_video_file(inference.Inference(stream_model), clip, dst, video_options={"crf": 0},
+                                        progress=False, stats=stats, video_path=path) == 3  # crf 0: lossless
+        with av.open(str(dst)) as out:
+            stream = out.streams.video[0]
+            assert (stream.width, stream.height, stream.codec_context.colorspace) == (160, 128, 1)  # BT.709
+            lumas[path] = [f.to_ndarray(format="yuv420p")[:128] for f in out.decode(video=0)]
+    assert len(lumas["yuv"]) == 3
+    for a, b in zip(lumas["rgb"], lumas["yuv"], strict=True):
+        assert 10 * np.log10(255**2 / np.mean((a.astype(float) - b) ** 2)) > 45
+
+
+# --- which path runs ---------------------------------------------------------------------------------------
+
+
+def test_auto_takes_yuv_for_a_luma_first_model_writing_yuv420p_and_rgb_otherwise(stream_model, rgb_model_path):
+    video = inference.load_model(rgb_model_path)
+    assert media.choose_video_path("auto", stream_model, "yuv420p", "yuv420p") == "yuv"
+    assert media.choose_video_path("auto", video, "yuv420p", "yuv420p") == "rgb"  # it predicts RGB
+    assert media.choose_video_path("auto", stream_model, "yuv444p", "yuv420p") == "rgb"
+    assert media.choose_video_path("auto", stream_model, "yuv420p", "yuv422p") == "rgb"
+    assert media.choose_video_path("rgb", stream_model, "yuv420p", "yuv420p") == "rgb"
+    keras.utils.set_random_seed(0)
+    assert media.choose_video_path("auto", build_generator(scale=3, preset="stream"), "yuv420p", None) == "rgb"
+    with pytest.raises(media.VideoError, match="predicts RGB"):
+        media.choose_video_path("yuv", video, "yuv420p", "yuv420p")
+
+
+def test_the_summary_names_the_path_and_a_yuv_path_that_cannot_run_is_a_usage_error(
+        stream_path, rgb_model_path, tmp_path, capsys):
+    clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (24, 16), "bicubic") for f in moving_frames(2, (96, 64))])
+    run = ["--no-progress", "--precision", "fp32", "--compile", "off"]
+    assert upscale.main([str(clip), "-o", str(tmp_path / "a.mp4"), "--model", str(stream_path), "--compare", *run]) == 0
+    assert "YUV path" in capsys.readouterr().out
+    assert (tmp_path / "a_compare.png").is_file()  # the first frame's RGB, made for the comparison alone
+    assert upscale.main([str(clip), "-o", str(tmp_path / "b.mp4"), "--model", str(rgb_model_path), *run]) == 0
+    assert "RGB path" in capsys.readouterr().out
+    assert upscale.main([str(clip), "-o", str(tmp_path / "c.mp4"), "--model", str(stream_path), "--pix-fmt",
+                         "yuv444p", *run]) == 0
+    assert "RGB path" in capsys.readouterr().out
+    for model, extra, says in ((rgb_model_path, [], "predicts RGB"), (stream_path, ["--pix-fmt", "yuv444p"], "yuv444p")):
+        assert upscale.main([str(clip), "-o", str(tmp_path / "d.mp4"), "--model", str(model), "--video-path", "yuv",
+                             *extra, *run]) == 2
+        err = capsys.readouterr().err
+        assert "--video-path yuv cannot run" in err and says in err
+    assert not (tmp_path / "d.mp4").exists()
