@@ -7,7 +7,8 @@
 `inference` is an inference.Inference: the model and its tiling options. Videos and animations stream
 through three threads (decode, model, encode) linked by bounded queues (run_frames), so memory stays flat
 however long the clip; every frame keeps its timestamp, the audio is copied, and outputs are written
-atomically (a temporary name, then a rename). A URL that breaks off midway keeps what was written.
+atomically (a temporary name, then a rename). A URL that breaks off midway keeps what was written. A
+luma-first model's video takes the YUV path (choose_video_path, Yuv420Frames): planes in, planes out.
 """
 
 import collections

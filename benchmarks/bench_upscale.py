@@ -302,14 +302,20 @@ def end_to_end(model, frames, threaded, tmp, to_pipe=False, video_path="auto"):
     return frames / seconds, rss.peak
 
 
-def whole_path(model, frames, rounds):
+def whole_path(model, frames, rounds, path="rgb"):
     """{case: (frames/s, share of the model-only rate, peak RSS)} for the y4m pipe and the libx264 file: each
     round times the model alone on `frames` frames, then both paths, so a change in the machine's load hits
-    the three alike; the median of the rounds."""
+    the three alike; the median of the rounds. path: the video path ("yuv": the model alone is what the
+    model thread does there, the frame's luma)."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    import media
     import upscale
 
     rgb = frame_640x360()
-    upscale.upscale_array(model, rgb)
+    yuv = media.Yuv420Frames(upscale.Inference(model), (Colorspace.ITU709, ColorRange.MPEG))
+    model_alone = (lambda: yuv.luma([rgb])) if path == "yuv" else (lambda: upscale.upscale_array(model, rgb))
+    model_alone()
     cases = {"decode -> upscale -> y4m pipe": True, f"decode -> upscale -> libx264 {upscale.DEFAULT_PRESET} file": False}
     fps = {case: [] for case in cases}
     shares = {case: [] for case in cases}
@@ -318,10 +324,10 @@ def whole_path(model, frames, rounds):
         for _ in range(rounds):
             started = time.perf_counter()
             for _ in range(frames):
-                upscale.upscale_array(model, rgb)
+                model_alone()
             model_fps = frames / (time.perf_counter() - started)
             for case, to_pipe in cases.items():
-                rate, peak = end_to_end(model, frames, True, tmp, to_pipe=to_pipe)
+                rate, peak = end_to_end(model, frames, True, tmp, to_pipe=to_pipe, video_path=path)
                 fps[case].append(rate)
                 shares[case].append(rate / model_fps)
                 peaks[case] = max(peaks[case], peak)
@@ -522,8 +528,8 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False):
     path = "yuv" if inference.luma_upsample(base) is not None else "rgb"  # what --video-path auto takes
     print(f"2. whole path, {best} (the fastest above), {path.upper()} path, {frames} frames of "
           f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {PATH_ROUNDS} rounds, each "
-          f"also timing the model alone on as many frames (the share is the median of the rounds' ratios):")
-    rows = whole_path(models[best], frames, PATH_ROUNDS)
+          f"also timing the model alone (yuv: the luma) on as many frames (the share is the median of the rounds' ratios):")
+    rows = whole_path(models[best], frames, PATH_ROUNDS, path)
     for case, (fps, share, rss) in rows.items():
         print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
     psnr = None
