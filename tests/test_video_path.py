@@ -63,16 +63,22 @@ def moving_frames(count, size):
             for k in range(count)]
 
 
-def encode_lossless(path, frames, codec="libx264", fps=24):
-    """yuv420p video of uint8 RGB frames, lossless in YUV (x264 qp 0, or FFV1 for odd sizes)."""
+def encode_lossless(path, frames, codec="libx264", fps=24, pix_fmt="yuv420p", colorspace=None):
+    """4:2:0 video of uint8 RGB frames, lossless in YUV (x264 qp 0, or FFV1 for odd sizes); colorspace: an
+    AVCOL_SPC code to convert with and tag (None: untagged, BT.601 as FFmpeg converts it)."""
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w") as out:
         v = out.add_stream(codec, rate=fps)
-        v.width, v.height, v.pix_fmt = width, height, "yuv420p"
+        v.width, v.height, v.pix_fmt = width, height, pix_fmt
         v.options = {"qp": "0", "preset": "ultrafast"} if codec == "libx264" else {}
         v.codec_context.time_base = Fraction(1, fps)
+        if colorspace is not None:
+            v.codec_context.colorspace = colorspace
         for k, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if colorspace is not None:
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=colorspace)
+                frame.colorspace = colorspace
             frame.pts, frame.time_base = k, Fraction(1, fps)
             out.mux(v.encode(frame))
         out.mux(v.encode(None))
@@ -109,16 +115,20 @@ def y_psnr(y, reference_rgb, colorspace):
 
 
 def compare_paths(model, clip, hr_frames, **kwargs):
-    """(mean Y-PSNR of the rgb path, of the yuv path, against hr_frames; Y-PSNR between the two paths)."""
+    """(mean Y-PSNR of the rgb path, of the yuv path, against hr_frames; Y-PSNR between the two paths);
+    asserts that their chroma planes agree (PSNR > 45 dB: a matrix converted wrongly gives about 40)."""
     rgb, yuv = upscale_to_y4m(model, clip, "rgb", **kwargs), upscale_to_y4m(model, clip, "yuv", **kwargs)
     assert len(rgb) == len(yuv) == len(hr_frames)
     colorspace = 1 if hr_frames[0].shape[0] > 576 else 5  # what Y4MWriter converts with
     height, width = hr_frames[0].shape[:2]
     ours = [np.mean([y_psnr(f[0][:height, :width], hr, colorspace) for f, hr in zip(out, hr_frames, strict=True)])
             for out in (rgb, yuv)]
-    between = np.mean([10 * np.log10(255**2 / np.mean((a[0].astype(float) - b[0]) ** 2)) for a, b in zip(rgb, yuv,
-                                                                                                    strict=True)])
-    return ours[0], ours[1], between
+    def psnr(plane):
+        return np.mean([10 * np.log10(255**2 / np.mean((a[plane].astype(float) - b[plane]) ** 2))
+                        for a, b in zip(rgb, yuv, strict=True)])
+
+    assert psnr(1) > 45 and psnr(2) > 45, (psnr(1), psnr(2))
+    return ours[0], ours[1], psnr(0)
 
 
 # --- the layer: one interpolation for luma, RGB and chroma ---------------------------------------------------
@@ -191,9 +201,15 @@ def test_chroma_converts_between_matrices_at_chroma_resolution():
 # --- the two paths give the same frames ------------------------------------------------------------------
 
 
-def test_yuv_path_matches_rgb_path_on_a_generated_clip(stream_model, tmp_path):
+@pytest.mark.parametrize(("pix_fmt", "colorspace"), [("yuv420p", None), ("yuvj420p", None), ("yuv420p", 1)],
+                         ids=["untagged", "full-range", "bt709"])
+def test_yuv_path_matches_rgb_path_on_a_generated_clip(stream_model, tmp_path, pix_fmt, colorspace):
     hr = moving_frames(4, (192, 128))
-    clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (48, 32), "bicubic") for f in hr])
+    clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (48, 32), "bicubic") for f in hr], pix_fmt=pix_fmt,
+                           colorspace=colorspace)
+    with av.open(str(clip)) as inp:  # the source is what the case says
+        frame = next(inp.decode(video=0))
+        assert media.frame_colour(frame) == ({None: 2}.get(colorspace, colorspace), pix_fmt == "yuvj420p")
     rgb_psnr, yuv_psnr, between = compare_paths(stream_model, clip, hr)
     assert abs(yuv_psnr - rgb_psnr) < 0.05 and between > 45, (rgb_psnr, yuv_psnr, between)
 
@@ -221,7 +237,7 @@ def test_odd_sizes_give_the_whole_frame(stream_model, tmp_path):
 def test_yuv_path_writes_a_tagged_x264_file_like_the_rgb_path(stream_model, tmp_path):
     hr = moving_frames(3, (160, 128))
     clip = encode_lossless(tmp_path / "lr.mkv", [resize(f, (40, 32), "bicubic") for f in hr])
-    lumas = {}
+    planes = {}
     for path in ("rgb", "yuv"):
         dst = tmp_path / f"{path}.mp4"
         stats = media.StreamStats()
@@ -230,10 +246,11 @@ def test_yuv_path_writes_a_tagged_x264_file_like_the_rgb_path(stream_model, tmp_
         with av.open(str(dst)) as out:
             stream = out.streams.video[0]
             assert (stream.width, stream.height, stream.codec_context.colorspace) == (160, 128, 1)  # BT.709
-            lumas[path] = [f.to_ndarray(format="yuv420p")[:128] for f in out.decode(video=0)]
-    assert len(lumas["yuv"]) == 3
-    for a, b in zip(lumas["rgb"], lumas["yuv"], strict=True):
-        assert 10 * np.log10(255**2 / np.mean((a.astype(float) - b) ** 2)) > 45
+            planes[path] = [f.to_ndarray(format="yuv420p") for f in out.decode(video=0)]  # Y, then U and V
+    assert len(planes["yuv"]) == 3
+    for a, b in zip(planes["rgb"], planes["yuv"], strict=True):  # BT.601 in, BT.709 out: converted alike
+        for part in (slice(0, 128), slice(128, None)):
+            assert 10 * np.log10(255**2 / np.mean((a[part].astype(float) - b[part]) ** 2)) > 45
 
 
 # --- which path runs ---------------------------------------------------------------------------------------
