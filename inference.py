@@ -50,6 +50,7 @@ MEMORY_FRACTION = 0.5  # ... and at most this fraction of the memory still avail
 ACTIVATION_BYTES_PER_VALUE = 18
 MAX_FRAME_BATCH = 8  # frames per model call when whole frames fit in one call (small GIFs)
 RUNTIME_TRIALS = 2  # --compile/--precision auto: timed frames per candidate, in interleaved rounds, after a warm-up
+BT709_LUMA = (0.2126, 0.7152, 0.0722)  # Kr, Kg, Kb: the luma load_fastest times the YUV path with
 CPU_BF16_VARIABLE = "SR_CPU_BF16"  # on/off: override cpu_has_native_bf16's detection (tests run both paths on any CPU)
 # -----------------------------------------------------------------------------
 
@@ -88,7 +89,7 @@ def load_model(path=None, precision="fp32"):
     return with_precision(load_generator(path), precision)
 
 
-def load_fastest(path, precision="auto", compile_choice="auto", frame_size=None, progress=None):
+def load_fastest(path, precision="auto", compile_choice="auto", frame_size=None, progress=None, luma=False):
     """The model to upscale with, and a note for the summary (None when nothing was timed).
 
     frame_size: (width, height) of the frames of the videos or animations to upscale, None when there are
@@ -96,7 +97,8 @@ def load_fastest(path, precision="auto", compile_choice="auto", frame_size=None,
     the hardware computes it natively; XLA off and on) are timed on frames of that size (fastest) and the
     fastest runs: which one wins depends on the CPU, the model and the frame size (bf16 with XLA ran 1.7x
     slower than bf16 without it for the video model on a busy AVX-512/AMX CPU: benchmarks/bench_upscale.py).
-    Otherwise resolve_precision's and wants_compile's rules decide. progress: False for no progress bar."""
+    Otherwise resolve_precision's and wants_compile's rules decide. progress: False for no progress bar.
+    luma: time what the YUV path runs (upscale_luma: the network and the luma only), not the RGB output."""
     size = frame_size
     precisions = [precision] if precision != "auto" else ["fp32"] + (["bf16"] if resolve_precision() == "bf16" else [])
     compiles = [compile_choice == "on"] if compile_choice != "auto" else [False, True]
@@ -119,7 +121,10 @@ def load_fastest(path, precision="auto", compile_choice="auto", frame_size=None,
 
     def timed(model):
         def run():
-            upscale_array(model, frame)
+            if luma:
+                upscale_luma(model, frame, BT709_LUMA)
+            else:
+                upscale_array(model, frame)
             bar.update()
 
         return run
@@ -127,7 +132,8 @@ def load_fastest(path, precision="auto", compile_choice="auto", frame_size=None,
     best, seconds = fastest({name: timed(model) for name, model in models.items()})
     bar.close()
     timings = ", ".join(f"{name} {1 / t:.2f}" for name, t in seconds.items())
-    return models[best], (f"ran {best}, the fastest on {size[0]}x{size[1]} frames here (frames/s: {timings}; "
+    path = "the YUV path's luma" if luma else "the RGB path"
+    return models[best], (f"ran {best}, the fastest for {path} on {size[0]}x{size[1]} frames here (frames/s: {timings}; "
                           f"timed in {time.perf_counter() - started:.0f} s)")
 
 

@@ -182,7 +182,8 @@ def upscale_all(args):
         else:
             if inference is None:
                 try:
-                    model, runtime = load_fastest(model_path, args.precision, args.compile, first_frame_size(jobs), progress)
+                    model, runtime = load_fastest(model_path, args.precision, args.compile, first_frame_size(jobs),
+                                                  progress, luma=times_luma_path(args, jobs))
                     others = tuple((model_label(path), load_model(path, args.precision))
                                    for path in [args.compare_with] if path is not None)
                 except Exception as e:  # corrupt, or not a generator: nothing can run
@@ -354,6 +355,7 @@ def check_args(args):
     except ValueError as e:
         raise UsageError(f"cannot load the model {path}: {e}") from e
     obstacles = yuv_path_obstacles(luma_scale, DEFAULT_PIX_FMT if is_pipe(args.output) else args.pix_fmt)
+    args.luma_path = args.video_path != "rgb" and not obstacles  # videos go through the YUV path (its timing)
     if args.video_path == "yuv" and obstacles:
         raise UsageError(f"--video-path yuv cannot run with {path.name}: " + "; ".join(obstacles))
     if args.tile is not None:
@@ -506,6 +508,13 @@ def first_frame_size(jobs):
     """(width, height) of the frames of the first video or animation among the jobs whose size can be read
     (what load_fastest times the runtimes on), or None when there are only still images."""
     return next((size for size in map(frame_size, jobs) if size is not None), None)
+
+
+def times_luma_path(args, jobs):
+    """Whether load_fastest times the YUV path's luma: the first video or animation is a video that the YUV path
+    takes (a luma-first model writing yuv420p: check_args), not an animation, which takes the RGB path."""
+    first = next((job for job in jobs if frame_size(job) is not None), None)
+    return bool(getattr(args, "luma_path", False) and first is not None and first.kind == "video")
 
 
 def frame_size(job):

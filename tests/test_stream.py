@@ -297,8 +297,14 @@ def test_auto_runs_what_timed_fastest_and_the_summary_says_so(model_path, tmp_pa
     timed, used = [], []
     fake = {"fp32": 0.2, "fp32 XLA": 0.1, "bf16": 0.25, "bf16 XLA": 0.4}  # seconds per frame, as if measured
 
+    lumas = []
+    real_upscale_luma = inference.upscale_luma
+    monkeypatch.setattr(inference, "upscale_luma", lambda *a, **k: lumas.append(1) or real_upscale_luma(*a, **k))
+
     def fake_fastest(candidates, trials=upscale.RUNTIME_TRIALS):
         timed.append(sorted(candidates))
+        candidates["fp32"]()  # what a candidate runs: the YUV path's luma, as the video will
+        assert lumas == [1]
         return "fp32 XLA", {name: fake[name] for name in candidates}
 
     monkeypatch.setattr(inference, "fastest", fake_fastest)
@@ -307,7 +313,7 @@ def test_auto_runs_what_timed_fastest_and_the_summary_says_so(model_path, tmp_pa
     assert upscale.main([clip, "-o", str(tmp_path / "out.mp4"), "--model", str(model_path), "--no-progress"]) == 0
     assert timed == [sorted(fake)]
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith("upscale: 1 done") and ("; ran fp32 XLA, the fastest on 32x24 frames here (frames/s: "
+    assert summary.startswith("upscale: 1 done") and ("; ran fp32 XLA, the fastest for the YUV path's luma on 32x24 frames here (frames/s: "
                                                       "fp32 5.00, fp32 XLA 10.00, bf16 4.00, bf16 XLA 2.50; timed in") in summary
     assert inference._state(used[0]).compiled is not None  # the XLA-compiled fp32 model ran
     assert {layer.dtype_policy.name for layer in used[0].layers} == {"float32"}
