@@ -81,7 +81,12 @@ class Fidelity:
 
     def __str__(self):
         apart = "identical outputs" if self.agreement_db >= IDENTICAL_DB else f"outputs {self.agreement_db:.1f} dB apart"
-        return f"loses {self.loss_db + 0.0:.3f} dB Y-PSNR vs Keras fp32 ({apart}, {self.frames} frames)"
+        return f"loses {decibels(self.loss_db)} dB Y-PSNR vs Keras fp32 ({apart}, {self.frames} frames)"
+
+
+def decibels(value):
+    """A dB figure to 3 decimals, without the "-0.000" of a float a hair under zero."""
+    return f"{round(value, 3) + 0.0:.3f}"
 
 
 def check_installed(runtime, precision="fp32"):
@@ -129,7 +134,7 @@ def load_runtime(model=None, runtime="keras", precision="fp32", calibration=None
     quantised = OpenVinoRuntime(keras_model, quantise_int8(keras_model, calibrate), "int8")
     fidelity = measure_fidelity(keras_model, quantised.predict, held_back)
     if fidelity.loss_db > int8_tolerance_db:
-        raise QualityError(f"int8 loses {fidelity.loss_db:.3f} dB Y-PSNR against Keras fp32 on {fidelity.frames} "
+        raise QualityError(f"int8 loses {decibels(fidelity.loss_db)} dB Y-PSNR against Keras fp32 on {fidelity.frames} "
                            f"held-back frames (allowed {int8_tolerance_db:g})", fidelity)
     quantised.fidelity = fidelity
     return quantised
@@ -399,7 +404,7 @@ def export_model(model, fmt, out=None, calibration=None, *, check_frames=None, t
             export_keras(keras_model, fmt, tmp)
         fidelity = measure_fidelity(keras_model, load_exported(tmp, fmt, keras_model).predict, check_frames)
         if fidelity.loss_db > tolerance_db:
-            raise QualityError(f"{out.name}: the {fmt} {precision} export loses {fidelity.loss_db:.3f} dB Y-PSNR "
+            raise QualityError(f"{out.name}: the {fmt} {precision} export loses {decibels(fidelity.loss_db)} dB Y-PSNR "
                                f"against Keras fp32 (allowed {tolerance_db:g}); nothing written", fidelity)
     files = [out] + ([out.with_suffix(".bin")] if fmt == "openvino" else [])
     return ExportReport(files, sum(p.stat().st_size for p in files), fidelity, precision)

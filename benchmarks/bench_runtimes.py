@@ -51,8 +51,9 @@ def candidates(keras_model, calibrations):
             print(f"  left out: {err}")
     for source in calibrations:
         name = "photos" if source is None else Path(source).name
+        frames = deploy.read_frames(source)  # None: scikit-image's photos
         try:
-            rt = deploy.load_runtime(keras_model, "openvino", "int8", source, int8_tolerance_db=float("inf"))
+            rt = deploy.load_runtime(keras_model, "openvino", "int8", frames, int8_tolerance_db=float("inf"))
         except deploy.MissingRuntime as err:
             print(f"  left out: {err}")
             continue
