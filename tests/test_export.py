@@ -140,6 +140,23 @@ def test_calibration_split_holds_frames_back_evenly():
         deploy.split_calibration(frames[:1])
 
 
+def test_calibration_frames_from_a_video_are_spread_over_its_length(tmp_path):
+    import av
+
+    path = tmp_path / "ramp.mp4"
+    with av.open(str(path), "w") as out:  # 48 frames, 2 s, from black to white
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(48):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 5, np.uint8), format="rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    frames = deploy.read_frames(path)
+    assert len(frames) == deploy.CALIBRATION_FRAMES + deploy.HELD_BACK_FRAMES and frames[0].shape == (48, 64, 3)
+    levels = [float(f.mean()) for f in frames]
+    assert levels[0] < 20 and levels[-1] > 200 and levels == sorted(levels)  # the whole ramp, in order
+
+
 @needs_onnx
 def test_onnx_export_matches_keras(tiny_model_file, tmp_path, capsys):
     out = tmp_path / "tiny.onnx"
