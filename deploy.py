@@ -229,6 +229,37 @@ class OpenVinoRuntime(Runtime):
         return compiled(x)[compiled.output(0)]  # output 0: some exports add a second, stray one
 
 
+def pixel_shuffles_to_depth_to_space(model):
+    """Rewrite each PixelShuffle of an openvino.Model, a reshape to 6-D, a 6-D transpose and a reshape back, as
+    OpenVINO's DepthToSpace (blocks_first: tf.nn.depth_to_space's order) between two 4-D transposes, in place;
+    returns how many. The same values, faster: one 640x360 frame, video model, fp32 381 -> 319 ms, int8
+    163 -> 125 ms; PSNR model (160x90) fp32 951 -> 882, int8 243 -> 240. The luma-first tail (LumaUpsample,
+    channel-major) is left alone: rewritten the same way (depth_first) it ran slower (stream model fp32
+    208 -> 225 ms, int8 91 -> 109), its other transposes staying."""
+    from openvino import opset13 as ov_ops
+
+    count = 0
+    for transpose in model.get_ordered_ops():
+        if transpose.get_type_name() != "Transpose" or transpose.get_output_partial_shape(0).rank.get_length() != 6:
+            continue
+        before, order = (transpose.input(i).get_source_output().get_node() for i in (0, 1))
+        after = [target.get_node() for target in transpose.output(0).get_target_inputs()]
+        if (order.get_type_name() != "Constant" or tuple(order.get_vector()) != (0, 1, 3, 2, 4, 5)
+                or before.get_type_name() != "Reshape" or len(after) != 1 or after[0].get_type_name() != "Reshape"):
+            continue
+        shape = before.get_output_partial_shape(0)  # (n, h, w, i, j, c): r, r and c are known
+        r, c = shape[3].get_length(), shape[5].get_length()
+        channels = np.array([0, 0, 0, r * r * c])  # 0: the input's n, h, w (special_zero), any frame size
+        x = ov_ops.reshape(before.input(0).get_source_output(), ov_ops.constant(channels), special_zero=True)
+        x = ov_ops.transpose(x, ov_ops.constant(np.array([0, 3, 1, 2])))
+        x = ov_ops.depth_to_space(x, "blocks_first", r)
+        after[0].output(0).replace(ov_ops.transpose(x, ov_ops.constant(np.array([0, 2, 3, 1]))).output(0))
+        count += 1
+    if count:
+        model.validate_nodes_and_infer_types()
+    return count
+
+
 def as_float_batch(batch):
     """(N, H, W, 3) float32 in [0, 1], contiguous: uint8 is divided by 255."""
     x = np.asarray(batch)
@@ -253,9 +284,12 @@ def export_keras(keras_model, fmt, path):
 
 
 def openvino_model(keras_model):
-    """The fp32 model as an openvino.Model (Keras' export, read back into memory)."""
+    """The fp32 model as an openvino.Model: Keras' export, read back into memory, its pixel shuffles made
+    DepthToSpace ops (pixel_shuffles_to_depth_to_space)."""
     with tempfile.TemporaryDirectory() as tmp:
-        return read_openvino(export_keras(keras_model, "openvino", Path(tmp) / "model.xml"))
+        model = read_openvino(export_keras(keras_model, "openvino", Path(tmp) / "model.xml"))
+    pixel_shuffles_to_depth_to_space(model)
+    return model
 
 
 def read_openvino(path):
@@ -402,10 +436,11 @@ def export_model(model, fmt, out=None, calibration=None, *, check_frames=None, t
     else:
         check_frames = [crop(f, CHECK_CROP) for f in read_frames(check_frames)[:4]]
     with staged_export(out) as tmp:
-        if precision == "int8":
+        if fmt == "openvino":  # Keras' export, its pixel shuffles rewritten, and quantised for int8
             import openvino
 
-            openvino.save_model(quantise_int8(keras_model, calibrate), tmp, compress_to_fp16=False)
+            model = quantise_int8(keras_model, calibrate) if precision == "int8" else openvino_model(keras_model)
+            openvino.save_model(model, tmp, compress_to_fp16=False)
         else:
             export_keras(keras_model, fmt, tmp)
         fidelity = measure_fidelity(keras_model, load_exported(tmp, fmt, keras_model, precision).predict,

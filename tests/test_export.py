@@ -184,6 +184,9 @@ def test_runtimes_match_keras_and_openvino_compiles_once_per_shape(tiny_model_fi
             np.testing.assert_allclose(rt.predict(x), keras_model.predict_on_batch(deploy.as_float_batch(x)),
                                        atol=1e-4)
     assert len(rt.compiled) == 2  # OpenVINO: two shapes, two compiled models
+    compiled = next(iter(rt.compiled.values()))
+    layers = {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
+    assert "DepthToSpace" in layers  # the PixelShuffle, rewritten (pixel_shuffles_to_depth_to_space)
 
 
 @needs_nncf
