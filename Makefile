@@ -8,7 +8,7 @@ RUN := runs/demo
 SAMPLES = $$($(PY) -c "import skimage.data; print(skimage.data.data_dir)")
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: demo test soak lint lab bench weights accelerator accelerator-pack accelerator-wheels clean
+.PHONY: demo test soak lint lab bench runtimes weights accelerator accelerator-pack accelerator-wheels clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lab: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# The optional runtimes (ONNX Runtime, OpenVINO, NNCF): flow.py export, deploy.py, benchmarks/bench_runtimes.py.
+runtimes: $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-runtimes.txt
 
 # Rebuild the shipped models from scratch (Debian machine; see weights/README.md for times).
 weights: $(VENV)/.installed

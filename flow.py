@@ -4,6 +4,8 @@
     python flow.py evaluate --model runs/demo/generator.keras --data data/benchmarks/set5
     python flow.py evaluate --model bicubic --data data/benchmarks/set5
     python flow.py evaluate-stream --model video --data data/benchmarks/set14 --crf clean,18,28,34
+    python flow.py export video --format onnx                       # weights/video_x4.onnx, checked against Keras
+    python flow.py export video --format openvino --int8 frames/    # int8 calibrated on your frames (deploy.py)
 
 Phase 1 pretrains the generator with a pixel loss (SRResNet); phase 2 trains it against the discriminator
 (SRGAN, Ledig et al. 2017). After every epoch the whole validation split is measured, PSNR and SSIM on the Y
@@ -44,6 +46,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+import deploy
 import presets
 import resizer
 from create_dataset import (
@@ -1000,11 +1003,22 @@ def parse_args(argv=None):
     v.add_argument("--window", type=int, nargs=2, metavar=("W", "H"),
                    help="HR window panning over each photo (default 1024 576; at most 3/4 of a smaller photo)")
     v.add_argument("--out", help="folder for the CSV and markdown tables (default out/eval)")
+    x = sub.add_parser("export", help="write a generator for an on-device runtime (ONNX, OpenVINO, LiteRT) and check "
+                                      "it against Keras in the same command")
+    x.add_argument("model", help=f"generator .keras file, run folder, or {', '.join(presets.SHIPPED_MODELS)} (shipped)")
+    x.add_argument("--format", required=True, choices=list(deploy.EXPORT_FORMATS),
+                   help="onnx (ONNX Runtime, players), openvino (.xml + .bin), litert (.tflite, phones)")
+    x.add_argument("--int8", metavar="CALIBRATION", type=Path,
+                   help="quantise to int8 (OpenVINO, NNCF) calibrated on this folder of frames or video; kept only if "
+                        f"it loses <= {deploy.INT8_TOLERANCE_DB:g} dB Y-PSNR against Keras fp32 on frames held back")
+    x.add_argument("--out", type=Path, help="output file (default: beside the model, e.g. weights/video_x4.onnx)")
     args = parser.parse_args(argv)
     if args.command == "train":
         check_train_args(parser, args)
     if args.command == "evaluate-stream":
         check_stream_args(parser, args)
+    if args.command == "export":
+        check_export_args(parser, args)
     return args
 
 
@@ -1039,6 +1053,32 @@ def check_stream_args(parser, args):
         parser.error("--window sides must be >= 16")
 
 
+def check_export_args(parser, args):
+    """export's runtime installed (with the install command if not), --int8 only for OpenVINO and an existing
+    calibration source, --out's suffix: exit 2 before any model loads."""
+    try:
+        deploy.check_installed(args.format, "int8" if args.int8 is not None else "fp32")
+    except (deploy.MissingRuntime, ValueError) as err:
+        parser.error(f"--format {args.format}: {err}")
+    if args.int8 is not None and not args.int8.exists():
+        parser.error(f"--int8 {args.int8}: no such folder or video of calibration frames")
+    suffix = deploy.EXPORT_FORMATS[args.format]
+    if args.out is not None and args.out.suffix != suffix:
+        parser.error(f"--out {args.out}: a {args.format} export ends with {suffix}")
+
+
+def export(model_arg, fmt, calibration=None, out=None):
+    """`flow.py export`: write the model for `fmt`, check it against Keras fp32, print a one-line summary.
+    Returns the exit status: 1 when the export lost more than allowed (nothing is left behind)."""
+    try:
+        report = deploy.export_model(resolve_model_path(model_arg), fmt, out, calibration)
+    except deploy.QualityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
 def check_train_args(parser, args):
     """Usage errors argparse cannot see by itself (exit 2 before anything loads)."""
     for name in ("pretrain_epochs", "gan_epochs"):
@@ -1069,6 +1109,8 @@ def main(argv=None):
     try:
         if args.command == "train":
             return train(args)
+        if args.command == "export":
+            return export(args.model, args.format, args.int8, args.out)
         if args.command == "evaluate-stream":
             _, failed = evaluate_stream(args.model, args.data, args.crf, codec_name=args.codec, preset=args.preset,
                                         frames=args.frames, window=args.window, out=args.out)

@@ -1,0 +1,135 @@
+"""Benchmark the runtimes of deploy.py: one 640x360 frame -> x4, per model, against Keras fp32 in the same run.
+
+    python benchmarks/bench_runtimes.py                      # the stream and video models, 15 rounds (minutes)
+    python benchmarks/bench_runtimes.py --rounds 3 --models stream   # a quick look
+    python benchmarks/bench_runtimes.py --calibration frames/ clip.mp4   # int8 calibrated on these instead
+
+Per model, the candidates are Keras fp32 (the baseline: predict_on_batch, as upscale.py runs it), Keras bf16
+(a mixed_bfloat16 copy), ONNX Runtime fp32, and OpenVINO fp32, bf16 and int8 (NNCF, one quantised model per
+calibration source: scikit-image's photos, and ../shared/data/clips/big_buck_bunny.mp4 where it is there).
+Each is warmed up once, then timed once per round in interleaved rounds, so a change in the machine's load
+hits all alike; the median counts. Printed per candidate: ms per frame (model call only, the whole frame in
+one call), its speed as a ratio of Keras fp32's in the same run, and its fidelity: the Y-PSNR of its output
+against Keras fp32's on the timed frame, and for int8 what it loses against Keras fp32 on the held-back
+calibration frames (deploy.measure_fidelity), and whether load_runtime keeps it (<= 0.1 dB). An optional
+runtime that is not installed is left out, and said so. --help answers without loading Keras.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from bench_upscale import cpu_name, load_average, test_image  # noqa: E402
+
+import deploy  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# configuration
+MODELS = ("stream", "video")
+FRAME_SIZE = (640, 360)  # LR width, height
+ROUNDS = 15
+CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
+# -----------------------------------------------------------------------------
+
+
+def candidates(keras_model, calibrations):
+    """{label: (Runtime, note)} for every runtime installed here; int8 once per calibration source."""
+    out = {f"keras {p}": (deploy.load_runtime(keras_model, "keras", p), "") for p in ("fp32", "bf16")}
+    for runtime, precision in (("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")):
+        try:
+            out[f"{runtime} {precision}"] = (deploy.load_runtime(keras_model, runtime, precision), "")
+        except deploy.MissingRuntime as err:
+            print(f"  left out: {err}")
+    for source in calibrations:
+        name = "photos" if source is None else Path(source).name
+        frames = deploy.read_frames(source)  # None: scikit-image's photos
+        try:
+            rt = deploy.load_runtime(keras_model, "openvino", "int8", frames, int8_tolerance_db=float("inf"))
+        except deploy.MissingRuntime as err:
+            print(f"  left out: {err}")
+            continue
+        kept = "kept" if rt.fidelity.loss_db <= deploy.INT8_TOLERANCE_DB else "REJECTED by load_runtime"
+        out[f"openvino int8 ({name})"] = (rt, f"held back: {rt.fidelity} -> {kept}")
+    return out
+
+
+def interleaved_ms(runs, x, rounds):
+    """{label: median ms of predict(x)} over `rounds` interleaved rounds, after one warm-up call each."""
+    for rt, _ in runs.values():
+        rt.predict(x)
+    times = {label: [] for label in runs}
+    for _ in range(rounds):
+        for label, (rt, _) in runs.items():
+            started = time.perf_counter()
+            rt.predict(x)
+            times[label].append(time.perf_counter() - started)
+    return {label: 1000 * float(np.median(t)) for label, t in times.items()}
+
+
+def agreement_db(reference, output, scale):
+    """Y-PSNR (border cropped) of an output against the reference output, both rounded to uint8."""
+    import metrics
+    import resizer
+
+    psnr = metrics.calculate_psnr(resizer.to_uint8(output[0]), resizer.to_uint8(reference[0]), scale)
+    return "identical" if psnr >= deploy.IDENTICAL_DB else f"{psnr:.1f} dB"
+
+
+def report_model(name, rounds, calibrations):
+    """Build, time and print every candidate for one model."""
+    keras_model = deploy.load_keras(name)
+    print(f"\n{name} ({deploy.resolve_keras_path(name).name}): building the runtimes ...", flush=True)
+    started = time.perf_counter()
+    runs = candidates(keras_model, calibrations)
+    print(f"  built in {time.perf_counter() - started:.0f} s; timing {rounds} interleaved rounds of "
+          f"{FRAME_SIZE[0]}x{FRAME_SIZE[1]} -> x{deploy.model_scale(keras_model)} ({load_average()})", flush=True)
+    x = deploy.as_float_batch(test_image(*FRAME_SIZE)[None])
+    ms = interleaved_ms(runs, x, rounds)
+    baseline = ms["keras fp32"]
+    reference = runs["keras fp32"][0].predict(x)
+    scale = deploy.model_scale(keras_model)
+    print(f"  {'runtime':<30} {'ms/frame':>9} {'frames/s':>9} {'vs Keras fp32':>14}  fidelity vs Keras fp32")
+    for label, (rt, note) in runs.items():
+        fidelity = agreement_db(reference, rt.predict(x), scale)
+        print(f"  {label:<30} {ms[label]:9.1f} {1000 / ms[label]:9.2f} {baseline / ms[label]:13.2f}x  "
+              f"{fidelity} on the frame{'; ' + note if note else ''}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="shipped model names or .keras files")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="timed interleaved rounds (median counts)")
+    p.add_argument("--calibration", nargs="*", type=Path, default=None,
+                   help="int8 calibration sources (folders of frames or videos); default: the skimage photos, and "
+                        "the big_buck_bunny clip where ../shared/data has it")
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    calibrations = args.calibration if args.calibration is not None else [None] + ([CLIP] if CLIP.is_file() else [])
+    import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines)
+
+    # isort: split
+    import keras
+
+    import upscale
+
+    started = time.perf_counter()
+    print(f"bench_runtimes: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores (native bf16: "
+          f"{upscale.cpu_has_native_bf16()}), Keras {keras.__version__}; {load_average()}")
+    for name in args.models:
+        report_model(name, args.rounds, calibrations)
+    print(f"\nbench_runtimes: {time.perf_counter() - started:.0f} s in all; at the end: {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
