@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import resizer
+from inference import load_model, model_scale, resolve_model_path, with_precision
+from media import open_video, video_frames
 
 # -----------------------------------------------------------------------------
 # configuration
@@ -167,7 +169,7 @@ class KerasRuntime(Runtime):
 
     def __init__(self, keras_model, precision):
         super().__init__(keras_model, precision)
-        self.compute = keras_with_precision(keras_model, precision)
+        self.compute = with_precision(keras_model, precision)
 
     def _run(self, x):
         return self.compute.predict_on_batch(x)
@@ -454,7 +456,7 @@ def export_model(model, fmt, out=None, calibration=None, *, check_frames=None, t
 
 def default_export_path(model, fmt, precision):
     """The model's .keras path with the format's suffix (video_x4.onnx, video_x4_int8.xml)."""
-    path = resolve_keras_path(model) if not hasattr(model, "predict_on_batch") else Path(f"{model.name}.keras")
+    path = resolve_model_path(model) if not hasattr(model, "predict_on_batch") else Path(f"{model.name}.keras")
     stem = path.stem + ("_int8" if precision == "int8" else "")
     return path.with_name(stem + EXPORT_FORMATS[fmt])
 
@@ -534,53 +536,28 @@ def _litert_interpreter(path):
         return Interpreter(model_path=str(path))
 
 
-# --- what this module takes from upscale.py (the one place: repoint it when upscale.py is split) ----------------
-
-
-def resolve_keras_path(model):
-    """The .keras file of a shipped name, a path, or None (the default model); FileNotFoundError with a hint."""
-    import upscale
-
-    return upscale.resolve_model_path(model)
+# --- helpers -----------------------------------------------------------------------------------------------------
 
 
 def load_keras(model):
     """The fp32 Keras generator: `model` itself when it is one, else loaded as upscale.py loads it."""
     if hasattr(model, "predict_on_batch"):
         return model
-    import upscale
-
-    return upscale.load_model(model, "fp32")
-
-
-def keras_with_precision(keras_model, precision):
-    """The Keras model computing in fp32, or its bfloat16 copy (upscale.with_precision)."""
-    import upscale
-
-    return upscale.with_precision(keras_model, precision)
-
-
-def model_scale(keras_model):
-    """The generator's integer scale."""
-    import upscale
-
-    return upscale.model_scale(keras_model)
+    return load_model(model, "fp32")
 
 
 def read_video(path, count):
     """`count` frames evenly spread over a video file (opened anew for each seek), uint8 RGB, by upscale.py's
     decoder."""
-    import upscale
-
-    with upscale.open_video(path) as inp:
+    with open_video(path) as inp:
         stream = inp.streams.video[0]
         seconds = float(stream.duration * stream.time_base) if stream.duration else (inp.duration or 0) / 1e6
         if seconds <= 0:  # no duration to spread over: the first frames
-            return [f.rgb for f in upscale.video_frames(inp, path, max_frames=count)]
+            return [f.rgb for f in video_frames(inp, path, max_frames=count)]
     frames = []
     for start in np.arange(count) * seconds / count:
-        with upscale.open_video(path) as inp:
-            frames.extend(f.rgb for f in upscale.video_frames(inp, path, start=float(start), max_frames=1))
+        with open_video(path) as inp:
+            frames.extend(f.rgb for f in video_frames(inp, path, start=float(start), max_frames=1))
     return frames
 
 

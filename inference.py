@@ -399,7 +399,7 @@ class _ModelState:
     overlap: int
     bytes_per_pixel: int  # activation_bytes_per_pixel
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
-    compiled: object = None  # an XLA-compiled forward (compile_model), or None for model.predict_on_batch
+    compiled: object = None  # an XLA-compiled forward (compile_model), a runtime's (run_forward_on), or None
     luma: dict = field(default_factory=dict)  # luma weights -> luma_model (the YUV video path)
     chroma: dict = field(default_factory=dict)  # channels -> the chroma interpolation model (upscale_chroma)
 
@@ -418,6 +418,14 @@ def _state(model):
 def _forward(model):
     """What runs a batch through the model: the compiled function, or predict_on_batch."""
     return _state(model).compiled or model.predict_on_batch
+
+
+def run_forward_on(model, forward):
+    """Make upscale_array/upscale_batch run the model's batches through forward (predict_on_batch's contract:
+    an optional runtime's predict, deploy.load_runtime); tiling still reads the model's scale and field.
+    Returns the model."""
+    _state(model).compiled = forward
+    return model
 
 
 def compile_model(model):

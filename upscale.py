@@ -28,10 +28,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageSequence
 
+import deploy
 import presets
 import resizer
+from deploy import RUNTIMES
 from inference import (
     BLEND_MARGIN,
     CPU_BF16_VARIABLE,
@@ -62,6 +65,7 @@ from inference import (
     receptive_radius,
     resolve_model_path,
     resolve_precision,
+    run_forward_on,
     tile_starts,
     upscale_array,
     upscale_batch,
@@ -182,8 +186,11 @@ def upscale_all(args):
         else:
             if inference is None:
                 try:
-                    model, runtime = load_fastest(model_path, args.precision, args.compile, first_frame_size(jobs),
-                                                  progress, luma=times_luma_path(args, jobs))
+                    if args.runtime == "keras" and args.int8 is None:
+                        model, runtime = load_fastest(model_path, args.precision, args.compile, first_frame_size(jobs),
+                                                      progress, luma=times_luma_path(args, jobs))
+                    else:
+                        model, runtime = load_on_runtime(model_path, args, jobs)
                     others = tuple((model_label(path), load_model(path, args.precision))
                                    for path in [args.compare_with] if path is not None)
                 except Exception as e:  # corrupt, or not a generator: nothing can run
@@ -317,6 +324,14 @@ def parse_args(argv=None):
     p.add_argument("--compare", action="store_true", help="also write OUT_compare.png: bicubic | model on a crop")
     p.add_argument("--compare-with", metavar="MODEL", help=f"--compare, with a third panel: this model's output "
                                                             f"({', '.join(MODEL_NAMES)} or a .keras file)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="keras",
+                   help="what runs the network: keras (default), or OpenVINO / ONNX Runtime where installed "
+                        "(pip install -r requirements-runtimes.txt; benchmarks/bench_runtimes.py measures which is "
+                        "faster for a model); these take the RGB video path")
+    p.add_argument("--int8", nargs="?", const="inputs", default=None, metavar="CALIBRATION",
+                   help="OpenVINO int8 (implies --runtime openvino), calibrated on the inputs' own frames (or on a "
+                        "folder of images or a video given here) and kept only if it loses at most 0.1 dB Y-PSNR "
+                        "against fp32 on held-back frames; else the float model runs and the summary says why")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -348,6 +363,7 @@ def check_args(args):
     if args.overlap is not None and args.overlap < 0:
         raise UsageError("--overlap must be at least 0")
     path = resolve_model_path(args.model)
+    check_runtime(args)
     if args.compare_with is not None:
         args.compare, args.compare_with = True, resolve_model_path(args.compare_with)
     try:
@@ -355,6 +371,8 @@ def check_args(args):
     except ValueError as e:
         raise UsageError(f"cannot load the model {path}: {e}") from e
     obstacles = yuv_path_obstacles(luma_scale, DEFAULT_PIX_FMT if is_pipe(args.output) else args.pix_fmt)
+    if args.runtime != "keras":  # an exported network computes RGB; the YUV path cuts the Keras model
+        obstacles = [*obstacles, f"--runtime {args.runtime} runs the whole RGB model"]
     args.luma_path = args.video_path != "rgb" and not obstacles  # videos go through the YUV path (its timing)
     if args.video_path == "yuv" and obstacles:
         raise UsageError(f"--video-path yuv cannot run with {path.name}: " + "; ".join(obstacles))
@@ -508,6 +526,67 @@ def first_frame_size(jobs):
     """(width, height) of the frames of the first video or animation among the jobs whose size can be read
     (what load_fastest times the runtimes on), or None when there are only still images."""
     return next((size for size in map(frame_size, jobs) if size is not None), None)
+
+
+def check_runtime(args):
+    """--runtime and --int8: installed and consistent (raises UsageError, naming how to install a missing runtime)."""
+    if args.int8 is not None:
+        if args.runtime == "onnx":
+            raise UsageError("--int8 runs on OpenVINO, not --runtime onnx")
+        args.runtime = "openvino"
+    if args.runtime == "keras":
+        return
+    if args.compile == "on":
+        raise UsageError(f"--compile is Keras' XLA; --runtime {args.runtime} compiles the model itself")
+    args.precision = runtime_precision(args.runtime, args.precision)
+    try:
+        deploy.check_installed(args.runtime, "int8" if args.int8 is not None else args.precision)
+    except (deploy.MissingRuntime, ValueError) as e:
+        raise UsageError(f"--runtime {args.runtime}: {e}") from None
+    if args.int8 not in (None, "inputs") and not Path(args.int8).exists():
+        raise UsageError(f"--int8 {args.int8}: no such folder of images or video to calibrate with")
+
+
+def runtime_precision(runtime, precision):
+    """The float precision an optional runtime computes in: --precision, or for auto bf16 where OpenVINO has it
+    natively (resolve_precision's rule) and fp32 elsewhere (ONNX Runtime runs fp32 only here)."""
+    if precision != "auto":
+        return precision
+    return resolve_precision() if runtime == "openvino" else "fp32"
+
+
+def load_on_runtime(path, args, jobs):
+    """(the fp32 Keras model whose forward pass now runs on --runtime, the summary's note). With --int8 the
+    quantised model is calibrated on the inputs' frames (or --int8's folder or video); where it loses more than
+    0.1 dB, the float model runs instead and the note gives the measured loss."""
+    refused = ""
+    if args.int8 is not None:
+        calibration = calibration_frames(jobs) if args.int8 == "inputs" else args.int8
+        try:
+            runner = deploy.load_runtime(path, "openvino", "int8", calibration)
+        except deploy.QualityError as e:
+            runner, refused = None, f"int8 refused ({e}); "
+    if args.int8 is None or runner is None:
+        runner = deploy.load_runtime(path, args.runtime, args.precision)
+    kept = (f" (loses {runner.fidelity.loss_db:.3f} dB on {runner.fidelity.frames} held-back frames)"
+            if runner.fidelity is not None else "")
+    return run_forward_on(runner.model, runner.predict), f"{refused}ran {args.runtime} {runner.precision}{kept}"
+
+
+def calibration_frames(jobs):
+    """--int8's calibration from the inputs: the first video (frames spread over its length), else the frames
+    of the still images and animations (up to what deploy calibrates and holds back)."""
+    video = next((job for job in jobs if job.kind == "video" and not is_url(job.src)), None)
+    if video is not None:
+        return video.src
+    wanted, frames = deploy.CALIBRATION_FRAMES + deploy.HELD_BACK_FRAMES, []
+    for job in jobs:
+        with Image.open(job.src) as im:
+            for frame in ImageSequence.Iterator(im):
+                frames.append(np.asarray(frame.convert("RGB")))
+                if len(frames) >= wanted:
+                    return frames
+    return frames
 
 
 def times_luma_path(args, jobs):

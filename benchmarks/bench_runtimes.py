@@ -87,7 +87,7 @@ def agreement_db(reference, output, scale):
 def report_model(name, rounds, calibrations):
     """Build, time and print every candidate for one model."""
     keras_model = deploy.load_keras(name)
-    print(f"\n{name} ({deploy.resolve_keras_path(name).name}): building the runtimes ...", flush=True)
+    print(f"\n{name} ({deploy.resolve_model_path(name).name}): building the runtimes ...", flush=True)
     started = time.perf_counter()
     runs = candidates(keras_model, calibrations)
     print(f"  built in {time.perf_counter() - started:.0f} s; timing {rounds} interleaved rounds of "

@@ -208,3 +208,61 @@ def test_int8_that_loses_too_much_is_refused(tiny_model_file, frames_dir, tmp_pa
     assert run_export(tiny_model_file, "--format", "openvino", "--int8", frames_dir, "--out",
                       tmp_path / "tiny_int8.xml") == 1
     assert "int8 export loses" in capsys.readouterr().err and leftovers(tmp_path) == []
+
+
+# --- upscale.py --runtime / --int8 ------------------------------------------------------------------------------
+
+
+def run_upscale(*argv):
+    import upscale
+
+    return upscale.main([*map(str, argv), "--no-progress"])
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--runtime", "openvino"], "pip install -r requirements-runtimes.txt"),
+    (["--int8"], "pip install -r requirements-runtimes.txt"),
+    (["--runtime", "onnx", "--int8"], "--int8 runs on OpenVINO"),
+    (["--runtime", "openvino", "--compile", "on"], "compiles the model itself"),
+    (["--runtime", "onnx", "--precision", "bf16"], "onnx runs fp32"),
+])
+def test_runtime_settings_that_cannot_work_exit_2_before_any_work(tiny_model_file, tmp_path, monkeypatch, capsys,
+                                                                  extra, expected):
+    monkeypatch.setattr(deploy, "NEEDS", {**deploy.NEEDS, "openvino": ("no_such_runtime_module",),
+                                          "int8": ("no_such_runtime_module",)})
+    monkeypatch.setattr(deploy, "load_runtime", lambda *a, **k: pytest.fail("a runtime was loaded"))
+    photo = tmp_path / "in.png"
+    Image.fromarray(deploy.read_frames(None)[0][:24, :24]).save(photo)
+    assert run_upscale(photo, "-o", tmp_path / "out.png", "--model", tiny_model_file, *extra) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out.png").exists()
+
+
+@needs_openvino
+def test_upscale_on_openvino_matches_keras_and_says_what_ran(tiny_model_file, tmp_path, capsys):
+    photo = tmp_path / "in.png"
+    Image.fromarray(deploy.read_frames(None)[0][:40, :56]).save(photo)
+    assert run_upscale(photo, "-o", tmp_path / "keras.png", "--model", tiny_model_file, "--precision", "fp32",
+                       "--compile", "off") == 0
+    assert run_upscale(photo, "-o", tmp_path / "ov.png", "--model", tiny_model_file, "--runtime", "openvino",
+                       "--precision", "fp32") == 0
+    assert "; ran openvino fp32" in capsys.readouterr().out.strip().splitlines()[-1]
+    keras_out, ov_out = (np.asarray(Image.open(tmp_path / name), np.int16) for name in ("keras.png", "ov.png"))
+    assert np.abs(keras_out - ov_out).max() <= 1  # the same network, rounding apart
+
+
+@needs_nncf
+def test_int8_is_calibrated_on_the_inputs_and_refused_when_it_loses_too_much(tiny_model_file, frames_dir, tmp_path,
+                                                                             monkeypatch, capsys):
+    out = tmp_path / "out"
+    assert run_upscale(frames_dir, "-o", out, "--model", tiny_model_file, "--int8") == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "upscale: 9 done" in summary and "; ran openvino int8 (loses 0.0" in summary
+    real = deploy.load_runtime
+    monkeypatch.setattr(deploy, "load_runtime", lambda *a, **k: real(*a, **k, int8_tolerance_db=-1.0)
+                        if a[2] == "int8" else real(*a, **k))
+    assert run_upscale(frames_dir, "-o", tmp_path / "refused", "--model", tiny_model_file, "--int8",
+                       "--precision", "fp32") == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "int8 refused (int8 loses 0.0" in summary and "ran openvino fp32" in summary
+    assert len(list((tmp_path / "refused").iterdir())) == 9
