@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from bench_upscale import cpu_name, load_average, test_image  # noqa: E402
+from peak import describe_peak, generator_flops, measure_peak  # noqa: E402
 
 import deploy  # noqa: E402
 
@@ -84,8 +85,15 @@ def agreement_db(reference, output, scale):
     return "identical" if psnr >= deploy.IDENTICAL_DB else f"{psnr:.1f} dB"
 
 
-def report_model(name, rounds, calibrations):
-    """Build, time and print every candidate for one model."""
+def share_of_peak(label, gflops, peak):
+    """The achieved GFLOP/s as a share of the peak of the precision it computes in (int8's float parts run
+    bf16 where native, and there is no int8 matmul peak here, so it is set against bf16's)."""
+    precision = "fp32" if "fp32" in label or "bf16" not in peak else "bf16"
+    return f"{gflops:6.0f} GFLOP/s, {100 * gflops / peak[precision]:5.1f}% of {precision} peak"
+
+
+def report_model(name, rounds, calibrations, peak):
+    """Build, time and print every candidate for one model; peak: measure_peak() of this run."""
     keras_model = deploy.load_keras(name)
     print(f"\n{name} ({deploy.resolve_model_path(name).name}): building the runtimes ...", flush=True)
     started = time.perf_counter()
@@ -97,10 +105,14 @@ def report_model(name, rounds, calibrations):
     baseline = ms["keras fp32"]
     reference = runs["keras fp32"][0].predict(x)
     scale = deploy.model_scale(keras_model)
-    print(f"  {'runtime':<30} {'ms/frame':>9} {'frames/s':>9} {'vs Keras fp32':>14}  fidelity vs Keras fp32")
+    flops = generator_flops(keras_model, FRAME_SIZE[1], FRAME_SIZE[0])
+    print(f"  {flops / 1e9:.2f} GFLOP a frame (convolutions)")
+    print(f"  {'runtime':<30} {'ms/frame':>9} {'frames/s':>9} {'vs Keras fp32':>14}  {'share of peak':<36} "
+          "fidelity vs Keras fp32")
     for label, (rt, note) in runs.items():
         fidelity = agreement_db(reference, rt.predict(x), scale)
-        print(f"  {label:<30} {ms[label]:9.1f} {1000 / ms[label]:9.2f} {baseline / ms[label]:13.2f}x  "
+        share = share_of_peak(label, flops / ms[label] / 1e6, peak)
+        print(f"  {label:<30} {ms[label]:9.1f} {1000 / ms[label]:9.2f} {baseline / ms[label]:13.2f}x  {share:<36} "
               f"{fidelity} on the frame{'; ' + note if note else ''}")
 
 
@@ -125,8 +137,10 @@ def main(argv=None):
     started = time.perf_counter()
     print(f"bench_runtimes: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores (native bf16: "
           f"{upscale.cpu_has_native_bf16()}), Keras {keras.__version__}; {load_average()}")
+    peak = measure_peak(("fp32", "bf16") if upscale.cpu_has_native_bf16() else ("fp32",))
+    print(f"peak of this CPU now: {describe_peak(peak)}")
     for name in args.models:
-        report_model(name, args.rounds, calibrations)
+        report_model(name, args.rounds, calibrations, peak)
     print(f"\nbench_runtimes: {time.perf_counter() - started:.0f} s in all; at the end: {load_average()}")
     return 0
 
