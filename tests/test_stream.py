@@ -20,6 +20,7 @@ import av
 import keras
 import numpy as np
 import pytest
+from conftest import with_fixed_runtime
 from fakeserver import FakeServer
 
 import inference
@@ -108,9 +109,10 @@ def read_y4m(stream, max_frames=None):
 
 
 def cli(*args, **kwargs):
-    """upscale.py as a separate process (its stdout a pipe), as a player would run it."""
+    """upscale.py as a separate process (its stdout a pipe), as a player would run it; float32 without XLA unless
+    args say otherwise (conftest.FIXED_RUNTIME)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    return subprocess.Popen([sys.executable, str(ROOT / "upscale.py"), *map(str, args), "--no-progress"],
+    return subprocess.Popen([sys.executable, str(ROOT / "upscale.py"), *with_fixed_runtime(args), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, **kwargs)
 
 
