@@ -112,7 +112,7 @@ def built_once_per_session(tmp_path_factory, name: str, build) -> Path:
     import shutil
 
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    # xdist's workers have their base temp folders inside the session's one, which this run's uid keys
+    # each xdist worker's base temp folder is inside the session's, which all of them share; the run's uid names it
     shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
     folder = shared / f"{name}-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'serial')}"
     done = folder / ".built"
