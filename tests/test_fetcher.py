@@ -597,7 +597,8 @@ def test_registry_hash_mismatch_is_a_clear_error_and_leaves_nothing(server, raw,
     filename, data = stand_in_archive("set14", {"a.png": image_bytes(220, fmt="PNG")})
     server.add(f"/{filename}", data)
     monkeypatch.setitem(fetcher.DATASETS, "set14", {**fetcher.DATASETS["set14"], "sha256": "ab" * 32})
-    status = fetcher.main(["dataset", "set14", "--out", str(raw), "--base-url", server.url("/"), "-q"])
+    with caplog.at_level(logging.WARNING, logger="fetcher"):  # whatever logging state the tests before left
+        status = fetcher.main(["dataset", "set14", "--out", str(raw), "--base-url", server.url("/"), "-q"])
     assert status == 1
     assert f"sha256 mismatch for {filename} (expected {'ab' * 32}, got {sha(data)}); the download was deleted" \
         in caplog.text
