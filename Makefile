@@ -33,9 +33,11 @@ demo: $(VENV)/.installed
 		"dataset $(DATA), run $(RUN) (open analyze.ipynb), out/demo/chelsea_x4_compare.png (bicubic | your" \
 		"model | shipped psnr), out/demo/no_time_for_that_x4.gif"
 
+# The suite spread over the cores (pytest-xdist; 2 cores: 2 workers): much of a test's time is a subprocess
+# starting, TensorFlow tracing or a pipe waiting, which another test's work fills.
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4
 
 # The long checks make test leaves out (a kill at every kind of write, more multi-worker orders, JAX's GAN step).
 soak: $(VENV)/.installed

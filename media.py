@@ -1065,12 +1065,14 @@ class Y4MWriter:
 
     def __call__(self, item):
         """Write one upscaled frame (item.sr); frames dropped since the last one (by item.index) first repeat
-        the last frame, so the stream keeps the source's clock."""
+        the last frame, so the stream keeps the source's clock. Frames dropped before the first one shown (the
+        model not yet ready for the first) have no last frame: the first one stands in for them."""
         if self.last is not None:
             for _ in range(item.index - self.next_index):
                 self._write(self.last)
         self.last = self._yuv(item.sr)
-        self._write(self.last)
+        for _ in range(1 if self.frames else item.index - self.next_index + 1):
+            self._write(self.last)
         self.next_index = item.index + 1
 
     def finish(self, total=None):

@@ -70,6 +70,18 @@ TINY_TRAIN = ["--filters", "8", "--blocks", "1", "--d-filters", "8", "--content-
 TINY_RUN_FLAGS = ["--pretrain-epochs", "2", "--gan-epochs", "1", *TINY_TRAIN, "--grid-weight", "0.5"]
 
 
+# upscale.py's runtime in the tests that do not test its choice: float32 without XLA. --precision/--compile auto
+# time every candidate on a few frames and XLA-compile the fastest for each video or animation: seconds per run
+# that the tests of files, frames and errors do not need (the choice has tests of its own, which pass auto).
+FIXED_RUNTIME = {"--precision": "fp32", "--compile": "off"}
+
+
+def with_fixed_runtime(args) -> list[str]:
+    """upscale.py's arguments as strings, with FIXED_RUNTIME's flags added where args do not set them."""
+    args = [str(a) for a in args]
+    return args + [item for flag, value in FIXED_RUNTIME.items() if flag not in args for item in (flag, value)]
+
+
 # Tests of a run's wiring (resume, kill, checkpoints) need no graph: with TensorFlow's functions run eagerly, a
 # run of a few tiny steps skips their tracing, with the same numbers (measured on the 2 shared cores: a tiny run
 # in-process 10 s instead of 34, as a process 8.8 s instead of 11.2). Runs of many steps are faster traced. The
@@ -92,23 +104,50 @@ def eager_functions():
     tf.config.run_functions_eagerly(False)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """(dataset, run folder, what training printed): one finished tiny run of both phases (TINY_RUN_FLAGS: 2
-    pretraining epochs, 1 GAN epoch), trained once a session for the tests that only read a run. Do not change
-    it; a test that trains further or breaks a run makes its own."""
+def built_once_per_session(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name` that build(folder) fills, built once per test session and shared by pytest-xdist's
+    workers: the first to take the lock builds it (into a fresh folder, so a failed try leaves nothing half-made
+    behind for the next), the others wait and read it. Without xdist it is simply this session's."""
+    import fcntl
+    import shutil
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    # each xdist worker's base temp folder is inside the session's, which all of them share; the run's uid names it
+    shared = tmp_path_factory.getbasetemp().parent if worker else tmp_path_factory.getbasetemp()
+    folder = shared / f"{name}-{os.environ.get('PYTEST_XDIST_TESTRUNUID', 'serial')}"
+    done = folder / ".built"
+    with open(shared / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def build_tiny_run(root: Path) -> None:
+    """Train the tiny run of both phases into root/runs/tiny on root/dataset; what it printed in root/printed.txt."""
     import contextlib
     import io
 
     import flow
 
-    root = tmp_path_factory.mktemp("tiny-run")
     dataset, run = write_tiny_dataset(root / "dataset"), root / "runs" / "tiny"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = flow.main(["train", "--data", str(dataset), "--out", str(run), *TINY_RUN_FLAGS])
     assert status == 0, printed.getvalue()[-3000:]
-    return dataset, run, printed.getvalue()
+    (root / "printed.txt").write_text(printed.getvalue())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(dataset, run folder, what training printed): one finished tiny run of both phases (TINY_RUN_FLAGS: 2
+    pretraining epochs, 1 GAN epoch), trained once a session, for all of xdist's workers, for the tests that only
+    read a run. Do not change it; a test that trains further or breaks a run makes its own."""
+    root = built_once_per_session(tmp_path_factory, "tiny-run", build_tiny_run)
+    return root / "dataset", root / "runs" / "tiny", (root / "printed.txt").read_text()
 
 
 @pytest.fixture

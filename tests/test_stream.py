@@ -20,6 +20,7 @@ import av
 import keras
 import numpy as np
 import pytest
+from conftest import with_fixed_runtime
 from fakeserver import FakeServer
 
 import inference
@@ -108,9 +109,10 @@ def read_y4m(stream, max_frames=None):
 
 
 def cli(*args, **kwargs):
-    """upscale.py as a separate process (its stdout a pipe), as a player would run it."""
+    """upscale.py as a separate process (its stdout a pipe), as a player would run it; float32 without XLA unless
+    args say otherwise (conftest.FIXED_RUNTIME)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    return subprocess.Popen([sys.executable, str(ROOT / "upscale.py"), *map(str, args), "--no-progress"],
+    return subprocess.Popen([sys.executable, str(ROOT / "upscale.py"), *with_fixed_runtime(args), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT, **kwargs)
 
 
@@ -275,6 +277,20 @@ def test_realtime_inbox_never_blocks_and_keeps_the_newest_frame():
     assert [inbox.get(), inbox.get()] == [audio, frames[2]] and stats.dropped == 2
     with pytest.raises(queue.Empty):
         inbox.get(timeout=0.01)
+
+
+def test_y4m_keeps_the_clock_when_the_first_frames_are_dropped():
+    """Under --realtime the model may not take the first frames (busy, or slow to start under load): the stream
+    still has one frame per source frame, the first shown standing in for those before it."""
+    pipe = io.BytesIO()
+    writer = media.Y4MWriter(pipe, 4, 2, rate=10)
+    for k in (2, 5):  # frames 0, 1, 3, 4 and 6 dropped
+        writer(media.DecodedFrame(None, k, k / 10, sr=np.full((2, 4, 3), 40 * k, np.uint8), index=k))
+    writer.finish(7)
+    pipe.seek(0)
+    _, frames = read_y4m(pipe)
+    lumas = [frame[0] for frame in frames]  # the first luma sample of each frame
+    assert len(frames) == 7 and lumas == [lumas[0]] * 5 + [lumas[5]] * 2 and lumas[0] != lumas[5]  # 2 as 0-4, 5 as 6
 
 
 # --- the fastest runtime, chosen by timing --------------------------------------------------------------------

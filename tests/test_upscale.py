@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import skimage
+from conftest import with_fixed_runtime
 from PIL import Image, ImageSequence
 from skimage import data
 
@@ -51,7 +52,8 @@ def model_path(tmp_path_factory):
 
 
 def run_cli(*args):
-    return upscale.main([str(a) for a in args] + ["--no-progress"])
+    """upscale.py's main in this process, float32 without XLA unless args say otherwise (conftest.FIXED_RUNTIME)."""
+    return upscale.main(with_fixed_runtime(args) + ["--no-progress"])
 
 
 def leftovers(folder):
@@ -844,7 +846,7 @@ def test_precision_auto_follows_the_cpu(model_path, tmp_path, cpu_bf16):
 
     assert upscale.resolve_precision("auto") == ("bf16" if cpu_bf16 else "fp32")
     assert runtime.native_bf16() == cpu_bf16  # what flow.py's --mixed-precision auto asks (no GPU in the tests)
-    assert run_cli(src, "-o", tmp_path / "out.png", "--model", model_path) == 0
+    assert run_cli(src, "-o", tmp_path / "out.png", "--model", model_path, "--precision", "auto") == 0
     got = np.asarray(Image.open(tmp_path / "out.png")).astype(int)
     expected = upscale.upscale_array(upscale.load_model(model_path, "bf16" if cpu_bf16 else "fp32"),
                                      data.astronaut()[100:160, 150:200]).astype(int)
