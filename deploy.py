@@ -116,12 +116,14 @@ def check_installed(runtime, precision="fp32"):
 
 
 def load_runtime(model=None, runtime="keras", precision="fp32", calibration=None, *,
-                 int8_tolerance_db=INT8_TOLERANCE_DB):
+                 int8_tolerance_db=INT8_TOLERANCE_DB, luma_weights=None):
     """A Runtime running the generator `model` (a shipped name, a .keras path, None for the default, or a
     loaded Keras model) on `runtime` in `precision`. int8 (OpenVINO only) needs calibration: a folder of
     frames, a video file or a list of uint8 RGB arrays (read_frames); it raises QualityError when the
     quantised model loses more than int8_tolerance_db against Keras fp32 on the held-back frames.
-    MissingRuntime when the runtime is not installed (checked before anything loads)."""
+    MissingRuntime when the runtime is not installed (checked before anything loads).
+    luma_weights: `model` is the YUV path's network of a luma-first model (inference.luma_model: RGB in, the
+    luma made with these weights out), and int8's fidelity is measured on that luma."""
     check_installed(runtime, precision)
     if precision == "int8" and calibration is None:
         raise ValueError("int8 needs calibration frames (a folder of frames, a video or arrays)")
@@ -135,7 +137,7 @@ def load_runtime(model=None, runtime="keras", precision="fp32", calibration=None
         return OpenVinoRuntime(keras_model, openvino_model(keras_model), precision)
     calibrate, held_back = split_calibration(read_frames(calibration))
     quantised = OpenVinoRuntime(keras_model, quantise_int8(keras_model, calibrate), "int8")
-    fidelity = measure_fidelity(keras_model, quantised.predict, held_back)
+    fidelity = measure_fidelity(keras_model, quantised.predict, held_back, luma_weights)
     if fidelity.loss_db > int8_tolerance_db:
         raise QualityError(f"int8 loses {decibels(fidelity.loss_db)} dB Y-PSNR against Keras fp32 on {fidelity.frames} "
                            f"held-back frames (allowed {int8_tolerance_db:g})", fidelity)
@@ -155,7 +157,8 @@ class Runtime:
         self.scale = model_scale(keras_model)
 
     def predict(self, batch):
-        """(N, H, W, 3) float32 in [0, 1] (uint8 is converted) -> (N, s*H, s*W, 3) float32, not clipped."""
+        """(N, H, W, 3) float32 in [0, 1] (uint8 is converted) -> (N, s*H, s*W, C) float32, not clipped (C: 3,
+        or 1 for a luma model)."""
         return np.asarray(self._run(as_float_batch(batch)), dtype=np.float32)
 
     def __repr__(self):
@@ -304,14 +307,14 @@ def read_openvino(path):
 
 
 def interpolation_convolutions(keras_model, ov_model):
-    """Names of the OpenVINO convolutions that are not the model's own Conv2D layers: the fixed kernels of the
-    interpolation skip (and its border normalisation). Matched by weight shape, as the export keeps no layer
-    names on convolutions."""
+    """Names of the OpenVINO convolutions that are not the model's own learnt Conv2D layers: the fixed kernels of
+    the interpolation skip (and its border normalisation; in a luma model, also the fixed RGB -> luma one).
+    Matched by weight shape, as the export keeps no layer names on convolutions."""
     import keras
 
     own = set()
     for layer in _all_layers(keras_model):
-        if isinstance(layer, keras.layers.Conv2D):
+        if isinstance(layer, keras.layers.Conv2D) and layer.trainable:
             kh, kw, cin, cout = layer.kernel.shape
             own.add((int(cout), int(cin), int(kh), int(kw)))
     names = []
@@ -339,8 +342,9 @@ def quantise_int8(keras_model, frames, *, interpolation_in_float=INTERPOLATION_I
 # --- fidelity -------------------------------------------------------------------------------------------------
 
 
-def measure_fidelity(keras_model, predict, frames):
-    """Fidelity of `predict` against the Keras fp32 model on `frames` (uint8 RGB, used as HR references)."""
+def measure_fidelity(keras_model, predict, frames, luma_weights=None):
+    """Fidelity of `predict` against the Keras fp32 model on `frames` (uint8 RGB, used as HR references).
+    luma_weights: the models output luma made with these weights (a luma model), compared with the HR's."""
     import metrics
 
     scale = model_scale(keras_model)
@@ -348,6 +352,8 @@ def measure_fidelity(keras_model, predict, frames):
     for hr in frames:
         hr = crop(hr, CHECK_CROP, multiple=scale)
         lr = resizer.resize(hr, (hr.shape[1] // scale, hr.shape[0] // scale), "bicubic")
+        if luma_weights is not None:
+            hr = resizer.to_uint8(resizer.to_float(hr) @ np.asarray(luma_weights, np.float32))[..., None]
         x = as_float_batch(lr[None])
         reference = resizer.to_uint8(np.asarray(keras_model.predict_on_batch(x))[0])
         candidate = resizer.to_uint8(np.asarray(predict(x))[0])

@@ -381,10 +381,10 @@ def luma_model(model, luma_weights):
         luma = to_luma(image)
         to_luma.set_weights([np.asarray(weights, np.float32).reshape(1, 1, 3, 1)])
         sr = LumaUpsample(layer.scale, layer.interpolation, dtype="float32", name="sr_luma")([luma, residual])
-        state.luma[weights] = keras.Model(model.inputs, sr, name=f"{model.name}_luma")
+        state.luma[weights] = keras.Model(model.input, sr, name=f"{model.name}_luma")
     luma = state.luma[weights]
-    if state.compiled is not None and _state(luma).compiled is None:
-        compile_model(luma)
+    if state.derive is not None and _state(luma).compiled is None:
+        state.derive(luma, weights)  # it runs as the model runs: XLA-compiled, or on the model's runtime
     return luma
 
 
@@ -400,6 +400,7 @@ class _ModelState:
     bytes_per_pixel: int  # activation_bytes_per_pixel
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
     compiled: object = None  # an XLA-compiled forward (compile_model), a runtime's (run_forward_on), or None
+    derive: object = None  # (luma_model of this model, its luma weights) -> None: make it run as this model does
     luma: dict = field(default_factory=dict)  # luma weights -> luma_model (the YUV video path)
     chroma: dict = field(default_factory=dict)  # channels -> the chroma interpolation model (upscale_chroma)
 
@@ -420,11 +421,16 @@ def _forward(model):
     return _state(model).compiled or model.predict_on_batch
 
 
-def run_forward_on(model, forward):
+def run_forward_on(model, forward, luma_forward=None):
     """Make upscale_array/upscale_batch run the model's batches through forward (predict_on_batch's contract:
     an optional runtime's predict, deploy.load_runtime); tiling still reads the model's scale and field.
+    luma_forward: for a luma-first model, (its luma_model, the luma weights) -> that model's forward on the
+    same runtime, called when the YUV path first needs a luma model (without it, that one runs on Keras).
     Returns the model."""
-    _state(model).compiled = forward
+    state = _state(model)
+    state.compiled = forward
+    state.derive = None if luma_forward is None else (
+        lambda luma, weights: run_forward_on(luma, luma_forward(luma, weights)))
     return model
 
 
@@ -443,7 +449,9 @@ def compile_model(model):
     def forward(x):
         return model(x, training=False)
 
-    _state(model).compiled = lambda batch: forward(tf.constant(batch)).numpy()
+    state = _state(model)
+    state.compiled = lambda batch: forward(tf.constant(batch)).numpy()
+    state.derive = lambda luma, weights: compile_model(luma)
     return model
 
 

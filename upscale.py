@@ -22,6 +22,7 @@ imported only when a model is loaded, so `--help` and usage errors answer at onc
 
 import argparse
 import contextlib
+import functools
 import math
 import sys
 import time
@@ -37,6 +38,7 @@ import resizer
 from deploy import RUNTIMES
 from inference import (
     BLEND_MARGIN,
+    BT709_LUMA,
     CPU_BF16_VARIABLE,
     DEFAULT_MODEL,
     MODEL_NAMES,
@@ -58,6 +60,7 @@ from inference import (
     is_out_of_memory,
     load_fastest,
     load_model,
+    luma_model,
     memory_budget,
     model_scale,
     overlap_for_radius,
@@ -371,8 +374,6 @@ def check_args(args):
     except ValueError as e:
         raise UsageError(f"cannot load the model {path}: {e}") from e
     obstacles = yuv_path_obstacles(luma_scale, DEFAULT_PIX_FMT if is_pipe(args.output) else args.pix_fmt)
-    if args.runtime != "keras":  # an exported network computes RGB; the YUV path cuts the Keras model
-        obstacles = [*obstacles, f"--runtime {args.runtime} runs the whole RGB model"]
     args.luma_path = args.video_path != "rgb" and not obstacles  # videos go through the YUV path (its timing)
     if args.video_path == "yuv" and obstacles:
         raise UsageError(f"--video-path yuv cannot run with {path.name}: " + "; ".join(obstacles))
@@ -556,21 +557,69 @@ def runtime_precision(runtime, precision):
 
 
 def load_on_runtime(path, args, jobs):
-    """(the fp32 Keras model whose forward pass now runs on --runtime, the summary's note). With --int8 the
-    quantised model is calibrated on the inputs' frames (or --int8's folder or video); where it loses more than
-    0.1 dB, the float model runs instead and the note gives the measured loss."""
+    """(the fp32 Keras model whose forward pass now runs on --runtime, the summary's note: a RuntimeNote).
+    Each network is converted when first needed: the whole RGB model, and for a luma-first model's YUV path
+    its luma network (inference.luma_model), made now for the BT.709 luma that video outputs take when the
+    first video goes that way. With --int8 each is quantised on the inputs' frames (or --int8's folder or
+    video); one that loses more than 0.1 dB runs in float instead, and the note gives the measured loss."""
+    model, note = load_model(path, "fp32"), RuntimeNote()
+    calibration = None
+    if args.int8 is not None:
+        source = calibration_frames(jobs) if args.int8 == "inputs" else args.int8
+        calibration = functools.cache(lambda: deploy.read_frames(source))  # read once, for each network
+
+    def forward_on_runtime(keras_model, luma_weights=None):
+        runner = runner_for(keras_model, args, calibration, luma_weights, note)
+        return runner.predict
+
+    luma_forward = forward_on_runtime if args.luma_path else None
+    run_forward_on(model, on_first_call(lambda: forward_on_runtime(model)), luma_forward)
+    if times_luma_path(args, jobs):
+        luma_model(model, BT709_LUMA)  # converted (and for int8, checked) before the first frame
+    return model, note
+
+
+def runner_for(keras_model, args, calibration, luma_weights, note):
+    """keras_model on --runtime (deploy.Runtime), in int8 where it keeps within the tolerance; adds to note."""
+    network = "" if luma_weights is None else " for the YUV path's luma"
     refused = ""
     if args.int8 is not None:
-        calibration = calibration_frames(jobs) if args.int8 == "inputs" else args.int8
         try:
-            runner = deploy.load_runtime(path, "openvino", "int8", calibration)
+            runner = deploy.load_runtime(keras_model, "openvino", "int8", calibration(), luma_weights=luma_weights)
+            note.add(f"ran openvino int8{network} (loses {runner.fidelity.loss_db:.3f} dB on "
+                     f"{runner.fidelity.frames} held-back frames)")
+            return runner
         except deploy.QualityError as e:
-            runner, refused = None, f"int8 refused ({e}); "
-    if args.int8 is None or runner is None:
-        runner = deploy.load_runtime(path, args.runtime, args.precision)
-    kept = (f" (loses {runner.fidelity.loss_db:.3f} dB on {runner.fidelity.frames} held-back frames)"
-            if runner.fidelity is not None else "")
-    return run_forward_on(runner.model, runner.predict), f"{refused}ran {args.runtime} {runner.precision}{kept}"
+            refused = f"int8 refused{network} ({e}); "
+    runner = deploy.load_runtime(keras_model, args.runtime, args.precision)
+    note.add(f"{refused}ran {args.runtime} {runner.precision}{network}")
+    return runner
+
+
+class RuntimeNote:
+    """The summary's account of --runtime: a line per network converted (the RGB model, the YUV path's luma),
+    added as each is first needed."""
+
+    def __init__(self):
+        self.lines = []
+
+    def add(self, line):
+        self.lines.append(line)
+
+    def __str__(self):
+        return "; ".join(self.lines) or "no frame needed the runtime"
+
+
+def on_first_call(build):
+    """A function that calls what build() returns, building it on the first call."""
+    built = []
+
+    def call(*a):
+        if not built:
+            built.append(build())
+        return built[0](*a)
+
+    return call
 
 
 def calibration_frames(jobs):

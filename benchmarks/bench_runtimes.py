@@ -11,8 +11,10 @@ Each is warmed up once, then timed once per round in interleaved rounds, so a ch
 hits all alike; the median counts. Printed per candidate: ms per frame (model call only, the whole frame in
 one call), its speed as a ratio of Keras fp32's in the same run, and its fidelity: the Y-PSNR of its output
 against Keras fp32's on the timed frame, and for int8 what it loses against Keras fp32 on the held-back
-calibration frames (deploy.measure_fidelity), and whether load_runtime keeps it (<= 0.1 dB). An optional
-runtime that is not installed is left out, and said so. --help answers without loading Keras.
+calibration frames (deploy.measure_fidelity), and whether load_runtime keeps it (<= 0.1 dB). A luma-first
+model (stream) gets a second table: the same runtimes running what its YUV video path runs (inference.luma_model:
+the network and the output's BT.709 luma only, no RGB at the output's size). An optional runtime that is not
+installed is left out, and said so. --help answers without loading Keras.
 """
 
 import argparse
@@ -39,11 +41,14 @@ MODELS = ("stream", "video")
 FRAME_SIZE = (640, 360)  # LR width, height
 ROUNDS = 15
 CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
+INT8_PEAK_NOTE = ("* int8's convolutions run on the CPU's int8 dot-product units (VNNI), whose peak is above "
+                  "bf16's and is not measured here: its share can pass 100%")
 # -----------------------------------------------------------------------------
 
 
-def candidates(keras_model, calibrations):
-    """{label: (Runtime, note)} for every runtime installed here; int8 once per calibration source."""
+def candidates(keras_model, calibrations, luma_weights=None):
+    """{label: (Runtime, note)} for every runtime installed here; int8 once per calibration source.
+    luma_weights: keras_model is a luma model (inference.luma_model) with these weights."""
     out = {f"keras {p}": (deploy.load_runtime(keras_model, "keras", p), "") for p in ("fp32", "bf16")}
     for runtime, precision in (("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")):
         try:
@@ -54,7 +59,8 @@ def candidates(keras_model, calibrations):
         name = "photos" if source is None else Path(source).name
         frames = deploy.read_frames(source)  # None: scikit-image's photos
         try:
-            rt = deploy.load_runtime(keras_model, "openvino", "int8", frames, int8_tolerance_db=float("inf"))
+            rt = deploy.load_runtime(keras_model, "openvino", "int8", frames, int8_tolerance_db=float("inf"),
+                                     luma_weights=luma_weights)
         except deploy.MissingRuntime as err:
             print(f"  left out: {err}")
             continue
@@ -89,15 +95,29 @@ def share_of_peak(label, gflops, peak):
     """The achieved GFLOP/s as a share of the peak of the precision it computes in (int8's float parts run
     bf16 where native, and there is no int8 matmul peak here, so it is set against bf16's)."""
     precision = "fp32" if "fp32" in label or "bf16" not in peak else "bf16"
-    return f"{gflops:6.0f} GFLOP/s, {100 * gflops / peak[precision]:5.1f}% of {precision} peak"
+    mark = "*" if "int8" in label else " "  # see INT8_PEAK_NOTE
+    return f"{gflops:6.0f} GFLOP/s, {100 * gflops / peak[precision]:5.1f}% of {precision} peak{mark}"
 
 
 def report_model(name, rounds, calibrations, peak):
-    """Build, time and print every candidate for one model; peak: measure_peak() of this run."""
+    """Build, time and print every candidate for one model, and for a luma-first one for its YUV path's luma;
+    peak: measure_peak() of this run."""
+    import inference
+
     keras_model = deploy.load_keras(name)
     print(f"\n{name} ({deploy.resolve_model_path(name).name}): building the runtimes ...", flush=True)
+    report_runs(keras_model, rounds, calibrations, peak)
+    if inference.luma_upsample(keras_model) is not None:
+        print(f"\n{name}, the YUV path's luma (what --video-path yuv runs: the network and the BT.709 luma): "
+              "building the runtimes ...", flush=True)
+        weights = inference.BT709_LUMA
+        report_runs(inference.luma_model(keras_model, weights), rounds, calibrations, peak, weights)
+
+
+def report_runs(keras_model, rounds, calibrations, peak, luma_weights=None):
+    """Build, time and print every candidate running keras_model (a luma model with luma_weights)."""
     started = time.perf_counter()
-    runs = candidates(keras_model, calibrations)
+    runs = candidates(keras_model, calibrations, luma_weights)
     print(f"  built in {time.perf_counter() - started:.0f} s; timing {rounds} interleaved rounds of "
           f"{FRAME_SIZE[0]}x{FRAME_SIZE[1]} -> x{deploy.model_scale(keras_model)} ({load_average()})", flush=True)
     x = deploy.as_float_batch(test_image(*FRAME_SIZE)[None])
@@ -114,6 +134,8 @@ def report_model(name, rounds, calibrations, peak):
         share = share_of_peak(label, flops / ms[label] / 1e6, peak)
         print(f"  {label:<30} {ms[label]:9.1f} {1000 / ms[label]:9.2f} {baseline / ms[label]:13.2f}x  {share:<36} "
               f"{fidelity} on the frame{'; ' + note if note else ''}")
+    if any("int8" in label for label in runs):
+        print(f"  {INT8_PEAK_NOTE}")
 
 
 def main(argv=None):

@@ -6,7 +6,9 @@ Both must give the same pictures: Y-PSNR against the original frames within 0.05
 on the Big Buck Bunny excerpt in ../shared/data/clips (skipped when absent).
 """
 
+import importlib.util
 import io
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -287,3 +289,32 @@ def test_the_summary_names_the_path_and_a_yuv_path_that_cannot_run_is_a_usage_er
         err = capsys.readouterr().err
         assert "--video-path yuv cannot run" in err and says in err
     assert not (tmp_path / "d.mp4").exists()
+
+
+# --- the YUV path on an optional runtime -------------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+                    reason="needs openvino and nncf (pip install -r requirements-runtimes.txt)")
+def test_an_optional_runtime_runs_the_yuv_paths_luma(stream_path, tmp_path, capsys):
+    clip = encode_lossless(tmp_path / "in.mp4", [resize(f, (40, 32), "bicubic")
+                                                 for f in moving_frames(4, (160, 128))])
+    planes = {}
+    for name, extra in (("keras", ["--precision", "fp32", "--compile", "off"]),
+                        ("openvino", ["--runtime", "openvino", "--precision", "fp32"]), ("int8", ["--int8"])):
+        dst = tmp_path / f"{name}.mp4"
+        assert upscale.main([str(clip), "-o", str(dst), "--model", str(stream_path), "--crf", "0", "--no-progress",
+                             *extra]) == 0
+        out = capsys.readouterr().out
+        assert "YUV path" in out
+        with av.open(str(dst)) as video:
+            planes[name] = [f.to_ndarray(format="yuv420p") for f in video.decode(video=0)]
+        assert len(planes[name]) == 4
+    summary = out.strip().splitlines()[-1]
+    loss = re.search(r"ran openvino int8 for the YUV path's luma \(loses (-?[\d.]+) dB on", summary)
+    assert loss and float(loss[1]) <= 0.1, summary  # calibrated on the clip, checked on frames held back
+    assert "; ran openvino" not in summary.split("luma (")[1]  # the RGB model was never needed, so never converted
+    for a, b in zip(planes["keras"], planes["openvino"], strict=True):
+        assert np.abs(a.astype(int) - b).max() <= 1  # the same network, rounding apart
+    for a, b in zip(planes["keras"], planes["int8"], strict=True):
+        assert 10 * np.log10(255**2 / np.mean((a[:128].astype(float) - b[:128]) ** 2)) > 40
