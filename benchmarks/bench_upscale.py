@@ -19,6 +19,8 @@ says so: speed does not depend on the weights.
    big_buck_bunny.mp4 (or a generated 640x360 clip): decode -> upscale -> YUV4MPEG2 into a pipe that another
    process reads (upscale.py CLIP -o - | player), and decode -> upscale -> libx264 file at the CLI's default
    preset (veryfast) and CRF, each as a share of the model-only rate, with the peak resident memory;
+2b. part 2 again with the model on OpenVINO int8 as `upscale.py --int8` runs it (calibrated on the clip),
+   where the optional runtimes are installed (make runtimes);
 3. Set5 PSNR (Y, x4, border 4) of fp32 and bf16 and their difference (bf16 must stay within 0.05 dB);
 4. GIF grain: the high-frequency energy (RMS of a Laplacian, grey levels) of the written GIF frame minus
    the model's output, and its frame-to-frame flicker, for Pillow's median cut per frame (before) against
@@ -334,6 +336,32 @@ def whole_path(model, frames, rounds, path="rgb"):
     return {case: (float(np.median(fps[case])), float(np.median(shares[case])), peaks[case]) for case in cases}
 
 
+def whole_path_on_int8(name, frames, path):
+    """Part 2 again with the model on OpenVINO int8, as `upscale.py --int8 CLIP` runs it (upscale.load_on_runtime:
+    calibrated on the clip, checked on frames held back, the YUV path's luma converted too); left out, saying
+    why, where the optional runtimes are not installed."""
+    import deploy
+    import upscale
+
+    try:
+        deploy.check_installed("openvino", "int8")
+    except deploy.MissingRuntime as e:
+        print(f"2b. whole path on OpenVINO int8: left out ({e})")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = CLIP if CLIP.is_file() else make_clip(Path(tmp) / "clip.mp4", 48)
+        settings = argparse.Namespace(int8=str(clip), runtime="openvino", luma_path=path == "yuv",
+                                      precision=upscale.runtime_precision("openvino", "auto"))
+        started = time.perf_counter()
+        model, note = upscale.load_on_runtime(name, settings, jobs=[])
+        rows = whole_path(model, frames, PATH_ROUNDS, path)  # its warm-up converts and checks what it runs
+        print(f"2b. the same on OpenVINO int8 (upscale.py --int8), {path.upper()} path, {frames} frames, "
+              f"{PATH_ROUNDS} rounds ({note}; converted and checked in {time.perf_counter() - started:.0f} s "
+              "with the rounds):")
+    for case, (fps, share, rss) in rows.items():
+        print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+
+
 def yuv_against_rgb(model, frames, rounds, repeats):
     """Part 5: {case: (rgb frames/s, yuv frames/s, median ratio yuv/rgb)} for the model alone and the whole
     paths, each round running the rgb and yuv cases in turn."""
@@ -532,6 +560,7 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False):
     rows = whole_path(models[best], frames, PATH_ROUNDS, path)
     for case, (fps, share, rss) in rows.items():
         print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+    whole_path_on_int8(name, frames, path)
     psnr = None
     if speed_only or not trained:
         print("3-4. Set5 PSNR and GIF grain: skipped (" + ("--speed-only" if speed_only else "untrained weights") + ")")
