@@ -35,20 +35,9 @@ SAMPLES = 100  # memory samples over the stream (one per 1% of its frames)
 # -----------------------------------------------------------------------------
 
 
-def child_rss(pid):
-    """Resident memory of a process in bytes (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
 def run(minutes, model, size, fps, extra=()):
     """Generate the clip, upscale it into this process through a pipe, and print the memory over the stream."""
-    from bench_upscale import load_average, make_clip
+    from bench_upscale import current_rss, load_average, make_clip
 
     width, height = size
     frames = round(minutes * 60 * fps)
@@ -69,7 +58,7 @@ def run(minutes, model, size, fps, extra=()):
 
         def sample(count):
             if count % every == 0 or count == frames:
-                samples[count] = child_rss(child.pid)
+                samples[count] = current_rss(child.pid)
 
         started = time.perf_counter()
         done = read_frames_after_header(child.stdout, out_w, out_h, sample)

@@ -276,10 +276,14 @@ class PeakRSS:
         self.thread.join()
 
 
-def current_rss():
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+def current_rss(pid="self"):
+    """Resident memory of this process (or of process pid) in bytes; 0 once that process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
     return 0
 
 
@@ -336,6 +340,12 @@ def whole_path(model, frames, rounds, path="rgb"):
     return {case: (float(np.median(fps[case])), float(np.median(shares[case])), peaks[case]) for case in cases}
 
 
+def print_whole_path(rows):
+    """Part 2's lines: whole_path's {case: (frames/s, share of model-only, peak RSS)}."""
+    for case, (fps, share, rss) in rows.items():
+        print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+
+
 def whole_path_on_int8(name, frames, path):
     """Part 2 again with the model on OpenVINO int8, as `upscale.py --int8 CLIP` runs it (upscale.load_on_runtime:
     calibrated on the clip, checked on frames held back, the YUV path's luma converted too); left out, saying
@@ -358,8 +368,7 @@ def whole_path_on_int8(name, frames, path):
         print(f"2b. the same on OpenVINO int8 (upscale.py --int8), {path.upper()} path, {frames} frames, "
               f"{PATH_ROUNDS} rounds ({note}; converted and checked in {time.perf_counter() - started:.0f} s "
               "with the rounds):")
-    for case, (fps, share, rss) in rows.items():
-        print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+    print_whole_path(rows)
 
 
 def yuv_against_rgb(model, frames, rounds, repeats):
@@ -558,8 +567,7 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False):
           f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {PATH_ROUNDS} rounds, each "
           f"also timing the model alone (yuv: the luma) on as many frames (the share is the median of the rounds' ratios):")
     rows = whole_path(models[best], frames, PATH_ROUNDS, path)
-    for case, (fps, share, rss) in rows.items():
-        print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+    print_whole_path(rows)
     whole_path_on_int8(name, frames, path)
     psnr = None
     if speed_only or not trained:
