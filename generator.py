@@ -236,6 +236,33 @@ class ChromaUpsample(LumaUpsample):
         return super().compute_output_shape([input_shape])
 
 
+@keras.saving.register_keras_serializable(package="srgan")
+class VideoLevels(keras.layers.Layer):
+    """Float planes to a video's 8-bit levels: x * scale + offset, rounded (half to even), clipped to [low,
+    high], cast to uint8: what inference.to_uint8_in_bands does in NumPy, inside the graph, so the YUV video
+    path's model call hands over uint8 planes (a quarter of float32's bytes, and no pass over them in NumPy).
+    NaN (a broken model) is not mapped to `low` as to_uint8_in_bands maps it: a cast decides it."""
+
+    def __init__(self, scale, offset, low, high, **kwargs):
+        super().__init__(**kwargs)
+        self.levels = tuple(float(v) for v in (scale, offset, low, high))
+
+    def call(self, x):
+        scale, offset, low, high = self.levels
+        x = ops.round(ops.cast(x, "float32") * scale + offset)
+        return ops.cast(ops.clip(x, low, high), "uint8")
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, dtype="uint8")
+
+    def get_config(self):
+        scale, offset, low, high = self.levels
+        return {**super().get_config(), "scale": scale, "offset": offset, "low": low, "high": high}
+
+
 def upsample_stages(scale):
     """The sub-pixel stages for a scale factor: x2 stages for powers of two, one x3 stage for 3."""
     if scale == 3:

@@ -193,6 +193,11 @@ class Inference:
         return [upscale_luma(self.model, rgb, luma_weights, tile=self.tile, overlap=self.overlap,
                              batch_size=self.batch_size) for rgb in rgbs]
 
+    def planes(self, rgb, chroma, luma_weights, full_range):
+        """The YUV video path: one frame's uint8 (Y, chroma) planes at a video's levels (upscale_planes)."""
+        return upscale_planes(self.model, rgb, chroma, luma_weights, full_range=full_range, tile=self.tile,
+                              overlap=self.overlap, batch_size=self.batch_size)
+
     def frames_per_batch(self, width, height):
         """How many frames of this size go to the model together: as many whole frames as one call holds."""
         if self.tile is not None and width * height > self.tile * self.tile:
@@ -336,6 +341,61 @@ def upscale_luma(model, rgb_uint8, luma_weights, *, tile=None, overlap=None, bat
     return upscale_float(luma, to_float(rgb), tile=tile, overlap=overlap, batch_size=batch_size)[..., 0]
 
 
+def upscale_planes(model, rgb_uint8, chroma, luma_weights, *, full_range=False, tile=None, overlap=None,
+                   batch_size=None):
+    """The YUV video path's output planes of one frame, uint8 at a video's levels (video_levels): Y
+    (s*H, s*W) and chroma (ceil(s*H/2), ceil(s*W/2), 2). chroma: the source's 4:2:0 chroma planes (h, w, 2),
+    float, centred ([-0.5, 0.5]) and already in the output's colour matrix; luma_weights: the output
+    matrix's (Kr, Kg, Kb). Where the frame goes through the model in one call on Keras (XLA or not), one
+    graph makes all of it (planes_model: the luma, the chroma interpolation, the levels; a frame's planes
+    cost 36 against 44 ms made in three steps, stream model, bf16, 640x360); else (tiles, an optional
+    runtime) upscale_luma's luma goes through the rest of that graph (finish_model). The options are
+    upscale_array's."""
+    rgb = np.asarray(rgb_uint8)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"upscale_planes expects a uint8 (H, W, 3) RGB array, got {rgb.dtype} {rgb.shape}")
+    chroma = np.asarray(chroma, np.float32)
+    scale = _state(model).scale
+    height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
+    # an odd source's last chroma sample covers half a pixel past its edge: cut to the output's chroma size
+    chroma_size = ((height + 1) // 2, (width + 1) // 2)
+    if _runs_whole_on_keras(model, rgb.shape[0], rgb.shape[1], tile, overlap, batch_size):
+        try:
+            planes = _forward(planes_model(model, luma_weights, full_range))([to_float(rgb)[None], chroma[None]])
+            return _cut_planes(planes, chroma_size)
+        except Exception as e:  # out of memory in one call: the tiled path below adapts
+            if not is_out_of_memory(e):
+                raise
+    luma = upscale_luma(model, rgb, luma_weights, tile=tile, overlap=overlap, batch_size=batch_size)
+    return _cut_planes(finish_model(model, full_range).predict_on_batch([luma[None, ..., None], chroma[None]]),
+                       chroma_size)
+
+
+def _cut_planes(planes, chroma_size):
+    """(Y (H, W), chroma (h, w, 2)) of a planes or finish model's batch of one, chroma cut to chroma_size."""
+    y, uv = (np.asarray(plane)[0] for plane in planes)
+    return y[..., 0], uv[: chroma_size[0], : chroma_size[1]]
+
+
+def video_levels(full_range, *, chroma):
+    """to_uint8_in_bands' (and generator.VideoLevels') scale, offset and clip for luma ([0, 1]) or centred
+    chroma ([-0.5, 0.5]) in full or limited range (luma 16-235, chroma 16-240, as an RGB image converts)."""
+    if full_range:
+        return dict(scale=255.0, offset=128.0 if chroma else 0.0, low=0.0, high=255.0)
+    return dict(scale=224.0, offset=128.0, low=16.0, high=240.0) if chroma else \
+        dict(scale=219.0, offset=16.0, low=16.0, high=235.0)
+
+
+def _runs_whole_on_keras(model, height, width, tile, overlap, batch_size):
+    """Whether upscale_float would take a frame of this size in one call, and the model runs on Keras."""
+    state = _state(model)
+    if state.runs_on == "runtime":
+        return False
+    overlap = state.overlap if overlap is None else int(overlap)
+    tile, pixels, _ = state.reduced.get((tile, overlap, batch_size), (tile, auto_tile_pixels(model), batch_size))
+    return height * width <= (tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE))
+
+
 def upscale_chroma(model, chroma):
     """Chroma planes (float (h, w, C)) upscaled s times by the interpolation the luma-first model gives its
     chroma (generator.ChromaUpsample: the model's LumaUpsample taps); float32 (s*h, s*w, C)."""
@@ -388,6 +448,44 @@ def luma_model(model, luma_weights):
     return luma
 
 
+def planes_model(model, luma_weights, full_range=False):
+    """A model ([RGB (N, H, W, 3) in [0, 1], chroma (N, h, w, 2) centred] -> [Y (N, s*H, s*W, 1), chroma
+    (N, s*h, s*w, 2)], uint8 at video_levels) sharing the luma-first model's layers and weights: luma_model
+    and finish_model in one graph. Made once per model, weights and range; XLA-compiled when the model is
+    (compile_model)."""
+    state = _state(model)
+    key = (tuple(float(w) for w in luma_weights), bool(full_range))
+    if key not in state.planes:
+        import keras
+
+        luma = luma_model(model, luma_weights)
+        chroma = keras.Input((None, None, 2), dtype="float32", name="chroma")
+        planes = keras.Model([luma.input, chroma], finish_model(model, full_range)([luma.output, chroma]),
+                             name=f"{model.name}_planes")
+        state.planes[key] = compile_model(planes) if state.runs_on == "xla" else planes
+    return state.planes[key]
+
+
+def finish_model(model, full_range=False):
+    """The YUV path's last steps as a model: [luma (N, s*H, s*W, 1) float, chroma (N, h, w, 2) centred] ->
+    [Y, chroma (N, s*h, s*w, 2)] uint8 at video_levels: the chroma interpolated as the luma-first model
+    interpolates it (generator.ChromaUpsample), both planes to a video's levels (generator.VideoLevels)."""
+    state = _state(model)
+    if full_range not in state.finish:
+        import keras
+
+        from generator import ChromaUpsample, VideoLevels
+
+        layer = luma_upsample(model)
+        luma = keras.Input((None, None, 1), dtype="float32", name="luma")
+        chroma = keras.Input((None, None, 2), dtype="float32", name="chroma")
+        upsampled = ChromaUpsample(layer.scale, layer.interpolation, dtype="float32", name="chroma_upsample")(chroma)
+        y = VideoLevels(**video_levels(full_range, chroma=False), dtype="float32", name="y_levels")(luma)
+        uv = VideoLevels(**video_levels(full_range, chroma=True), dtype="float32", name="chroma_levels")(upsampled)
+        state.finish[full_range] = keras.Model([luma, chroma], [y, uv], name=f"{model.name}_finish")
+    return state.finish[full_range]
+
+
 # --- what is remembered per model ----------------------------------------------------------------------
 
 
@@ -401,7 +499,10 @@ class _ModelState:
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
     compiled: object = None  # an XLA-compiled forward (compile_model), a runtime's (run_forward_on), or None
     derive: object = None  # (luma_model of this model, its luma weights) -> None: make it run as this model does
+    runs_on: str = "keras"  # "xla" (compile_model) or "runtime" (run_forward_on: an optional runtime's)
     luma: dict = field(default_factory=dict)  # luma weights -> luma_model (the YUV video path)
+    planes: dict = field(default_factory=dict)  # (luma weights, full range) -> planes_model
+    finish: dict = field(default_factory=dict)  # full range -> finish_model
     chroma: dict = field(default_factory=dict)  # channels -> the chroma interpolation model (upscale_chroma)
 
 
@@ -428,7 +529,7 @@ def run_forward_on(model, forward, luma_forward=None):
     same runtime, called when the YUV path first needs a luma model (without it, that one runs on Keras).
     Returns the model."""
     state = _state(model)
-    state.compiled = forward
+    state.compiled, state.runs_on = forward, "runtime"
     state.derive = None if luma_forward is None else (
         lambda luma, weights: run_forward_on(luma, luma_forward(luma, weights)))
     return model
@@ -449,8 +550,11 @@ def compile_model(model):
     def forward(x):
         return model(x, training=False)
 
+    def run(batch):  # a batch, or a list of them for a model with several inputs (planes_model)
+        return keras.tree.map_structure(lambda t: t.numpy(), forward(keras.tree.map_structure(tf.constant, batch)))
+
     state = _state(model)
-    state.compiled = lambda batch: forward(tf.constant(batch)).numpy()
+    state.compiled, state.runs_on = run, "xla"
     state.derive = lambda luma, weights: compile_model(luma)
     return model
 

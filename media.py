@@ -34,9 +34,7 @@ from inference import (
     luma_upsample,
     model_scale,
     progress_bar,
-    to_uint8_in_bands,
     upscale_array,
-    upscale_chroma,
 )
 from resizer import ImageLoadError, atomic_output, load_image, resize, save_image, to_uint8
 
@@ -475,16 +473,18 @@ def upscale_video_file(inference, src, dst, *, video_options, compare=False, sta
         batch = inference.frames_per_batch(width, height)
 
         def run(write, colour):
-            upscale_frames = inference.frames
-            if stats.video_path == "yuv":  # the model thread makes luma, the encoder thread chroma
+            upscale_frames, model_input = inference.frames, rgb_of
+            if stats.video_path == "yuv":  # the model thread makes the output's planes, the encoder writes them
                 yuv = Yuv420Frames(inference, colour)
-                upscale_frames, write = yuv.luma, yuv.sink(write)
+                upscale_frames, model_input = yuv.upscale, yuv.model_input
             sink = FrameSink(write, bar, compare_to, inference, stats)
             try:
                 if realtime:  # the decoder keeps the source's pace; the model takes the newest frame
-                    run_frames(paced(items, stats), upscale_frames, sink, inbox=RealtimeInbox(stats))
+                    run_frames(paced(items, stats), upscale_frames, sink, inbox=RealtimeInbox(stats),
+                               model_input=model_input)
                 else:
-                    run_frames(items, upscale_frames, sink, frames_per_batch=batch, threaded=threaded)
+                    run_frames(items, upscale_frames, sink, frames_per_batch=batch, threaded=threaded,
+                               model_input=model_input)
             except StreamError as e:
                 if sink.frames == 0:
                     raise
@@ -919,43 +919,35 @@ class Yuv420(NamedTuple):
 class Yuv420Frames:
     """The YUV path of a luma-first model (the stream preset: the network predicts a luma residual, chroma is
     interpolated). The network sees each frame's RGB at the source's size, as in the RGB path, and the
-    output's luma is made directly: the interpolated luma plus the network's residual (inference's
-    upscale_luma, in the output's matrix). Its chroma is the source's 4:2:0 planes converted to the output's
-    matrix and interpolated as the model interpolates chroma (upscale_chroma). No RGB image is made at the
-    output's size, and nothing is converted there by swscale. The model thread calls luma(), the encoder
-    thread sink()'s writer. colour: the output's (Colorspace, ColorRange), as its writer converts frames."""
+    output's luma is made directly: the interpolated luma plus the network's residual, in the output's
+    matrix. Its chroma is the source's 4:2:0 planes converted to the output's matrix and interpolated as the
+    model interpolates chroma. The model thread makes the output's uint8 planes (inference's upscale_planes:
+    on Keras, one graph call a frame) and the encoder thread only writes them. No RGB image is made at the
+    output's size, and nothing is converted there by swscale. colour: the output's (Colorspace, ColorRange),
+    as its writer converts frames."""
 
     def __init__(self, inference, colour):
         self.inference = inference
         self.matrix, self.full = int(colour[0]), int(colour[1]) == 2
         self.luma_weights = tuple(float(k) for k in yuv_matrix(self.matrix)[0])
 
-    def luma(self, rgbs):
-        """The upscaled luma (float (s*H, s*W)) of each uint8 RGB frame."""
-        return self.inference.luma_frames(rgbs, self.luma_weights)
+    @staticmethod
+    def model_input(item):
+        """What the model thread needs of a decoded frame (run_frames' model_input)."""
+        return item.rgb, item.chroma, item.colour
 
-    def sink(self, write):
-        """write, given frames whose .sr the model made with luma(): it gets them as Yuv420 planes."""
+    def upscale(self, frames):
+        """Yuv420 planes of each (uint8 RGB, the source's chroma planes, the source's colour) (model_input)."""
+        return [self.planes(rgb, chroma, colour) for rgb, chroma, colour in frames]
 
-        def write_planes(item):
-            if getattr(item, "chroma", None) is not None and not isinstance(item.sr, Yuv420):
-                item.sr = self.planes(item.sr, item.chroma, item.colour)
-            write(item)
-
-        return write_planes
-
-    def planes(self, luma, chroma, source_colour):
-        """Yuv420 planes from the upscaled luma and the source's chroma planes ((h, w, 2) uint8 in the
+    def planes(self, rgb, chroma, source_colour):
+        """Yuv420 planes of one frame: its uint8 RGB and the source's chroma planes ((h, w, 2) uint8 in the
         source's (colour space, full range))."""
-        height, width = luma.shape
-        y = to_uint8_in_bands(luma, **_levels(self.full, chroma=False))
         centred = (chroma.astype(np.float32) - 128) / np.float32(255 if source_colour[1] else 224)
         conversion = chroma_conversion(source_colour[0], self.matrix)
         if not np.allclose(conversion, np.eye(2)):
             centred = centred @ conversion.T.astype(np.float32)
-        # an odd source's last chroma sample covers half a pixel past its edge: cut to the output's chroma size
-        upscaled = upscale_chroma(self.inference.model, centred)[: (height + 1) // 2, : (width + 1) // 2]
-        uv = to_uint8_in_bands(upscaled, **_levels(self.full, chroma=True))
+        y, uv = self.inference.planes(rgb, centred, self.luma_weights, self.full)
         return Yuv420(y, np.ascontiguousarray(uv[..., 0]), np.ascontiguousarray(uv[..., 1]))
 
 
@@ -973,15 +965,6 @@ def chroma_conversion(source, target):
     """The 2x2 matrix taking (Cb, Cr) of one colour space to another's. Grey has no chroma in either, so the
     target's chroma depends on the source's chroma alone: chroma converts at chroma resolution."""
     return (yuv_matrix(target) @ np.linalg.inv(yuv_matrix(source)))[1:, 1:]
-
-
-def _levels(full_range, *, chroma):
-    """to_uint8_in_bands' scale, offset and clip for luma ([0, 1]) or centred chroma ([-0.5, 0.5]) in full or
-    limited range (luma 16-235, chroma 16-240, as an RGB image converts)."""
-    if full_range:
-        return dict(scale=255.0, offset=128.0 if chroma else 0.0, low=0.0, high=255.0)
-    return dict(scale=224.0, offset=128.0, low=16.0, high=240.0) if chroma else \
-        dict(scale=219.0, offset=16.0, low=16.0, high=235.0)
 
 
 # --- streams: URLs in, YUV4MPEG2 out, real time --------------------------------------------------------
@@ -1045,7 +1028,7 @@ class PipeClosed(Exception):
 
 class Y4MWriter:
     """Writes upscaled frames to a binary stream as YUV4MPEG2 (4:2:0, 8 bits, limited range), which mpv,
-    ffplay and VLC play from a pipe. Each frame goes out in one write, so the stream ends at a frame
+    ffplay and VLC play from a pipe. Each frame's buffers go out together, so the stream ends at a frame
     boundary whenever the run stops. y4m cannot name its colour matrix, so frames are converted with the
     one players guess from the size: BT.709 above 576 lines, BT.601 up to it."""
 
@@ -1080,28 +1063,32 @@ class Y4MWriter:
         if self.last is not None and total is not None:
             for _ in range(total - self.next_index):
                 self._write(self.last)
-        self._write(b"")
+        self._write(())
 
     def _yuv(self, rgb):
+        """A frame's bytes as the buffers written one after another (no copy joins the planes)."""
         import av
 
         if isinstance(rgb, Yuv420):  # the YUV path's planes, made in this writer's colour (self.colour)
-            return b"FRAME\n" + rgb.y.tobytes() + rgb.u.tobytes() + rgb.v.tobytes()
+            return (b"FRAME\n", *(np.ascontiguousarray(plane).data for plane in rgb))
         rgb = np.pad(rgb, ((0, self.height - rgb.shape[0]), (0, self.width - rgb.shape[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         yuv = frame.reformat(format="yuv420p", dst_colorspace=self.colour[0], dst_color_range=self.colour[1])
-        return b"FRAME\n" + yuv.to_ndarray().tobytes()  # the Y, U and V planes, back to back
+        return (b"FRAME\n", yuv.to_ndarray().data)  # the Y, U and V planes, back to back
 
-    def _write(self, data):
+    def _write(self, parts):
+        """Write one frame's buffers (none: just flush). They go out in one call's writes, in the writer thread,
+        so a run stopped by ctrl-C or a failure elsewhere still ends the stream at a frame boundary."""
         try:
-            if self.frames == 0 and data:
-                data = self.header + data
-            self.stream.write(data)
+            if self.frames == 0 and parts:
+                self.stream.write(self.header)
+            for part in parts:
+                self.stream.write(part)
             self.stream.flush()
         except (BrokenPipeError, ConnectionResetError) as e:
             _silence(self.stream)
             raise PipeClosed() from e
-        self.frames += bool(data)
+        self.frames += bool(parts)
 
 
 def _silence(stream):
@@ -1183,9 +1170,15 @@ class RealtimeInbox:
 # --- the frame pipeline: decode -> upscale -> encode ---------------------------------------------------
 
 
-def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True, inbox=None):
+def rgb_of(item):
+    """A decoded frame's RGB: what the model gets of it on the RGB path (run_frames' model_input)."""
+    return item.rgb
+
+
+def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True, inbox=None, model_input=rgb_of):
     """Upscale the frames among items (objects with .rgb; they get .sr) and hand every item, in order,
-    to sink; items without .rgb (audio packets) pass through untouched.
+    to sink; items without .rgb (audio packets) pass through untouched. upscale_frames gets a list of
+    model_input(frame) (default: the frames' RGB) and returns one output per frame.
 
     threaded: items are produced (decoded) in one thread and sunk (encoded) in another, linked to this one
     (the model's) by bounded queues: the model does not wait for I/O, and memory stays flat however long
@@ -1197,7 +1190,7 @@ def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True
     failures = []
     if not threaded:
         for group in _groups(_until_failure(items, failures), frames_per_batch):
-            for item in _upscale_group(group, upscale_frames):
+            for item in _upscale_group(group, upscale_frames, model_input):
                 sink(item)
         if failures:
             raise failures[0]
@@ -1211,7 +1204,7 @@ def run_frames(items, upscale_frames, sink, *, frames_per_batch=1, threaded=True
     writer.start()
     try:
         for group in _groups(_until_failure(_received(inbox, stop), failures), frames_per_batch):
-            if not _put(outbox, _upscale_group(group, upscale_frames), stop):
+            if not _put(outbox, _upscale_group(group, upscale_frames, model_input), stop):
                 break
         else:
             _put(outbox, _END, stop)
@@ -1328,11 +1321,11 @@ def _groups(items, frames_per_group):
         yield group
 
 
-def _upscale_group(group, upscale_frames):
+def _upscale_group(group, upscale_frames, model_input=rgb_of):
     """Set .sr on every frame of the group, with one upscale_frames call for all of them."""
     frames = [item for item in group if _is_frame(item)]
     if frames:
-        for frame, sr in zip(frames, upscale_frames([frame.rgb for frame in frames]), strict=True):
+        for frame, sr in zip(frames, upscale_frames([model_input(frame) for frame in frames]), strict=True):
             frame.sr = sr
     return group
 

@@ -3,6 +3,7 @@
     python benchmarks/bench_runtimes.py                      # the stream and video models, 15 rounds (minutes)
     python benchmarks/bench_runtimes.py --rounds 3 --models stream   # a quick look
     python benchmarks/bench_runtimes.py --calibration frames/ clip.mp4   # int8 calibrated on these instead
+    python benchmarks/bench_runtimes.py --max-isa avx2       # as a CPU without AVX-512 (emulated, see cap_isa)
 
 Per model, the candidates are Keras fp32 (the baseline: predict_on_batch, as upscale.py runs it), Keras bf16
 (a mixed_bfloat16 copy), ONNX Runtime fp32, and OpenVINO fp32, bf16 and int8 (NNCF, one quantised model per
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from bench_upscale import cpu_name, load_average, test_image  # noqa: E402
+from bench_upscale import cap_isa, cpu_name, load_average, test_image  # noqa: E402
 from peak import describe_peak, generator_flops, measure_peak  # noqa: E402
 
 import deploy  # noqa: E402
@@ -46,11 +47,14 @@ INT8_PEAK_NOTE = ("* int8's convolutions run on the CPU's int8 dot-product units
 # -----------------------------------------------------------------------------
 
 
-def candidates(keras_model, calibrations, luma_weights=None):
+def candidates(keras_model, calibrations, luma_weights=None, *, bf16=True, onnx=True):
     """{label: (Runtime, note)} for every runtime installed here; int8 once per calibration source.
-    luma_weights: keras_model is a luma model (inference.luma_model) with these weights."""
-    out = {f"keras {p}": (deploy.load_runtime(keras_model, "keras", p), "") for p in ("fp32", "bf16")}
-    for runtime, precision in (("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")):
+    luma_weights: keras_model is a luma model (inference.luma_model) with these weights. bf16, onnx: whether
+    the bf16 and ONNX Runtime candidates are in (left out on a CPU without native bf16, and under --max-isa)."""
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
+    out = {f"keras {p}": (deploy.load_runtime(keras_model, "keras", p), "") for p in precisions}
+    others = [("onnx", "fp32")] * onnx + [("openvino", p) for p in precisions]
+    for runtime, precision in others:
         try:
             out[f"{runtime} {precision}"] = (deploy.load_runtime(keras_model, runtime, precision), "")
         except deploy.MissingRuntime as err:
@@ -99,25 +103,25 @@ def share_of_peak(label, gflops, peak):
     return f"{gflops:6.0f} GFLOP/s, {100 * gflops / peak[precision]:5.1f}% of {precision} peak{mark}"
 
 
-def report_model(name, rounds, calibrations, peak):
+def report_model(name, rounds, calibrations, peak, **which):
     """Build, time and print every candidate for one model, and for a luma-first one for its YUV path's luma;
-    peak: measure_peak() of this run."""
+    peak: measure_peak() of this run; which: candidates' bf16 and onnx."""
     import inference
 
     keras_model = deploy.load_keras(name)
     print(f"\n{name} ({deploy.resolve_model_path(name).name}): building the runtimes ...", flush=True)
-    report_runs(keras_model, rounds, calibrations, peak)
+    report_runs(keras_model, rounds, calibrations, peak, **which)
     if inference.luma_upsample(keras_model) is not None:
         print(f"\n{name}, the YUV path's luma (what --video-path yuv runs: the network and the BT.709 luma): "
               "building the runtimes ...", flush=True)
         weights = inference.BT709_LUMA
-        report_runs(inference.luma_model(keras_model, weights), rounds, calibrations, peak, weights)
+        report_runs(inference.luma_model(keras_model, weights), rounds, calibrations, peak, weights, **which)
 
 
-def report_runs(keras_model, rounds, calibrations, peak, luma_weights=None):
+def report_runs(keras_model, rounds, calibrations, peak, luma_weights=None, **which):
     """Build, time and print every candidate running keras_model (a luma model with luma_weights)."""
     started = time.perf_counter()
-    runs = candidates(keras_model, calibrations, luma_weights)
+    runs = candidates(keras_model, calibrations, luma_weights, **which)
     print(f"  built in {time.perf_counter() - started:.0f} s; timing {rounds} interleaved rounds of "
           f"{FRAME_SIZE[0]}x{FRAME_SIZE[1]} -> x{deploy.model_scale(keras_model)} ({load_average()})", flush=True)
     x = deploy.as_float_batch(test_image(*FRAME_SIZE)[None])
@@ -145,9 +149,12 @@ def main(argv=None):
     p.add_argument("--calibration", nargs="*", type=Path, default=None,
                    help="int8 calibration sources (folders of frames or videos); default: the skimage photos, and "
                         "the big_buck_bunny clip where ../shared/data has it")
+    p.add_argument("--max-isa", choices=["avx2"], default=None,
+                   help="compute as a CPU without AVX-512 would (emulated here: see bench_upscale.cap_isa)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
+    capped = cap_isa(args.max_isa) if args.max_isa else None
     calibrations = args.calibration if args.calibration is not None else [None] + ([CLIP] if CLIP.is_file() else [])
     import runtime  # noqa: F401 (first: Keras starts without TensorFlow's C++ log lines)
 
@@ -159,10 +166,13 @@ def main(argv=None):
     started = time.perf_counter()
     print(f"bench_runtimes: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores (native bf16: "
           f"{upscale.cpu_has_native_bf16()}), Keras {keras.__version__}; {load_average()}")
-    peak = measure_peak(("fp32", "bf16") if upscale.cpu_has_native_bf16() else ("fp32",))
+    if capped:
+        print(capped)
+    bf16 = upscale.cpu_has_native_bf16()
+    peak = measure_peak(("fp32", "bf16") if bf16 else ("fp32",))
     print(f"peak of this CPU now: {describe_peak(peak)}")
     for name in args.models:
-        report_model(name, args.rounds, calibrations, peak)
+        report_model(name, args.rounds, calibrations, peak, bf16=bf16, onnx=capped is None)
     print(f"\nbench_runtimes: {time.perf_counter() - started:.0f} s in all; at the end: {load_average()}")
     return 0
 

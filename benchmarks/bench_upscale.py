@@ -4,6 +4,7 @@
     python benchmarks/bench_upscale.py --models stream video --speed-only   # the real-time figures only
     python benchmarks/bench_upscale.py --models gan       # another shipped model, a .keras file or a preset
     python benchmarks/bench_upscale.py --quick            # 2 frames, smaller Set5 crops: a smoke test
+    python benchmarks/bench_upscale.py --models stream --speed-only --max-isa avx2   # as without AVX-512 (emulated)
     python benchmarks/bench_upscale.py --tiling           # the tiled-vs-whole speed and memory study instead
 
 Prints the CPU's name and load (the machine may be shared, so absolute times drift; ratios of interleaved
@@ -18,7 +19,8 @@ says so: speed does not depend on the weights.
 2. the whole path with that fastest case, threaded, on the first frames of ../shared/data/clips/
    big_buck_bunny.mp4 (or a generated 640x360 clip): decode -> upscale -> YUV4MPEG2 into a pipe that another
    process reads (upscale.py CLIP -o - | player), and decode -> upscale -> libx264 file at the CLI's default
-   preset (veryfast) and CRF, each as a share of the model-only rate, with the peak resident memory;
+   preset (veryfast) and CRF, each as a share of the model-only rate, with the peak resident memory (on the
+   YUV path the model-only rate is the network's, its float luma: the uint8 planes are part of the path);
 2b. part 2 again with the model on OpenVINO int8 as `upscale.py --int8` runs it (calibrated on the clip),
    where the optional runtimes are installed (make runtimes);
 3. Set5 PSNR (Y, x4, border 4) of fp32 and bf16 and their difference (bf16 must stay within 0.05 dB);
@@ -311,8 +313,8 @@ def end_to_end(model, frames, threaded, tmp, to_pipe=False, video_path="auto"):
 def whole_path(model, frames, rounds, path="rgb"):
     """{case: (frames/s, share of the model-only rate, peak RSS)} for the y4m pipe and the libx264 file: each
     round times the model alone on `frames` frames, then both paths, so a change in the machine's load hits
-    the three alike; the median of the rounds. path: the video path ("yuv": the model alone is what the
-    model thread does there, the frame's luma)."""
+    the three alike; the median of the rounds. path: the video path ("yuv": the model alone is the network
+    and the output's float luma, inference.upscale_luma; the model thread also makes the uint8 planes there)."""
     from av.video.reformatter import ColorRange, Colorspace
 
     import media
@@ -320,7 +322,8 @@ def whole_path(model, frames, rounds, path="rgb"):
 
     rgb = frame_640x360()
     yuv = media.Yuv420Frames(upscale.Inference(model), (Colorspace.ITU709, ColorRange.MPEG))
-    model_alone = (lambda: yuv.luma([rgb])) if path == "yuv" else (lambda: upscale.upscale_array(model, rgb))
+    model_alone = ((lambda: yuv.inference.luma_frames([rgb], yuv.luma_weights)) if path == "yuv"
+                   else (lambda: upscale.upscale_array(model, rgb)))
     model_alone()
     cases = {"decode -> upscale -> y4m pipe": True, f"decode -> upscale -> libx264 {upscale.DEFAULT_PRESET} file": False}
     fps = {case: [] for case in cases}
@@ -382,7 +385,7 @@ def yuv_against_rgb(model, frames, rounds, repeats):
     rgb, chroma, colour = first_frame_planes()
     yuv = media.Yuv420Frames(upscale.Inference(model), (Colorspace.ITU709, ColorRange.MPEG))
     cases = {"rgb": lambda: upscale.upscale_array(model, rgb),
-             "yuv": lambda: yuv.planes(yuv.luma([rgb])[0], chroma, colour)}
+             "yuv": lambda: yuv.planes(rgb, chroma, colour)}
     times = interleaved_times(cases, repeats)
     rows = {"model only (the frame's uint8 output)": (1 / times["rgb"][0], 1 / times["yuv"][0],
                                                       times["rgb"][0] / times["yuv"][0])}
@@ -618,6 +621,23 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def cap_isa(isa):
+    """Make this process and its children compute as on a CPU without AVX-512 (isa "avx2": AVX2 and FMA, no
+    native bf16), before any backend loads: oneDNN (TensorFlow's, and OpenVINO's own copy) and XLA's code
+    generation are capped at AVX2, OpenVINO's own kernels too where its build reads OV_CPU_MAX_ISA, and
+    --precision auto sees no native bf16. An emulation: the cores, clock and caches stay this machine's.
+    Returns the line that says so."""
+    from inference import CPU_BF16_VARIABLE
+
+    if isa != "avx2":
+        raise ValueError(f"unknown ISA cap {isa!r}; choose avx2")
+    os.environ["ONEDNN_MAX_CPU_ISA"] = os.environ["OV_CPU_MAX_ISA"] = "AVX2"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_max_isa=AVX2".strip()
+    os.environ[CPU_BF16_VARIABLE] = "off"
+    return ("ISA capped at AVX2 (emulated: ONEDNN_MAX_CPU_ISA, OV_CPU_MAX_ISA, XLA's --xla_cpu_max_isa; no "
+            "native bf16; ONNX Runtime cannot be capped and is left out)")
+
+
 def load_average():
     """The 1, 5 and 15 minute load averages (the machine may be shared: read the figures as ratios)."""
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -650,8 +670,11 @@ def main(argv=None):
     p.add_argument("--preset", default=PRESET, help="generator preset for the --tiling study")
     p.add_argument("--model", type=Path, default=None, help="--tiling: a .keras generator instead of a fresh preset")
     p.add_argument("--skip-memory", action="store_true", help="--tiling: leave out the memory part")
+    p.add_argument("--max-isa", choices=["avx2"], default=None,
+                   help="compute as a CPU without AVX-512 would (emulated here: see cap_isa)")
     p.add_argument("--child", nargs=3, metavar=("MODE", "W", "H"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    capped = cap_isa(args.max_isa) if args.max_isa else None
     if args.child:
         mode, w, h = args.child
         child_memory(mode, int(w), int(h), args.preset, args.model)
@@ -667,6 +690,8 @@ def main(argv=None):
     print(f"bench_upscale: {cpu_name()} ({platform.machine()}), {os.cpu_count()} CPU cores (native bf16: "
           f"{upscale.cpu_has_native_bf16()}), Keras {keras.__version__} on {keras.backend.backend()} "
           f"({backend_devices()}); memory budget {upscale.memory_budget() / 2**20:.0f} MiB")
+    if capped:
+        print(capped)
     if args.tiling:
         cfg = dict(SPEED_SIZE=SPEED_SIZE, MEMORY_SIZE=MEMORY_SIZE, WHOLE_MEMORY_SIZE=WHOLE_MEMORY_SIZE, REPEATS=REPEATS)
         if args.quick:
@@ -680,7 +705,7 @@ def main(argv=None):
         return 0
     frames = 2 if args.quick else args.frames
     print(f"at the start: {load_average()}")
-    peak = measure_peak()
+    peak = measure_peak(("fp32", "bf16") if upscale.cpu_has_native_bf16() or args.quick else ("fp32",))
     print(f"peak of this CPU now: {describe_peak(peak)}")
     for name in args.models:
         report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick, peak, args.speed_only)

@@ -231,7 +231,7 @@ def test_an_unreachable_url_fails_before_the_model_loads(model_path, tmp_path, c
 
 def slow_frames(monkeypatch, seconds):
     """Make the model take `seconds` per call more than it does (a model slower than the source)."""
-    for method in ("frames", "luma_frames"):  # the RGB and the YUV video path (the stream model's, by default)
+    for method in ("frames", "planes"):  # the RGB and the YUV video path (the stream model's, by default)
         real = getattr(upscale.Inference, method)
 
         def frames(self, rgbs, *args, real=real):

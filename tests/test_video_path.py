@@ -193,6 +193,40 @@ def test_luma_model_runs_compiled_and_in_bf16_as_the_model_does(stream_model):
         assert np.abs(inference.upscale_luma(model, rgb, weights) - fp32).max() < 0.01
 
 
+def planes_in_steps(model, rgb, chroma, weights, full_range):
+    """The output planes made as the tiled and runtime case makes them: float luma and chroma, then NumPy."""
+    height, width = rgb.shape[0] * SCALE, rgb.shape[1] * SCALE
+    y = inference.to_uint8_in_bands(inference.upscale_luma(model, rgb, weights),
+                                    **inference.video_levels(full_range, chroma=False))
+    uv = inference.upscale_chroma(model, chroma)[: (height + 1) // 2, : (width + 1) // 2]
+    return y, inference.to_uint8_in_bands(uv, **inference.video_levels(full_range, chroma=True))
+
+
+@pytest.mark.parametrize("full_range", [False, True], ids=["limited", "full"])
+def test_one_graph_makes_the_planes_the_steps_make(stream_model, full_range):
+    rgb = moving_frames(1, (41, 31))[0]  # odd sides: the chroma is cut to the output's
+    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
+    weights = media.yuv_matrix(1)[0]
+    expected = planes_in_steps(stream_model, rgb, chroma, weights, full_range)
+    copy = keras.models.clone_model(stream_model)
+    copy.set_weights(stream_model.get_weights())
+    for model in (stream_model, inference.compile_model(copy)):
+        y, uv = inference.upscale_planes(model, rgb, chroma, weights, full_range=full_range)
+        assert y.dtype == uv.dtype == np.uint8 and y.shape == (124, 164) and uv.shape == (62, 82, 2)
+        for got, want in zip((y, uv), expected, strict=True):  # a value at .5 may round either way
+            assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+        made = len(inference._state(model).planes)
+        inference.upscale_planes(model, rgb, chroma, weights, full_range=full_range)
+        assert made >= 1 and len(inference._state(model).planes) == made  # made once per range
+    low, high = (0, 255) if full_range else (16, 235)
+    assert y.min() >= low and y.max() <= high
+    tiled = inference.upscale_planes(stream_model, rgb, chroma, weights, full_range=full_range, tile=25, overlap=8)
+    steps_tiled = inference.to_uint8_in_bands(inference.upscale_luma(stream_model, rgb, weights, tile=25, overlap=8),
+                                              **inference.video_levels(full_range, chroma=False))
+    for got, want in zip(tiled, (steps_tiled, expected[1]), strict=True):  # tiles: luma, then finish_model
+        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+
+
 def test_chroma_converts_between_matrices_at_chroma_resolution():
     rgb = np.random.default_rng(0).random((100, 3))
     for source, target in ((5, 1), (1, 5), (9, 1)):
