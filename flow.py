@@ -1102,6 +1102,8 @@ def check_train_args(parser, args):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.reparam and presets.GENERATOR_PRESETS[args.preset or presets.DEFAULT_PRESET]["block"] != "residual":
+        parser.error("--reparam applies to the residual presets, not to imdn's distillation blocks")
     if args.feature_matching < 0 or args.grid_weight < 0:
         parser.error("--feature-matching and --grid-weight must be >= 0")
     if not 0 <= args.ema < 1:

@@ -151,6 +151,13 @@ def reparam_run_args(data, out):
                             "--mixed-precision", "off", "--jit", "off"])
 
 
+def test_reparam_of_distillation_blocks_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        flow.parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "imdn",
+                         "--reparam"])
+    assert exit_info.value.code == 2 and "--reparam applies to the residual presets" in capsys.readouterr().err
+
+
 def test_reparam_run_exports_plain_generators_and_resumes_with_its_branches(tmp_path, eager_functions):
     data, probe = write_tiny_dataset(tmp_path / "dataset"), rand(1, 8, 8, 3, seed=5)
     whole, killed = OutputsAtEpochEnd(probe), OutputsAtEpochEnd(probe, kill_after=1)
