@@ -14,7 +14,8 @@ channel with `scale` pixels of border cropped (metrics.py), for the model and fo
 A run folder (runs/NAME/) holds:
     config.json            the resolved configuration; a rerun must match it (runtime keys aside)
     history.csv            one row per epoch of both phases: losses, val_psnr/val_ssim, bicubic_psnr/bicubic_ssim
-    generator.keras        best generator of the latest phase by validation SSIM (what upscale.py loads)
+    generator.keras        best generator of the latest phase by validation SSIM (what upscale.py loads; plain
+                           Conv2D: a --reparam run's generators are exported fused)
     generator_pretrain.keras / generator_gan.keras   the best of each phase; best.json says which epoch
     generator_last.keras   the generator after the latest finished epoch
     samples/epoch-NNN.png  LR | bicubic | SR | HR for a few validation images, every epoch, labelled
@@ -483,7 +484,8 @@ def resolve_config(args, splits, scale, gpu=False, previous=None):
     # the discriminator's input side: the patch, or the whole HR image when square (else size-agnostic: None)
     hr_size = args.patch_size or (lr_w * scale if lr_w == lr_h else None)
     arch = presets.resolve_architecture(args.preset, filters=args.filters, blocks=args.blocks,
-                                        batch_norm=args.batch_norm, interpolation_skip=args.interpolation_skip)
+                                        batch_norm=args.batch_norm, interpolation_skip=args.interpolation_skip,
+                                        reparam=args.reparam)
     init = str(Path(args.init_generator).resolve()) if args.init_generator else None
     return {
         "data": args.data if has_scheme(args.data) else str(Path(args.data).resolve()), "scale": scale,
@@ -508,7 +510,7 @@ def resolve_config(args, splits, scale, gpu=False, previous=None):
 
 # settings added after run folders were made, with the value that such a run trained with, so it still resumes
 LATER_SETTINGS = {"ema": 0.0, "grid_weight": 0.0, "val_limit": None}
-LATER_GENERATOR_SETTINGS = {"block": "residual", "output": "rgb"}
+LATER_GENERATOR_SETTINGS = {"block": "residual", "output": "rgb", "reparam": False}
 
 
 def config_differences(old, new):
@@ -593,8 +595,12 @@ def build_run_generator(config):
 
 
 def export_generator(generator, config, path):
-    """Save a float32 copy of the generator (whatever the policy or strategy it trains under), atomically."""
+    """Save a float32 copy of the generator (whatever the policy or strategy it trains under), atomically; a
+    re-parameterized one (--reparam) fused into the plain model, which is what every generator*.keras of a run
+    holds (the training states keep the branches, so a run resumes with them)."""
     import keras
+
+    from generator import fuse_reparameterized
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
@@ -603,17 +609,19 @@ def export_generator(generator, config, path):
     finally:
         keras.config.set_dtype_policy(previous)
     clone.set_weights(generator.get_weights())
+    if config["generator"]["reparam"]:
+        clone = fuse_reparameterized(clone)
     with resizer.atomic_output(path) as tmp:
         clone.save(tmp)
 
 
 def load_generator_weights(generator, path):
-    """Weights of a saved generator into `generator`; a clear error when the architectures differ."""
-    from generator import load_generator
+    """Weights of a saved generator into `generator` (a plain one into a --reparam one too: its 3x3 branches,
+    so training starts at the saved model's output); a clear error when the architectures differ."""
+    from generator import load_generator, set_generator_weights
 
     try:
-        saved = load_generator(path)
-        generator.set_weights(saved.get_weights())
+        set_generator_weights(generator, load_generator(path))
     except (ValueError, OSError) as err:
         raise ValueError(f"{path}: cannot start from this generator: it does not match the one built from "
                          f"--preset/--filters/--blocks/--interpolation-skip ({err})") from err
@@ -935,6 +943,11 @@ def parse_args(argv=None):
                    help="batch norm in the residual blocks (default: the preset's)")
     t.add_argument("--interpolation-skip", choices=("none", *presets.INTERPOLATIONS),
                    help="add an interpolated copy of the input to the output (default: the preset's)")
+    t.add_argument("--reparam", action=argparse.BooleanOptionalAction, default=None,
+                   help="train every 3x3 conv of a residual generator as a sum of linear branches (3x3, 1x1, "
+                        "1x1-3x3, Sobel/Laplacian, identity) collapsed into one kernel; the exported generators "
+                        "are fused: plain, at the preset's cost. With --init-generator a plain model starts it "
+                        "exactly (default: off)")
     t.add_argument("--discriminator", choices=presets.DISCRIMINATORS, default=discriminator,
                    help="srgan: the paper's classifier; unet: Real-ESRGAN's per-pixel U-Net with spectral norm")
     t.add_argument("--d-filters", type=int, default=d_filters, help="discriminator width")
@@ -1089,6 +1102,8 @@ def check_train_args(parser, args):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.reparam and presets.GENERATOR_PRESETS[args.preset or presets.DEFAULT_PRESET]["block"] != "residual":
+        parser.error("--reparam applies to the residual presets, not to imdn's distillation blocks")
     if args.feature_matching < 0 or args.grid_weight < 0:
         parser.error("--feature-matching and --grid-weight must be >= 0")
     if not 0 <= args.ema < 1:

@@ -18,6 +18,11 @@ conv to 3*s*s channels and one PixelShuffle(s), so every convolution runs at the
 output="luma" (the "stream" preset) is luma-first: that conv predicts s*s luma phases only, added to R, G and B of
 the bicubic skip alike, so chroma is interpolated (see LumaUpsample).
 
+reparam=True (training only) builds every 3x3 convolution of a residual generator (head, blocks, tail) as a
+RepConv2D: a sum of linear branches collapsed into one 3x3 kernel in call(), so training still costs one
+convolution per layer; fuse_reparameterized() turns such a model into the plain one (Conv2D), which is what a run
+exports and what ships.
+
 Fully convolutional, so a model built once upscales any input size. Only keras.layers / keras.ops are used and
 the custom layers below are registered, so saved .keras files load with safe_mode=True.
 """
@@ -263,6 +268,150 @@ class VideoLevels(keras.layers.Layer):
         return {**super().get_config(), "scale": scale, "offset": offset, "low": low, "high": high}
 
 
+# ECBSR's fixed edge filters (Zhang et al. 2021, "Edge-oriented Convolution Block for Real-time Super Resolution
+# on Mobile Devices"), each applied per channel after a learnable 1x1 conv and scaled per output channel
+EDGE_MASKS = {
+    "sobel_x": ((1, 0, -1), (2, 0, -2), (1, 0, -1)),
+    "sobel_y": ((1, 2, 1), (0, 0, 0), (-1, -2, -1)),
+    "laplacian": ((0, 1, 0), (1, -4, 1), (0, 1, 0)),
+}
+REPARAM_EXPANSION = 2  # the expand branch's 1x1 conv widens to this many times the output channels
+
+
+@keras.saving.register_keras_serializable(package="srgan")
+class RepConv2D(keras.layers.Layer):
+    """A 3x3 "same" convolution trained as the sum of linear branches (online re-parameterization: OREPA, Hu et
+    al. 2022; the branches of ECBSR, Zhang et al. 2021), each collapsed into one (3, 3, C_in, C_out) kernel and
+    one bias in call(), so a training step costs one convolution, and what trains is exactly the plain
+    convolution that fused_kernel() returns:
+
+        conv3x3     a 3x3 kernel and bias (the plain convolution's)
+        conv1x1     a 1x1 kernel at the 3x3's centre, and a bias
+        expand      1x1 conv to REPARAM_EXPANSION * C_out channels, then 3x3: the kernels composed (the 1x1
+                    conv's bias goes through the 3x3 kernel into the bias)
+        sobel_x, sobel_y, laplacian   a 1x1 conv, then EDGE_MASKS' filter per channel with a learnable scale
+                    per output channel, and a bias
+        identity    (C_in == C_out) the input itself, with a learnable scale per channel
+
+    The branches are linear and sum to one kernel, so they add no capacity: they change how gradient descent
+    moves through that kernel (over-parameterization), which trains small networks further.
+
+    Every branch but conv3x3 starts at zero (its last factor zeros, the other random so its gradient flows): a
+    fresh layer starts as a plain Conv2D with the same kernel_initializer, and start_from_plain() makes it
+    that convolution exactly.
+    """
+
+    def __init__(self, filters, use_bias=True, kernel_initializer="glorot_uniform", expansion=REPARAM_EXPANSION,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.use_bias, self.expansion = int(filters), bool(use_bias), int(expansion)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.autocast = False  # the branches are collapsed in float32, the kernel cast to the compute dtype
+
+    def build(self, input_shape):
+        cin, cout, wide = input_shape[-1], self.filters, self.expansion * self.filters
+        zeros, random = "zeros", "glorot_uniform"
+        self.conv3x3 = self.add_weight(name="conv3x3", shape=(3, 3, cin, cout), initializer=self.kernel_initializer)
+        self.conv1x1 = self.add_weight(name="conv1x1", shape=(cin, cout), initializer=zeros)
+        self.expand_in = self.add_weight(name="expand_in", shape=(cin, wide), initializer=random)
+        self.expand_out = self.add_weight(name="expand_out", shape=(3, 3, wide, cout), initializer=zeros)
+        self.edge_in = {k: self.add_weight(name=f"{k}_in", shape=(cin, cout), initializer=random) for k in EDGE_MASKS}
+        self.edge_scale = {k: self.add_weight(name=f"{k}_scale", shape=(cout,), initializer=zeros) for k in EDGE_MASKS}
+        self.identity_scale = (self.add_weight(name="identity_scale", shape=(cout,), initializer=zeros)
+                               if cin == cout else None)
+        self.biases = []  # one per branch that has one, summed; expand_in's goes through expand_out
+        if self.use_bias:
+            self.expand_in_bias = self.add_weight(name="expand_in_bias", shape=(wide,), initializer=zeros)
+            self.biases = [self.add_weight(name=f"{k}_bias", shape=(cout,), initializer=zeros)
+                           for k in ("conv3x3", "conv1x1", "expand", *EDGE_MASKS)]
+
+    def collapsed(self):
+        """(kernel (3, 3, C_in, C_out), bias (C_out,) or None): the sum of the branches, as tensors (float32)."""
+        # variables on the left of numpy constants: numpy's operators would take them as constants (no gradient)
+        cin = self.conv3x3.shape[2]
+        centre = np.zeros((3, 3, 1, 1), np.float32)
+        centre[1, 1] = 1.0
+        kernel = self.conv3x3 + self.conv1x1 * centre
+        kernel = kernel + ops.einsum("ie,yxeo->yxio", self.expand_in, self.expand_out)
+        for name, mask in EDGE_MASKS.items():
+            kernel = kernel + self.edge_in[name] * self.edge_scale[name] * np.float32(mask)[:, :, None, None]
+        if self.identity_scale is not None:
+            kernel = kernel + self.identity_scale * (centre * np.eye(cin, dtype=np.float32))
+        if not self.use_bias:
+            return kernel, None
+        bias = ops.einsum("e,yxeo->o", self.expand_in_bias, self.expand_out)
+        for branch_bias in self.biases:
+            bias = bias + branch_bias
+        return kernel, bias
+
+    def call(self, x):
+        kernel, bias = self.collapsed()
+        y = ops.conv(x, ops.cast(kernel, x.dtype), padding="same")
+        return y if bias is None else y + ops.cast(bias, x.dtype)
+
+    def fused_kernel(self):
+        """(kernel, bias) as numpy float32: the one Conv2D this layer computes (bias None without use_bias)."""
+        kernel, bias = self.collapsed()
+        return ops.convert_to_numpy(kernel), None if bias is None else ops.convert_to_numpy(bias)
+
+    def start_from_plain(self, kernel, bias=None):
+        """Become the plain 3x3 convolution (kernel, bias) exactly: they go into the conv3x3 branch, and every
+        other branch's zero-initialised factor is set to zero (its random factor is kept, so it can learn)."""
+        self.conv3x3.assign(kernel)
+        zero = [self.conv1x1, self.expand_out, *self.edge_scale.values(), *self.biases]
+        zero += [self.identity_scale] if self.identity_scale is not None else []
+        zero += [self.expand_in_bias] if self.use_bias else []
+        for variable in zero:
+            variable.assign(np.zeros(variable.shape, np.float32))
+        if self.use_bias:
+            self.biases[0].assign(np.zeros(self.filters, np.float32) if bias is None else bias)
+
+    def plain_conv(self):
+        """A new Conv2D of the same name, shape and dtype policy (without weights: see fuse_reparameterized)."""
+        return keras.layers.Conv2D(self.filters, 3, padding="same", use_bias=self.use_bias, name=self.name,
+                                   dtype=self.dtype_policy)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "expansion": self.expansion}
+
+
+def fuse_reparameterized(model):
+    """The plain model a re-parameterized generator computes: every RepConv2D replaced by a Conv2D holding its
+    fused kernel and bias, every other layer and weight as they are. The outputs are equal to float rounding, and
+    the model is what build_generator(..., reparam=False) builds (the same layers, names and weights)."""
+
+    def plain_layer(layer):
+        return layer.plain_conv() if isinstance(layer, RepConv2D) else layer.__class__.from_config(layer.get_config())
+
+    plain = keras.models.clone_model(model, clone_function=plain_layer)
+    for layer in model.layers:
+        weights = layer.fused_kernel() if isinstance(layer, RepConv2D) else layer.get_weights()
+        plain.get_layer(layer.name).set_weights([w for w in weights if w is not None])
+    return plain
+
+
+def set_generator_weights(model, saved):
+    """Copy a saved generator's weights into model, of the same architecture or its re-parameterized form: a
+    plain Conv2D's kernel and bias start the RepConv2D of the same name (start_from_plain), so the model's output
+    is the saved one's. ValueError when the two do not match."""
+    if not any(isinstance(layer, RepConv2D) for layer in model.layers):
+        model.set_weights(saved.get_weights())
+        return
+    if len(saved.layers) != len(model.layers):
+        raise ValueError(f"{len(saved.layers)} layers saved, {len(model.layers)} in the model")
+    for layer in model.layers:
+        source = saved.get_layer(layer.name)
+        if isinstance(layer, RepConv2D) and not isinstance(source, RepConv2D):
+            layer.start_from_plain(*source.get_weights())
+        else:
+            layer.set_weights(source.get_weights())
+
+
 def upsample_stages(scale):
     """The sub-pixel stages for a scale factor: x2 stages for powers of two, one x3 stage for 3."""
     if scale == 3:
@@ -277,18 +426,21 @@ def _prelu(init, name):
     return keras.layers.PReLU(alpha_initializer=keras.initializers.Constant(init), shared_axes=[1, 2], name=name)
 
 
-def _conv(filters, kernel, name, use_bias=True, kernel_initializer="glorot_uniform"):
+def _conv(filters, kernel, name, use_bias=True, kernel_initializer="glorot_uniform", reparam=False):
+    """A "same" convolution; with reparam, a 3x3 one is a RepConv2D (other sizes stay plain)."""
+    if reparam and kernel == 3:
+        return RepConv2D(filters, use_bias=use_bias, name=name, kernel_initializer=kernel_initializer)
     return keras.layers.Conv2D(filters, kernel, padding="same", use_bias=use_bias, name=name,
                                kernel_initializer=kernel_initializer)
 
 
-def _residual_block(x, filters, batch_norm, prelu_init, name):
+def _residual_block(x, filters, batch_norm, prelu_init, name, reparam=False):
     """conv-BN-PReLU-conv-BN plus the block's input (the paper's Fig. 4 block)."""
-    y = _conv(filters, 3, f"{name}_conv1", use_bias=not batch_norm)(x)
+    y = _conv(filters, 3, f"{name}_conv1", use_bias=not batch_norm, reparam=reparam)(x)
     if batch_norm:
         y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
     y = _prelu(prelu_init, f"{name}_prelu")(y)
-    y = _conv(filters, 3, f"{name}_conv2", use_bias=not batch_norm)(y)
+    y = _conv(filters, 3, f"{name}_conv2", use_bias=not batch_norm, reparam=reparam)(y)
     if batch_norm:
         y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
     return keras.layers.Add(name=f"{name}_add")([x, y])
@@ -363,8 +515,8 @@ def _interpolate(x, scale, method, shuffle=True):
 
 
 def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_norm=None, interpolation_skip=None,
-                    upsampler=None, head_kernel=None, block=None, output=None, prelu_init=PRELU_INIT,
-                    name="generator"):
+                    upsampler=None, head_kernel=None, block=None, output=None, reparam=None,
+                    prelu_init=PRELU_INIT, name="generator"):
     """Build a generator: (N,H,W,3) float32 [0,1] -> (N,scale*H,scale*W,3) float32.
 
     preset: a PRESETS name ("srresnet", "fast", "video", "imdn", "stream"), None for the paper's SRResNet. Its settings are used
@@ -379,17 +531,22 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     head_kernel: the first convolution's size (the paper's 9).
     output: "rgb" (the network predicts all three channels) or "luma" (luma-first: it predicts a luma residual
         at LR resolution, and chroma is the interpolation skip's; see LumaUpsample).
+    reparam: every 3x3 convolution of a residual generator a RepConv2D (for training; fuse_reparameterized
+        gives the plain model, the same outputs at the plain model's cost).
     prelu_init: initial PReLU slope (0.25 as in the paper).
     The last layer casts to float32, so the model also works under a mixed_float16/mixed_bfloat16 policy.
     """
     settings = presets.resolve_architecture(preset, filters=filters, blocks=blocks, batch_norm=batch_norm,
                                             interpolation_skip=interpolation_skip, upsampler=upsampler,
-                                            head_kernel=head_kernel, block=block, output=output)
+                                            head_kernel=head_kernel, block=block, output=output, reparam=reparam)
     filters, blocks = int(settings["filters"]), int(settings["blocks"])
     batch_norm, skip = bool(settings["batch_norm"]), settings["interpolation_skip"]
+    reparam = bool(settings["reparam"])
 
     lr = keras.Input((None, None, 3), dtype="float32", name="lr")
-    head = _conv(filters, int(settings["head_kernel"]), "head_conv")(lr)
+    if settings["block"] == "distill" and reparam:
+        raise ValueError("reparam applies to residual generators, not to distillation blocks")
+    head = _conv(filters, int(settings["head_kernel"]), "head_conv", reparam=reparam)(lr)
     if settings["block"] == "distill":
         if batch_norm or settings["upsampler"] != "subpixel":
             raise ValueError("distillation blocks come without batch norm and with the subpixel upsampler")
@@ -397,38 +554,38 @@ def build_generator(scale=4, preset=None, *, filters=None, blocks=None, batch_no
     head = _prelu(prelu_init, "head_prelu")(head)
     x = head
     for b in range(blocks):
-        x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}")
+        x = _residual_block(x, filters, batch_norm, prelu_init, f"res{b}", reparam)
     if settings["output"] == "luma":
-        return keras.Model(lr, _luma_tail(lr, x, scale, skip), name=name)
+        return keras.Model(lr, _luma_tail(lr, x, scale, skip, reparam), name=name)
     if settings["upsampler"] == "subpixel":
-        return keras.Model(lr, _subpixel_tail(lr, x, scale, skip), name=name)
-    x = _stages_tail(head, x, scale, filters, batch_norm, prelu_init)
+        return keras.Model(lr, _subpixel_tail(lr, x, scale, skip, reparam), name=name)
+    x = _stages_tail(head, x, scale, filters, batch_norm, prelu_init, reparam)
     sr = keras.layers.Activation("linear", dtype="float32", name="sr")(x)
     if skip is not None:
         sr = keras.layers.Add(dtype="float32", name="sr_plus_interpolation")([sr, _interpolate(lr, scale, skip)])
     return keras.Model(lr, sr, name=name)
 
 
-def _stages_tail(head, x, scale, filters, batch_norm, prelu_init):
+def _stages_tail(head, x, scale, filters, batch_norm, prelu_init, reparam=False):
     """The paper's: body conv (+BN) and global skip, a sub-pixel stage per x2 (or the x3), then a 9x9 conv."""
-    x = _conv(filters, 3, "body_conv", use_bias=not batch_norm)(x)
+    x = _conv(filters, 3, "body_conv", use_bias=not batch_norm, reparam=reparam)(x)
     if batch_norm:
         x = keras.layers.BatchNormalization(name="body_bn")(x)
     x = keras.layers.Add(name="global_skip")([head, x])
     for k, r in enumerate(upsample_stages(scale)):
-        x = _conv(filters * r * r, 3, f"up{k}_conv")(x)
+        x = _conv(filters * r * r, 3, f"up{k}_conv", reparam=reparam)(x)
         x = PixelShuffle(r, name=f"up{k}_shuffle")(x)
         x = _prelu(prelu_init, f"up{k}_prelu")(x)
     return _conv(3, 9, "out_conv")(x)
 
 
-def _subpixel_tail(lr, x, scale, skip):
+def _subpixel_tail(lr, x, scale, skip, reparam=False):
     """ESPCN's: one 3x3 conv at LR to 3*scale^2 channels, plus the skip's interpolation in the same sub-pixel
     layout, and one PixelShuffle into the HR image (one shuffle and one add for both: at HR resolution these
     element-wise passes cost a quarter of this light network's time)."""
     upsample_stages(scale)  # the same scales as the paper's tail
     # zeros: an untrained net outputs its interpolation skip exactly, and training starts from bicubic quality
-    x = _conv(3 * scale * scale, 3, "out_conv", kernel_initializer="zeros")(x)
+    x = _conv(3 * scale * scale, 3, "out_conv", kernel_initializer="zeros", reparam=reparam)(x)
     x = keras.layers.Activation("linear", dtype="float32", name="out_float32")(x)
     if skip is not None:
         x = keras.layers.Add(dtype="float32", name="out_plus_interpolation")(
@@ -436,13 +593,13 @@ def _subpixel_tail(lr, x, scale, skip):
     return PixelShuffle(scale, dtype="float32", name="sr")(x)
 
 
-def _luma_tail(lr, x, scale, skip):
+def _luma_tail(lr, x, scale, skip, reparam=False):
     """The luma-first tail: one 3x3 conv at LR to scale^2 luma phases (zeros, so an untrained net is its
     interpolation), added to every colour channel of the interpolated input and shuffled (LumaUpsample)."""
     upsample_stages(scale)
     if skip is None:
         raise ValueError("a luma-first generator needs an interpolation skip: its chroma is interpolated")
-    x = _conv(scale * scale, 3, "out_conv", kernel_initializer="zeros")(x)
+    x = _conv(scale * scale, 3, "out_conv", kernel_initializer="zeros", reparam=reparam)(x)
     return LumaUpsample(scale, skip, dtype="float32", name="sr")([lr, x])
 
 

@@ -54,7 +54,8 @@ def test_train_both_phases_writes_every_run_artefact(tiny_run, capsys):
     config = json.loads((run / "config.json").read_text())
     assert config["scale"] == 4 and config["hr_size"] == 32 and config["steps_per_epoch"] == 2
     assert config["generator"] == {"filters": 8, "blocks": 1, "batch_norm": True, "interpolation_skip": None,
-                                   "upsampler": "stages", "head_kernel": 9, "block": "residual", "output": "rgb"}
+                                   "upsampler": "stages", "head_kernel": 9, "block": "residual", "output": "rgb",
+                                   "reparam": False}
     assert config["pretrain_epochs"] == 2 and config["gan_epochs"] == 1 and config["grid_weight"] == 0.5
 
     rows = history(run)
@@ -180,9 +181,9 @@ def test_resume_with_a_different_config_names_the_differing_keys(tiny_dataset, t
     # runtime-only options (strategy, XLA, mixed precision, input) may change between resumes
     assert flow.main(train_args(tiny_dataset, run, 2, 1, "--jit", "off", "--strategy", "default")) == 0
     assert "nothing to do" in capsys.readouterr().out
-    # a config.json from before --ema, --grid-weight and the generator's "block" existed still resumes
+    # a config.json from before --ema, --grid-weight and the generator's "block" and "reparam" existed still resumes
     older = json.loads((run / "config.json").read_text())
-    del older["ema"], older["grid_weight"], older["generator"]["block"]
+    del older["ema"], older["grid_weight"], older["generator"]["block"], older["generator"]["reparam"]
     resizer.write_json(run / "config.json", older)
     assert flow.main(train_args(tiny_dataset, run, 2, 1)) == 0
     assert flow.main(train_args(tiny_dataset, run, 2, 1, "--ema", "0.9", "--grid-weight", "1")) == 2
