@@ -9,9 +9,10 @@ cross-faded with a raised-cosine window, so there are no seams and memory stays 
 size. The tiles are sized from the memory the model's widest feature map needs, and a model that runs out
 of memory is retried with smaller batches and tiles, remembered per model. For videos and animations
 load_fastest times the candidate precisions (fp32, bf16) and XLA on and off on a few frames and keeps the
-fastest. For a luma-first model (the stream preset) upscale_luma and upscale_chroma are the two halves of
-the YUV video path (media.Yuv420Frames): the output's luma without its RGB, and chroma planes interpolated
-as the model interpolates chroma. TensorFlow is imported only when a model is loaded.
+fastest. For a luma-first model (the stream preset) upscale_planes makes what the YUV video path
+(media.Yuv420Frames) writes: the output's luma without its RGB, chroma planes interpolated as the model
+interpolates chroma, both as uint8 at a video's levels, in one graph call a frame where it can
+(planes_model). TensorFlow is imported only when a model is loaded.
 """
 
 import functools

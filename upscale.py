@@ -330,7 +330,7 @@ def parse_args(argv=None):
     p.add_argument("--runtime", choices=RUNTIMES, default="keras",
                    help="what runs the network: keras (default), or OpenVINO / ONNX Runtime where installed "
                         "(pip install -r requirements-runtimes.txt; benchmarks/bench_runtimes.py measures which is "
-                        "faster for a model); these take the RGB video path")
+                        "faster for a model); the stream model's YUV video path runs on them too")
     p.add_argument("--int8", nargs="?", const="inputs", default=None, metavar="CALIBRATION",
                    help="OpenVINO int8 (implies --runtime openvino), calibrated on the inputs' own frames (or on a "
                         "folder of images or a video given here) and kept only if it loses at most 0.1 dB Y-PSNR "

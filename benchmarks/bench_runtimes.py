@@ -42,8 +42,8 @@ MODELS = ("stream", "video")
 FRAME_SIZE = (640, 360)  # LR width, height
 ROUNDS = 15
 CLIP = ROOT.parent / "shared" / "data" / "clips" / "big_buck_bunny.mp4"
-INT8_PEAK_NOTE = ("* int8's convolutions run on the CPU's int8 dot-product units (VNNI), whose peak is above "
-                  "bf16's and is not measured here: its share can pass 100%")
+INT8_PEAK_NOTE = ("* int8's convolutions run on the CPU's int8 dot products (VNNI where it has them), whose peak "
+                  "is not measured here: its share can pass 100%")
 # -----------------------------------------------------------------------------
 
 
