@@ -232,7 +232,7 @@ class LumaUpsample(keras.layers.Layer):
 class ChromaUpsample(LumaUpsample):
     """LumaUpsample's interpolation alone: (N, H, W, C) -> (N, H*r, W*r, C), the same taps, border
     renormalisation and shuffle, so chroma planes upscaled with it are what a luma-first generator gives its
-    chroma (the YUV video path: inference.upscale_chroma)."""
+    chroma (the YUV video path: inference.finish_model)."""
 
     def call(self, x):
         return self.shuffle(self.interpolated_phases(x))

@@ -397,23 +397,6 @@ def _runs_whole_on_keras(model, height, width, tile, overlap, batch_size):
     return height * width <= (tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE))
 
 
-def upscale_chroma(model, chroma):
-    """Chroma planes (float (h, w, C)) upscaled s times by the interpolation the luma-first model gives its
-    chroma (generator.ChromaUpsample: the model's LumaUpsample taps); float32 (s*h, s*w, C)."""
-    x = np.asarray(chroma, np.float32)
-    state = _state(model)
-    if x.shape[-1] not in state.chroma:
-        import keras
-
-        from generator import ChromaUpsample
-
-        layer = luma_upsample(model)
-        planes = keras.Input((None, None, x.shape[-1]), dtype="float32", name="chroma")
-        upsample = ChromaUpsample(layer.scale, layer.interpolation, dtype="float32", name="chroma_upsample")
-        state.chroma[x.shape[-1]] = keras.Model(planes, upsample(planes))
-    return np.asarray(state.chroma[x.shape[-1]].predict_on_batch(x[None]), np.float32)[0]
-
-
 def luma_upsample(model):
     """The LumaUpsample layer a luma-first generator (the stream preset) ends in, or None: its network predicts
     a luma residual and its chroma is interpolated."""
@@ -504,7 +487,6 @@ class _ModelState:
     luma: dict = field(default_factory=dict)  # luma weights -> luma_model (the YUV video path)
     planes: dict = field(default_factory=dict)  # (luma weights, full range) -> planes_model
     finish: dict = field(default_factory=dict)  # full range -> finish_model
-    chroma: dict = field(default_factory=dict)  # channels -> the chroma interpolation model (upscale_chroma)
 
 
 _STATES = weakref.WeakKeyDictionary()

@@ -198,7 +198,7 @@ def planes_in_steps(model, rgb, chroma, weights, full_range):
     height, width = rgb.shape[0] * SCALE, rgb.shape[1] * SCALE
     y = inference.to_uint8_in_bands(inference.upscale_luma(model, rgb, weights),
                                     **inference.video_levels(full_range, chroma=False))
-    uv = inference.upscale_chroma(model, chroma)[: (height + 1) // 2, : (width + 1) // 2]
+    uv = np.asarray(ChromaUpsample(SCALE)(chroma[None]))[0, : (height + 1) // 2, : (width + 1) // 2]
     return y, inference.to_uint8_in_bands(uv, **inference.video_levels(full_range, chroma=True))
 
 
