@@ -247,7 +247,7 @@ def upscale_float(model, x, *, tile=None, overlap=None, batch_size=None):
         if tile is not None and tile <= 2 * overlap and tile < max(height, width):
             raise ValueError(f"tile {tile} is too small for overlap {overlap}: use a tile of at least "
                              f"{2 * overlap + 1}")
-        area = tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE)
+        area = call_area(tile, pixels)
         shape = plan_tiles(height, width, area, overlap)
         batch = batch_size or max(1, pixels // (shape[0] * shape[1]))
         try:
@@ -290,7 +290,7 @@ def upscale_batch(model, lr_uint8_batch, *, batch_size=None, tile=None, overlap=
     same = len({img.shape for img in images}) == 1
     height, width = images[0].shape[:2]
     pixels = auto_tile_pixels(model)
-    whole_area = tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE)
+    whole_area = call_area(tile, pixels)
     per_call = batch_size or max(1, pixels // (height * width))
     if not (same and height * width <= whole_area and per_call > 1):
         out = [upscale_array(model, img, tile=tile, overlap=overlap) for img in images]
@@ -394,7 +394,7 @@ def _runs_whole_on_keras(model, height, width, tile, overlap, batch_size):
         return False
     overlap = state.overlap if overlap is None else int(overlap)
     tile, pixels, _ = state.reduced.get((tile, overlap, batch_size), (tile, auto_tile_pixels(model), batch_size))
-    return height * width <= (tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE))
+    return height * width <= call_area(tile, pixels)
 
 
 def luma_upsample(model):
@@ -735,6 +735,12 @@ def is_out_of_memory(error):
 
 
 @functools.lru_cache(maxsize=256)
+def call_area(tile, pixels):
+    """The LR pixels one tile may hold: tile x tile for an explicit --tile, else what the memory budget allows
+    (pixels, auto_tile_pixels) up to MAX_TILE x MAX_TILE."""
+    return tile * tile if tile is not None else min(pixels, MAX_TILE * MAX_TILE)
+
+
 def plan_tiles(height, width, pixels, overlap):
     """(tile_h, tile_w): the tile shape, at most `pixels` in area, that covers the image with the fewest
     LR pixels computed. Tiles cut to the image waste much less on overlaps than squares spread over it
