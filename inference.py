@@ -349,9 +349,9 @@ def upscale_planes(model, rgb_uint8, chroma, luma_weights, *, full_range=False, 
     float, centred ([-0.5, 0.5]) and already in the output's colour matrix; luma_weights: the output
     matrix's (Kr, Kg, Kb). Where the frame goes through the model in one call on Keras (XLA or not), one
     graph makes all of it (planes_model: the luma, the chroma interpolation, the levels; a frame's planes
-    cost 36 against 44 ms made in three steps, stream model, bf16, 640x360); else (tiles, an optional
-    runtime) upscale_luma's luma goes through the rest of that graph (finish_model). The options are
-    upscale_array's."""
+    cost 36 against 44 ms made in three steps, stream model, bf16, 640x360), and so on an optional runtime
+    that can run that graph (OpenVINO); else (tiles, ONNX Runtime) upscale_luma's luma goes through the rest
+    of it (finish_model) on Keras. The options are upscale_array's."""
     rgb = np.asarray(rgb_uint8)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"upscale_planes expects a uint8 (H, W, 3) RGB array, got {rgb.dtype} {rgb.shape}")
@@ -360,10 +360,11 @@ def upscale_planes(model, rgb_uint8, chroma, luma_weights, *, full_range=False, 
     height, width = rgb.shape[0] * scale, rgb.shape[1] * scale
     # an odd source's last chroma sample covers half a pixel past its edge: cut to the output's chroma size
     chroma_size = ((height + 1) // 2, (width + 1) // 2)
-    if _runs_whole_on_keras(model, rgb.shape[0], rgb.shape[1], tile, overlap, batch_size):
+    one_graph = (planes_model(model, luma_weights, full_range)
+                 if _fits_one_call(model, rgb.shape[0], rgb.shape[1], tile, overlap, batch_size) else None)
+    if one_graph is not None:
         try:
-            planes = _forward(planes_model(model, luma_weights, full_range))([to_float(rgb)[None], chroma[None]])
-            return _cut_planes(planes, chroma_size)
+            return _cut_planes(_forward(one_graph)([to_float(rgb)[None], chroma[None]]), chroma_size)
         except Exception as e:  # out of memory in one call: the tiled path below adapts
             if not is_out_of_memory(e):
                 raise
@@ -387,11 +388,9 @@ def video_levels(full_range, *, chroma):
         dict(scale=219.0, offset=16.0, low=16.0, high=235.0)
 
 
-def _runs_whole_on_keras(model, height, width, tile, overlap, batch_size):
-    """Whether upscale_float would take a frame of this size in one call, and the model runs on Keras."""
+def _fits_one_call(model, height, width, tile, overlap, batch_size):
+    """Whether upscale_float would take a frame of this size in one call."""
     state = _state(model)
-    if state.runs_on == "runtime":
-        return False
     overlap = state.overlap if overlap is None else int(overlap)
     tile, pixels, _ = state.reduced.get((tile, overlap, batch_size), (tile, auto_tile_pixels(model), batch_size))
     return height * width <= call_area(tile, pixels)
@@ -436,17 +435,22 @@ def planes_model(model, luma_weights, full_range=False):
     """A model ([RGB (N, H, W, 3) in [0, 1], chroma (N, h, w, 2) centred] -> [Y (N, s*H, s*W, 1), chroma
     (N, s*h, s*w, 2)], uint8 at video_levels) sharing the luma-first model's layers and weights: luma_model
     and finish_model in one graph. Made once per model, weights and range; XLA-compiled when the model is
-    (compile_model)."""
+    (compile_model); on the model's optional runtime when it runs on one (run_forward_on's planes_forward),
+    or None where that runtime cannot run the graph."""
     state = _state(model)
     key = (tuple(float(w) for w in luma_weights), bool(full_range))
     if key not in state.planes:
         import keras
 
-        luma = luma_model(model, luma_weights)
+        luma, finish = luma_model(model, luma_weights), finish_model(model, full_range)
         chroma = keras.Input((None, None, 2), dtype="float32", name="chroma")
-        planes = keras.Model([luma.input, chroma], finish_model(model, full_range)([luma.output, chroma]),
-                             name=f"{model.name}_planes")
-        state.planes[key] = compile_model(planes) if state.runs_on == "xla" else planes
+        planes = keras.Model([luma.input, chroma], finish([luma.output, chroma]), name=f"{model.name}_planes")
+        if state.runs_on == "xla":
+            compile_model(planes)
+        elif state.runs_on == "runtime":
+            forward = state.derive_planes(key[0], finish) if state.derive_planes else None
+            planes = run_forward_on(planes, forward) if forward else None
+        state.planes[key] = planes
     return state.planes[key]
 
 
@@ -483,6 +487,7 @@ class _ModelState:
     reduced: dict = field(default_factory=dict)  # (tile, overlap, batch) asked -> (tile, pixels, batch) that fit
     compiled: object = None  # an XLA-compiled forward (compile_model), a runtime's (run_forward_on), or None
     derive: object = None  # (luma_model of this model, its luma weights) -> None: make it run as this model does
+    derive_planes: object = None  # (luma weights, finish_model) -> planes_model's forward on the runtime, or None
     runs_on: str = "keras"  # "xla" (compile_model) or "runtime" (run_forward_on: an optional runtime's)
     luma: dict = field(default_factory=dict)  # luma weights -> luma_model (the YUV video path)
     planes: dict = field(default_factory=dict)  # (luma weights, full range) -> planes_model
@@ -505,16 +510,19 @@ def _forward(model):
     return _state(model).compiled or model.predict_on_batch
 
 
-def run_forward_on(model, forward, luma_forward=None):
+def run_forward_on(model, forward, luma_forward=None, planes_forward=None):
     """Make upscale_array/upscale_batch run the model's batches through forward (predict_on_batch's contract:
     an optional runtime's predict, deploy.load_runtime); tiling still reads the model's scale and field.
     luma_forward: for a luma-first model, (its luma_model, the luma weights) -> that model's forward on the
     same runtime, called when the YUV path first needs a luma model (without it, that one runs on Keras).
-    Returns the model."""
+    planes_forward: (the luma weights, finish_model) -> the forward of planes_model on the same runtime (the
+    luma network luma_forward made, then finish_model), or None where the runtime cannot run it; without it,
+    the runtime's luma goes through finish_model on Keras. Returns the model."""
     state = _state(model)
     state.compiled, state.runs_on = forward, "runtime"
     state.derive = None if luma_forward is None else (
         lambda luma, weights: run_forward_on(luma, luma_forward(luma, weights)))
+    state.derive_planes = planes_forward
     return model
 
 

@@ -560,20 +560,29 @@ def load_on_runtime(path, args, jobs):
     """(the fp32 Keras model whose forward pass now runs on --runtime, the summary's note: a RuntimeNote).
     Each network is converted when first needed: the whole RGB model, and for a luma-first model's YUV path
     its luma network (inference.luma_model), made now for the BT.709 luma that video outputs take when the
-    first video goes that way. With --int8 each is quantised on the inputs' frames (or --int8's folder or
-    video); one that loses more than 0.1 dB runs in float instead, and the note gives the measured loss."""
+    first video goes that way, and joined with the making of the output's planes in one graph where the
+    runtime can (OpenVINO). With --int8 each is quantised on the inputs' frames (or --int8's folder or video);
+    one that loses more than 0.1 dB runs in float instead, and the note gives the measured loss."""
     model, note = load_model(path, "fp32"), RuntimeNote()
     calibration = None
     if args.int8 is not None:
         source = calibration_frames(jobs) if args.int8 == "inputs" else args.int8
         calibration = functools.cache(lambda: deploy.read_frames(source))  # read once, for each network
 
+    luma_runners = {}  # luma weights -> the YUV path's luma network on the runtime
+
     def forward_on_runtime(keras_model, luma_weights=None):
         runner = runner_for(keras_model, args, calibration, luma_weights, note)
+        if luma_weights is not None:
+            luma_runners[tuple(luma_weights)] = runner
         return runner.predict
 
-    luma_forward = forward_on_runtime if args.luma_path else None
-    run_forward_on(model, on_first_call(lambda: forward_on_runtime(model)), luma_forward)
+    def planes_on_runtime(luma_weights, finish):  # the luma network and the output's planes in one graph
+        planes = luma_runners[tuple(luma_weights)].with_finish(finish)
+        return None if planes is None else planes.predict
+
+    luma_forward, planes_forward = (forward_on_runtime, planes_on_runtime) if args.luma_path else (None, None)
+    run_forward_on(model, on_first_call(lambda: forward_on_runtime(model)), luma_forward, planes_forward)
     if times_luma_path(args, jobs):
         luma_model(model, BT709_LUMA)  # converted (and for int8, checked) before the first frame
     return model, note

@@ -349,7 +349,7 @@ def print_whole_path(rows):
         print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
 
 
-def whole_path_on_int8(name, frames, path):
+def whole_path_on_int8(name, frames, path, rounds=PATH_ROUNDS):
     """Part 2 again with the model on OpenVINO int8, as `upscale.py --int8 CLIP` runs it (upscale.load_on_runtime:
     calibrated on the clip, checked on frames held back, the YUV path's luma converted too); left out, saying
     why, where the optional runtimes are not installed."""
@@ -367,9 +367,9 @@ def whole_path_on_int8(name, frames, path):
                                       precision=upscale.runtime_precision("openvino", "auto"))
         started = time.perf_counter()
         model, note = upscale.load_on_runtime(name, settings, jobs=[])
-        rows = whole_path(model, frames, PATH_ROUNDS, path)  # its warm-up converts and checks what it runs
+        rows = whole_path(model, frames, rounds, path)  # its warm-up converts and checks what it runs
         print(f"2b. the same on OpenVINO int8 (upscale.py --int8), {path.upper()} path, {frames} frames, "
-              f"{PATH_ROUNDS} rounds ({note}; converted and checked in {time.perf_counter() - started:.0f} s "
+              f"{rounds} rounds ({note}; converted and checked in {time.perf_counter() - started:.0f} s "
               "with the rounds):")
     print_whole_path(rows)
 
@@ -543,9 +543,9 @@ def copy_of(model, precision="fp32", xla=False):
     return upscale.compile_model(clone) if xla else clone
 
 
-def report_model(name, frames, repeats, quick, peak, speed_only=False):
+def report_model(name, frames, repeats, quick, peak, speed_only=False, rounds=PATH_ROUNDS):
     """Parts 1-5 for one model (see bench_model); peak: measure_peak() of this run. Part 2 runs the fastest
-    case of part 1 (what upscale.py's --compile/--precision auto would time and pick)."""
+    case of part 1 (what upscale.py's --compile/--precision auto would time and pick); rounds: of parts 2 and 5."""
     import inference
     import upscale
 
@@ -567,20 +567,20 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False):
     frames = frames or int(np.clip(round(4 / times[best]), 8, 96))  # about 4 s of model time
     path = "yuv" if inference.luma_upsample(base) is not None else "rgb"  # what --video-path auto takes
     print(f"2. whole path, {best} (the fastest above), {path.upper()} path, {frames} frames of "
-          f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {PATH_ROUNDS} rounds, each "
+          f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {rounds} rounds, each "
           f"also timing the model alone (yuv: the luma) on as many frames (the share is the median of the rounds' ratios):")
-    rows = whole_path(models[best], frames, PATH_ROUNDS, path)
+    rows = whole_path(models[best], frames, rounds, path)
     print_whole_path(rows)
-    whole_path_on_int8(name, frames, path)
+    whole_path_on_int8(name, frames, path, rounds)
     psnr = None
     if speed_only or not trained:
         print("3-4. Set5 PSNR and GIF grain: skipped (" + ("--speed-only" if speed_only else "untrained weights") + ")")
     else:
         psnr = set5_and_gif(base, quick)
     if inference.luma_upsample(base) is not None:
-        print(f"5. the YUV path against the RGB path (--video-path), {best}, {frames} frames, {PATH_ROUNDS} rounds "
+        print(f"5. the YUV path against the RGB path (--video-path), {best}, {frames} frames, {rounds} rounds "
               f"({load_average()}):")
-        for case, (rgb_fps, yuv_fps, ratio) in yuv_against_rgb(models[best], frames, PATH_ROUNDS, repeats).items():
+        for case, (rgb_fps, yuv_fps, ratio) in yuv_against_rgb(models[best], frames, rounds, repeats).items():
             print(f"   {case:42s}: rgb {rgb_fps:7.3f}, yuv {yuv_fps:7.3f} frames/s: yuv {ratio:.2f}x rgb")
         quality = yuv_rgb_quality(base) if trained else None
         if quality is not None:
@@ -665,6 +665,8 @@ def main(argv=None):
                    help="shipped model names, .keras files, or presets (built untrained when not shipped)")
     p.add_argument("--frames", type=int, default=None,
                    help="clip frames per whole-path run (default: about 4 s of model time, 8 to 96)")
+    p.add_argument("--rounds", type=int, default=PATH_ROUNDS,
+                   help=f"rounds of the whole-path parts 2 and 5, median reported (default {PATH_ROUNDS})")
     p.add_argument("--speed-only", action="store_true", help="leave out Set5 PSNR and GIF grain (parts 3-4)")
     p.add_argument("--tiling", action="store_true", help="the tiled-vs-whole speed and memory study instead")
     p.add_argument("--preset", default=PRESET, help="generator preset for the --tiling study")
@@ -708,7 +710,8 @@ def main(argv=None):
     peak = measure_peak(("fp32", "bf16") if upscale.cpu_has_native_bf16() or args.quick else ("fp32",))
     print(f"peak of this CPU now: {describe_peak(peak)}")
     for name in args.models:
-        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick, peak, args.speed_only)
+        report_model(name, frames, 1 if args.quick else MODEL_REPEATS, args.quick, peak, args.speed_only,
+                     1 if args.quick else args.rounds)
     print(f"bench_upscale: {time.perf_counter() - started:.0f} s in all; at the end: {load_average()}")
     return 0
 

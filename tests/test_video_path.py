@@ -6,6 +6,7 @@ Both must give the same pictures: Y-PSNR against the original frames within 0.05
 on the Big Buck Bunny excerpt in ../shared/data/clips (skipped when absent).
 """
 
+import argparse
 import importlib.util
 import io
 import re
@@ -326,6 +327,42 @@ def test_the_summary_names_the_path_and_a_yuv_path_that_cannot_run_is_a_usage_er
 
 
 # --- the YUV path on an optional runtime -------------------------------------------------------------------
+
+
+def on_runtime(path, runtime):
+    """The model at path as `upscale.py --runtime RUNTIME --precision fp32` loads it for the YUV path."""
+    settings = argparse.Namespace(int8=None, runtime=runtime, precision="fp32", luma_path=True)
+    return upscale.load_on_runtime(str(path), settings, jobs=[])[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino (pip install -r "
+                    "requirements-runtimes.txt)")
+def test_openvino_makes_the_planes_in_the_lumas_graph(stream_model, stream_path):
+    rgb = moving_frames(1, (41, 31))[0]
+    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
+    weights = media.yuv_matrix(1)[0]
+    model = on_runtime(stream_path, "openvino")
+    planes = inference.upscale_planes(model, rgb, chroma, weights)
+    graph = inference.planes_model(model, weights)
+    assert graph is not None and inference._state(graph).runs_on == "runtime"  # one OpenVINO call a frame
+    expected = inference.upscale_planes(stream_model, rgb, chroma, weights)  # Keras
+    for got, want in zip(planes, expected, strict=True):
+        assert got.dtype == np.uint8 and got.shape == want.shape
+        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None,
+                    reason="needs onnxruntime and tf2onnx (pip install -r requirements-runtimes.txt)")
+def test_a_runtime_without_the_planes_graph_finishes_its_luma_on_keras(stream_model, stream_path):
+    rgb = moving_frames(1, (41, 31))[0]
+    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
+    weights = media.yuv_matrix(1)[0]
+    model = on_runtime(stream_path, "onnx")
+    planes = inference.upscale_planes(model, rgb, chroma, weights)
+    assert inference.planes_model(model, weights) is None
+    assert inference._state(inference.luma_model(model, weights)).runs_on == "runtime"
+    for got, want in zip(planes, inference.upscale_planes(stream_model, rgb, chroma, weights), strict=True):
+        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
