@@ -2,6 +2,7 @@
 
     python benchmarks/bench_upscale.py                    # the stream, video and PSNR models (minutes on 2 cores)
     python benchmarks/bench_upscale.py --models stream video --speed-only   # the real-time figures only
+    python benchmarks/bench_upscale.py --models stream --speed-only --rounds 6  # steadier whole-path shares
     python benchmarks/bench_upscale.py --models gan       # another shipped model, a .keras file or a preset
     python benchmarks/bench_upscale.py --quick            # 2 frames, smaller Set5 crops: a smoke test
     python benchmarks/bench_upscale.py --models stream --speed-only --max-isa avx2   # as without AVX-512 (emulated)
@@ -20,7 +21,8 @@ says so: speed does not depend on the weights.
    big_buck_bunny.mp4 (or a generated 640x360 clip): decode -> upscale -> YUV4MPEG2 into a pipe that another
    process reads (upscale.py CLIP -o - | player), and decode -> upscale -> libx264 file at the CLI's default
    preset (veryfast) and CRF, each as a share of the model-only rate, with the peak resident memory (on the
-   YUV path the model-only rate is the network's, its float luma: the uint8 planes are part of the path);
+   YUV path two model-only rates: the network's float luma alone, and the frame's uint8 planes as the path's
+   model thread makes them, the same work without decoding and writing); --rounds rounds, median;
 2b. part 2 again with the model on OpenVINO int8 as `upscale.py --int8` runs it (calibrated on the clip),
    where the optional runtimes are installed (make runtimes);
 3. Set5 PSNR (Y, x4, border 4) of fp32 and bf16 and their difference (bf16 must stay within 0.05 dB);
@@ -311,42 +313,55 @@ def end_to_end(model, frames, threaded, tmp, to_pipe=False, video_path="auto"):
 
 
 def whole_path(model, frames, rounds, path="rgb"):
-    """{case: (frames/s, share of the model-only rate, peak RSS)} for the y4m pipe and the libx264 file: each
-    round times the model alone on `frames` frames, then both paths, so a change in the machine's load hits
-    the three alike; the median of the rounds. path: the video path ("yuv": the model alone is the network
-    and the output's float luma, inference.upscale_luma; the model thread also makes the uint8 planes there)."""
+    """{case: (frames/s, {what: share of that model-only rate}, peak RSS)} for the y4m pipe and the libx264
+    file: each round times the model alone on `frames` frames, then both paths, so a change in the machine's
+    load hits them alike; the median of the rounds. The model alone: the RGB path's upscale_array; on the YUV
+    path (path "yuv") both the network's float luma alone (inference.upscale_luma) and the frame's uint8
+    planes (what the path's model thread makes: the network, the chroma interpolation, the levels)."""
     from av.video.reformatter import ColorRange, Colorspace
 
     import media
     import upscale
 
-    rgb = frame_640x360()
-    yuv = media.Yuv420Frames(upscale.Inference(model), (Colorspace.ITU709, ColorRange.MPEG))
-    model_alone = ((lambda: yuv.inference.luma_frames([rgb], yuv.luma_weights)) if path == "yuv"
-                   else (lambda: upscale.upscale_array(model, rgb)))
-    model_alone()
+    rgb, chroma, colour = first_frame_planes()
+    if path == "yuv":  # the output's colour as the writer takes it
+        yuv = media.Yuv420Frames(upscale.Inference(model), (Colorspace.ITU709, ColorRange.MPEG))
+        alone = {"the float luma": lambda: yuv.inference.luma_frames([rgb], yuv.luma_weights),
+                 "the planes": lambda: yuv.planes(rgb, chroma, colour)}
+    else:
+        alone = {"the frame": lambda: upscale.upscale_array(model, rgb)}
+    for run in alone.values():
+        run()
     cases = {"decode -> upscale -> y4m pipe": True, f"decode -> upscale -> libx264 {upscale.DEFAULT_PRESET} file": False}
     fps = {case: [] for case in cases}
-    shares = {case: [] for case in cases}
+    shares = {case: {what: [] for what in alone} for case in cases}
     peaks = dict.fromkeys(cases, 0)
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
-            started = time.perf_counter()
-            for _ in range(frames):
-                model_alone()
-            model_fps = frames / (time.perf_counter() - started)
+            alone_fps = {what: frames / timed(run, frames) for what, run in alone.items()}
             for case, to_pipe in cases.items():
                 rate, peak = end_to_end(model, frames, True, tmp, to_pipe=to_pipe, video_path=path)
                 fps[case].append(rate)
-                shares[case].append(rate / model_fps)
+                for what, model_fps in alone_fps.items():
+                    shares[case][what].append(rate / model_fps)
                 peaks[case] = max(peaks[case], peak)
-    return {case: (float(np.median(fps[case])), float(np.median(shares[case])), peaks[case]) for case in cases}
+    return {case: (float(np.median(fps[case])), {what: float(np.median(v)) for what, v in shares[case].items()},
+                   peaks[case]) for case in cases}
+
+
+def timed(run, times):
+    """Seconds that `times` calls of run take."""
+    started = time.perf_counter()
+    for _ in range(times):
+        run()
+    return time.perf_counter() - started
 
 
 def print_whole_path(rows):
-    """Part 2's lines: whole_path's {case: (frames/s, share of model-only, peak RSS)}."""
-    for case, (fps, share, rss) in rows.items():
-        print(f"   {case:42s}: {fps:7.3f} frames/s  {share:5.1%} of model-only; peak RSS {rss / 2**30:5.2f} GiB")
+    """Part 2's lines: whole_path's {case: (frames/s, {what: share of its model-only rate}, peak RSS)}."""
+    for case, (fps, shares, rss) in rows.items():
+        of = ", ".join(f"{share:5.1%} of {what} alone" for what, share in shares.items())
+        print(f"   {case:42s}: {fps:7.3f} frames/s  {of}; peak RSS {rss / 2**30:5.2f} GiB")
 
 
 def whole_path_on_int8(name, frames, path, rounds=PATH_ROUNDS):
@@ -568,7 +583,8 @@ def report_model(name, frames, repeats, quick, peak, speed_only=False, rounds=PA
     path = "yuv" if inference.luma_upsample(base) is not None else "rgb"  # what --video-path auto takes
     print(f"2. whole path, {best} (the fastest above), {path.upper()} path, {frames} frames of "
           f"{CLIP.name if CLIP.is_file() else 'a generated 640x360 clip'}, threaded, in {rounds} rounds, each "
-          f"also timing the model alone (yuv: the luma) on as many frames (the share is the median of the rounds' ratios):")
+          f"also timing the model alone on as many frames (yuv: the network's float luma, and the frame's planes as "
+          f"the model thread makes them; the share is the median of the rounds' ratios):")
     rows = whole_path(models[best], frames, rounds, path)
     print_whole_path(rows)
     whole_path_on_int8(name, frames, path, rounds)
