@@ -60,11 +60,11 @@ from inference import (
     is_out_of_memory,
     load_fastest,
     load_model,
-    luma_model,
     memory_budget,
     model_scale,
     overlap_for_radius,
     plan_tiles,
+    planes_model,
     receptive_radius,
     resolve_model_path,
     resolve_precision,
@@ -584,7 +584,7 @@ def load_on_runtime(path, args, jobs):
     luma_forward, planes_forward = (forward_on_runtime, planes_on_runtime) if args.luma_path else (None, None)
     run_forward_on(model, on_first_call(lambda: forward_on_runtime(model)), luma_forward, planes_forward)
     if times_luma_path(args, jobs):
-        luma_model(model, BT709_LUMA)  # converted (and for int8, checked) before the first frame
+        planes_model(model, BT709_LUMA)  # converted (int8: and checked) before the first frame, with the planes
     return model, note
 
 
