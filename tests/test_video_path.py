@@ -194,6 +194,21 @@ def test_luma_model_runs_compiled_and_in_bf16_as_the_model_does(stream_model):
         assert np.abs(inference.upscale_luma(model, rgb, weights) - fp32).max() < 0.01
 
 
+def frame_with_chroma():
+    """(uint8 RGB frame, centred chroma planes, BT.709 luma weights): a YUV path frame with odd sides, so the
+    output's chroma is cut to size."""
+    rgb = moving_frames(1, (41, 31))[0]
+    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
+    return rgb, chroma, media.yuv_matrix(1)[0]
+
+
+def assert_planes_agree(planes, expected):
+    """uint8 (Y, chroma) planes as expected, but for values at .5 that rounded the other way."""
+    for got, want in zip(planes, expected, strict=True):
+        assert got.dtype == np.uint8 and got.shape == want.shape
+        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+
+
 def planes_in_steps(model, rgb, chroma, weights, full_range):
     """The output planes made as the tiled and runtime case makes them: float luma and chroma, then NumPy."""
     height, width = rgb.shape[0] * SCALE, rgb.shape[1] * SCALE
@@ -205,17 +220,14 @@ def planes_in_steps(model, rgb, chroma, weights, full_range):
 
 @pytest.mark.parametrize("full_range", [False, True], ids=["limited", "full"])
 def test_one_graph_makes_the_planes_the_steps_make(stream_model, full_range):
-    rgb = moving_frames(1, (41, 31))[0]  # odd sides: the chroma is cut to the output's
-    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
-    weights = media.yuv_matrix(1)[0]
+    rgb, chroma, weights = frame_with_chroma()
     expected = planes_in_steps(stream_model, rgb, chroma, weights, full_range)
     copy = keras.models.clone_model(stream_model)
     copy.set_weights(stream_model.get_weights())
     for model in (stream_model, inference.compile_model(copy)):
         y, uv = inference.upscale_planes(model, rgb, chroma, weights, full_range=full_range)
         assert y.dtype == uv.dtype == np.uint8 and y.shape == (124, 164) and uv.shape == (62, 82, 2)
-        for got, want in zip((y, uv), expected, strict=True):  # a value at .5 may round either way
-            assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+        assert_planes_agree((y, uv), expected)
         made = len(inference._state(model).planes)
         inference.upscale_planes(model, rgb, chroma, weights, full_range=full_range)
         assert made >= 1 and len(inference._state(model).planes) == made  # made once per range
@@ -224,8 +236,7 @@ def test_one_graph_makes_the_planes_the_steps_make(stream_model, full_range):
     tiled = inference.upscale_planes(stream_model, rgb, chroma, weights, full_range=full_range, tile=25, overlap=8)
     steps_tiled = inference.to_uint8_in_bands(inference.upscale_luma(stream_model, rgb, weights, tile=25, overlap=8),
                                               **inference.video_levels(full_range, chroma=False))
-    for got, want in zip(tiled, (steps_tiled, expected[1]), strict=True):  # tiles: luma, then finish_model
-        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+    assert_planes_agree(tiled, (steps_tiled, expected[1]))  # tiles: luma, then finish_model
 
 
 def test_chroma_converts_between_matrices_at_chroma_resolution():
@@ -338,31 +349,23 @@ def on_runtime(path, runtime):
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino (pip install -r "
                     "requirements-runtimes.txt)")
 def test_openvino_makes_the_planes_in_the_lumas_graph(stream_model, stream_path):
-    rgb = moving_frames(1, (41, 31))[0]
-    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
-    weights = media.yuv_matrix(1)[0]
+    rgb, chroma, weights = frame_with_chroma()
     model = on_runtime(stream_path, "openvino")
     planes = inference.upscale_planes(model, rgb, chroma, weights)
     graph = inference.planes_model(model, weights)
     assert graph is not None and inference._state(graph).runs_on == "runtime"  # one OpenVINO call a frame
-    expected = inference.upscale_planes(stream_model, rgb, chroma, weights)  # Keras
-    for got, want in zip(planes, expected, strict=True):
-        assert got.dtype == np.uint8 and got.shape == want.shape
-        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+    assert_planes_agree(planes, inference.upscale_planes(stream_model, rgb, chroma, weights))  # Keras's
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("tf2onnx") is None,
                     reason="needs onnxruntime and tf2onnx (pip install -r requirements-runtimes.txt)")
 def test_a_runtime_without_the_planes_graph_finishes_its_luma_on_keras(stream_model, stream_path):
-    rgb = moving_frames(1, (41, 31))[0]
-    chroma = np.random.default_rng(3).uniform(-0.45, 0.45, (16, 21, 2)).astype(np.float32)
-    weights = media.yuv_matrix(1)[0]
+    rgb, chroma, weights = frame_with_chroma()
     model = on_runtime(stream_path, "onnx")
     planes = inference.upscale_planes(model, rgb, chroma, weights)
     assert inference.planes_model(model, weights) is None
     assert inference._state(inference.luma_model(model, weights)).runs_on == "runtime"
-    for got, want in zip(planes, inference.upscale_planes(stream_model, rgb, chroma, weights), strict=True):
-        assert np.abs(got.astype(int) - want).max() <= 1 and (got != want).mean() < 0.001
+    assert_planes_agree(planes, inference.upscale_planes(stream_model, rgb, chroma, weights))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
