@@ -179,11 +179,17 @@ def pan_path(canvas, window, frames, step=PAN_PER_FRAME):
 def benchmark_clip(photo, scale, window=BENCH_WINDOW, frames=BENCH_FRAMES):
     """The stream benchmark's HR frames of a photo: a window (at most `window`, and at most BENCH_ROOM of
     the photo's sides so the camera can move; sides multiples of 2 x scale) panning over it (pan_path)."""
-    size = (photo.shape[1], photo.shape[0])
+    boxes, fitted = benchmark_camera((photo.shape[1], photo.shape[0]), scale, window, frames)
+    return render_frames(photo, boxes, fitted)
+
+
+def benchmark_camera(size, scale, window=BENCH_WINDOW, frames=BENCH_FRAMES):
+    """The stream benchmark's camera over a photo of size (width, height): (pan_path's boxes, the fitted
+    window (width, height)), as benchmark_clip films it."""
     fitted = fit_window([v * BENCH_ROOM for v in size], window, 2 * scale)
     if min(fitted) < 2 * scale:
         raise ValueError(f"{size[0]}x{size[1]} is too small for a x{scale} stream")
-    return render_frames(photo, pan_path(size, fitted, frames), fitted)
+    return pan_path(size, fitted, frames), fitted
 
 
 def fit_window(canvas, window, multiple):

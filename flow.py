@@ -883,12 +883,21 @@ def stream_clips(data, scale, window, frames):
     bad file fails its clip only): a pan over each photo of a folder or of a DATASET's test split, or runs of
     `frames` consecutive frames of an HR video (at most STREAM_VIDEO_CLIPS, centre-cropped to the window)."""
     import codec
-    import create_dataset
     import upscale
 
     data = Path(data)
     if data.is_file() and upscale.media_kind(data) == "video":
         return video_clips(data, scale, window, frames)
+    photos = stream_photos(data)
+    return [(p.name, lambda p=p: codec.benchmark_clip(resizer.load_image(p), scale, window, frames)) for p in photos]
+
+
+def stream_photos(data):
+    """The photos the stream benchmark films: a DATASET's test split (from its manifest), else a folder's images.
+    ValueError when there are none."""
+    import create_dataset
+
+    data = Path(data)
     if not data.is_dir():
         raise ValueError(f"--data {data}: no such folder or video")
     manifest = create_dataset.read_manifest(data) if (data / "test").is_dir() else None
@@ -898,7 +907,7 @@ def stream_clips(data, scale, window, frames):
         photos = sorted(p for p in data.iterdir() if p.suffix.lower() in resizer.IMAGE_SUFFIXES)
     if not photos:
         raise ValueError(f"--data {data}: no photos (nor a DATASET with a test split, nor a video)")
-    return [(p.name, lambda p=p: codec.benchmark_clip(resizer.load_image(p), scale, window, frames)) for p in photos]
+    return photos
 
 
 def video_clips(path, scale, window, frames):

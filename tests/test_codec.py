@@ -2,6 +2,7 @@
 decoded frames (aligned, degraded, recorded, reproducible), bad codecs and rates, a failing clip."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +12,10 @@ import codec
 import create_dataset
 import resizer
 from create_dataset import DatasetError, build_dataset, main
+from metrics import rgb_to_y
 
 SAMPLES = Path(__import__("skimage.data").data.data_dir)
+ROOT = Path(__file__).resolve().parents[1]
 SMALL_STREAM = {"codec": "libx264", "window": (96, 64), "frames": 4, "pairs_per_frame": 1}
 SMALL = {"hr_size": 32, "scale": 4, "workers": 1, "progress": False, "mode": "patches", "patches": 8}
 
@@ -93,6 +96,28 @@ def test_camera_paths_stay_inside_the_canvas_and_move(photo):
     assert len(frames) == codec.BENCH_FRAMES and frames[0].shape == (384, 384, 3)
     assert not (frames[0] == frames[-1]).all()
     assert codec.fit_window((300, 150), (512, 288), 8) == (296, 144)
+
+
+def test_the_frame_oracle_aligns_the_previous_frame_and_measures_what_it_adds(photo, photos, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_stream_frames
+
+    boxes, window = codec.benchmark_camera((photo.shape[1], photo.shape[0]), 4)
+    lr = [rgb_to_y(f) for f in codec.downscale_frames(codec.render_frames(photo, boxes, window), 4)]
+    align = bench_stream_frames.aligner(boxes[0], boxes[1], 4)
+    aligned = np.mean(bench_stream_frames.cropped(align(lr[0]) - lr[1]) ** 2)
+    assert aligned < np.mean(bench_stream_frames.cropped(lr[0] - lr[1]) ** 2) / 4  # the shift's sign and size
+
+    rows, types = bench_stream_frames.clip_errors(photo, 34)
+    assert len(rows) == codec.BENCH_FRAMES - 1 and types[0] == "I" and set(types[1:]) <= {"P", "B"}
+    single, average, alignment, correlation = (np.array(column) for column in zip(*rows, strict=True))
+    assert (alignment < single).all() and np.isfinite(average).all()  # the codec loses more than the shift
+    assert (np.abs(correlation) <= 1).all() and correlation.mean() > 0.5  # references' errors carried
+    assert bench_stream_frames.best_weighting_gain([1.0]) == 0 and bench_stream_frames.best_weighting_gain([0.0]) > 3
+
+    bench_stream_frames.main(["--data", str(photos), "--crf", "28"])
+    out = capsys.readouterr().out
+    assert "6 photos" in out and "| 28 | 42 |" in out  # 6 photos x 7 frames after the first
 
 
 def test_bad_codecs_and_rates_are_named():
