@@ -1,18 +1,19 @@
-"""How much could the previous frame give a stream model? An oracle bound on the stream benchmark's clips.
+"""How much could earlier frames give a stream model? An oracle bound on the stream benchmark's clips.
 
     python benchmarks/bench_stream_frames.py --data data/stream-x4        # a DATASET's test split (its photos)
     python benchmarks/bench_stream_frames.py --data data/benchmarks/set14 --crf 28 34
 
-A network that sees neighbouring frames can only restore what a codec lost in one frame if the next one lost
-something else. This measures that, with the clips of `flow.py evaluate-stream` (each photo filmed by its
-panning window, downscaled x4 by antialiased bicubic, libx264 preset medium yuv420p at each CRF, decoded): per
-frame after the first, the decoded frame's codec error (its luma against the clean LR frame's) beside the error of
-its average with the previous decoded frame, aligned by the camera's known motion (the oracle: the exact pan,
-no motion estimation, bicubic spline shift), and the correlation of the two frames' aligned errors. Printed per
-CRF: Y-PSNR of the decoded LR frames against the clean ones, of the aligned two-frame average, the gain, the
-alignment's own loss on clean frames, the correlation, and what the best weighting of two frames would gain with a
-perfect alignment (the error's power times (1 + r) / 2): near r = 1, P and B frames carry their references' errors
-and the neighbours have little to add; near 0, averaging N frames would cut the error's power N-fold.
+A network that sees neighbouring frames can only restore what a codec lost in one frame if another frame kept
+it. This measures that on the clips of `flow.py evaluate-stream` (each photo filmed by its panning window,
+downscaled x4 by antialiased bicubic, libx264 preset medium yuv420p at each CRF, decoded), in the LR frames'
+luma against the clean LR frames (border 8), for each frame after the first. Earlier decoded frames are aligned
+to it by the camera's known motion (the oracle: the exact pan, no motion estimation; a cubic-spline shift), and
+printed per CRF are: the decoded frames' Y-PSNR; that of the frame averaged with the aligned previous one (and the
+gain); the alignment's own loss on clean frames; the correlation of the two frames' codec errors (near 1: P and B
+frames carry their references' errors, and neighbours have little to add); and two bounds of a linear fusion:
+the best weighting (per frame, weights summing to 1, chosen knowing the clean frame) of the frame and the aligned
+previous one, and of the frame and every aligned earlier one of its clip. A learned fusion that weights each
+pixel differently is not bounded by them; a global one is.
 --help answers without loading Keras.
 """
 
@@ -34,9 +35,11 @@ BORDER = 8  # LR pixels left out at each edge: the shift's border and the codec'
 
 
 def clip_errors(photo, crf, scale=SCALE):
-    """Per frame after the first of the photo's benchmark clip at a CRF: (mean squared codec error of the decoded
-    luma, that of its average with the aligned previous decoded frame, that of the aligned clean previous frame
-    alone, the correlation of the two frames' aligned codec errors), and the clip's frame types."""
+    """Per frame after the first of the photo's benchmark clip at a CRF, mean squared errors against the clean LR
+    luma: (the decoded frame's, its average with the aligned previous decoded frame's, the aligned clean previous
+    frame's alone, the best weighting of the frame and the aligned previous one's, the best weighting of the frame
+    and every aligned earlier one's), and the correlation of the frame's codec error with the previous frame's
+    (aligned); and the clip's frame types."""
     import codec
     from metrics import rgb_to_y
 
@@ -46,14 +49,28 @@ def clip_errors(photo, crf, scale=SCALE):
     clean, decoded = [rgb_to_y(f) for f in lr], [rgb_to_y(f) for f in decoded]
     rows = []
     for i in range(1, len(lr)):
-        align = aligner(boxes[i - 1], boxes[i], scale)
-        error = cropped(decoded[i] - clean[i])
-        previous_error = cropped(align(decoded[i - 1]) - align(clean[i - 1]))
-        average = cropped((decoded[i] + align(decoded[i - 1])) / 2 - clean[i])
-        alignment = cropped(align(clean[i - 1]) - clean[i])
-        correlation = np.corrcoef(error.ravel(), previous_error.ravel())[0, 1]
-        rows.append((np.mean(error**2), np.mean(average**2), np.mean(alignment**2), correlation))
+        aligns = [aligner(boxes[j], boxes[i], scale) for j in range(i)]
+        # each candidate's error against this frame's clean luma: earlier decoded frames aligned (their codec
+        # error and the alignment's own), then this decoded frame
+        errors = [cropped(align(decoded[j]) - clean[i]) for j, align in enumerate(aligns)]
+        errors.append(cropped(decoded[i] - clean[i]))
+        average = cropped((decoded[i] + aligns[-1](decoded[i - 1])) / 2 - clean[i])
+        alignment = cropped(aligns[-1](clean[i - 1]) - clean[i])
+        previous_codec_error = cropped(aligns[-1](decoded[i - 1]) - aligns[-1](clean[i - 1]))
+        correlation = np.corrcoef(errors[-1].ravel(), previous_codec_error.ravel())[0, 1]
+        rows.append((np.mean(errors[-1] ** 2), np.mean(average**2), np.mean(alignment**2),
+                     best_weighting_mse(errors[-2:]), best_weighting_mse(errors), correlation))
     return rows, stream["frame_types"]
+
+
+def best_weighting_mse(errors):
+    """The least mean squared error of any weighted sum (weights summing to 1) of candidates with these error
+    planes: 1 / (1' C^+ 1) for the planes' second-moment matrix C (the pseudo-inverse: identical errors make C
+    singular)."""
+    flat = np.stack([e.ravel() for e in errors])
+    covariance = flat @ flat.T / flat.shape[1]
+    ones = np.ones(len(errors))
+    return 1.0 / (ones @ np.linalg.pinv(covariance) @ ones)
 
 
 def aligner(previous_box, box, scale):
@@ -68,12 +85,6 @@ def aligner(previous_box, box, scale):
 def cropped(plane):
     """The plane without BORDER pixels at each edge."""
     return plane[BORDER:-BORDER, BORDER:-BORDER]
-
-
-def best_weighting_gain(correlations):
-    """dB gained by the best weighting of two frames whose errors have equal power and these correlations r,
-    with a perfect alignment: the error's power falls to (1 + r) / 2 (weights 1/2 each), averaged over frames."""
-    return -10 * np.log10(np.mean((1 + np.asarray(correlations)) / 2))
 
 
 def psnr_of_mse(mse):
@@ -101,17 +112,21 @@ def run(data, crfs):
             failed.append(f"{photo_path.name}: {e}")
     print(f"bench_stream_frames: {data}, {len(photos) - len(failed)} photos, x{SCALE}, libx264 preset "
           f"{codec.BENCH_PRESET}; luma against the clean LR frames (border {BORDER}), per frame after the first")
-    print("| CRF | frames | decoded | + aligned previous (average) | gain | alignment alone, clean | error correlation "
-          "| best weighting's gain |")
+    print("| CRF | frames | decoded | + aligned previous frame (average) | alignment alone, clean | error "
+          "correlation | best weighting of 2 frames | of all frames so far |")
     print("|---|---|---|---|---|---|---|---|")
     for crf in crfs:
         if not results[crf]:
             continue
-        single, average, alignment, correlation = (np.array(column) for column in zip(*results[crf], strict=True))
-        gain = psnr_of_mse(average.mean()) - psnr_of_mse(single.mean())
-        print(f"| {crf} | {len(single)} | {psnr_of_mse(single.mean()):.2f} dB | {psnr_of_mse(average.mean()):.2f} dB | "
-              f"{gain:+.2f} dB | {psnr_of_mse(alignment.mean()):.2f} dB | {np.mean(correlation):.3f} "
-              f"(min {np.min(correlation):.3f}) | {best_weighting_gain(correlation):+.2f} dB |")
+        single, average, alignment, best_two, best_all, correlation = (
+            np.array(column) for column in zip(*results[crf], strict=True))
+        decoded = psnr_of_mse(single.mean())
+
+        def gain(mse, decoded=decoded):
+            return f"{psnr_of_mse(mse.mean()):.2f} dB ({psnr_of_mse(mse.mean()) - decoded:+.2f})"
+
+        print(f"| {crf} | {len(single)} | {decoded:.2f} dB | {gain(average)} | {psnr_of_mse(alignment.mean()):.2f} dB "
+              f"| {np.mean(correlation):.3f} (min {np.min(correlation):.3f}) | {gain(best_two)} | {gain(best_all)} |")
     for line in failed:
         print(f"failed: {line}")
 

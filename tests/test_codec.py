@@ -110,10 +110,16 @@ def test_the_frame_oracle_aligns_the_previous_frame_and_measures_what_it_adds(ph
 
     rows, types = bench_stream_frames.clip_errors(photo, 34)
     assert len(rows) == codec.BENCH_FRAMES - 1 and types[0] == "I" and set(types[1:]) <= {"P", "B"}
-    single, average, alignment, correlation = (np.array(column) for column in zip(*rows, strict=True))
+    single, average, alignment, best_two, best_all, correlation = (np.array(c) for c in zip(*rows, strict=True))
     assert (alignment < single).all() and np.isfinite(average).all()  # the codec loses more than the shift
     assert (np.abs(correlation) <= 1).all() and correlation.mean() > 0.5  # references' errors carried
-    assert bench_stream_frames.best_weighting_gain([1.0]) == 0 and bench_stream_frames.best_weighting_gain([0.0]) > 3
+    assert (best_all <= best_two * (1 + 1e-9)).all() and (best_two <= single * (1 + 1e-9)).all()  # more frames, less
+    rng = np.random.default_rng(0)
+    independent = [rng.normal(size=(64, 64)) for _ in range(4)]
+    assert bench_stream_frames.best_weighting_mse(independent) == pytest.approx(0.25, rel=0.1)  # a quarter of the power
+    weighted = bench_stream_frames.best_weighting_mse([independent[0], 10 * independent[1]])
+    assert weighted == pytest.approx(1 / 1.01, rel=0.1)  # the noisier frame gets little weight
+    assert bench_stream_frames.best_weighting_mse([independent[0]] * 2) == pytest.approx(1.0, rel=0.1)  # nothing new
 
     bench_stream_frames.main(["--data", str(photos), "--crf", "28"])
     out = capsys.readouterr().out
