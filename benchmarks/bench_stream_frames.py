@@ -92,15 +92,13 @@ def psnr_of_mse(mse):
     return 10 * np.log10(255.0**2 / mse)
 
 
-def run(data, crfs):
+def run(data, photos, crfs):
     """Measure every photo at every CRF and print one line per CRF (failed photos are named and skipped)."""
     from tqdm import tqdm
 
     import codec
-    import flow
     import resizer
 
-    photos = flow.stream_photos(data)
     results, failed = {crf: [] for crf in crfs}, []
     for photo_path in tqdm(photos, desc="photos", unit="photo"):
         try:
@@ -136,9 +134,16 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="a DATASET (its test split's photos) or a folder of photos")
     p.add_argument("--crf", type=int, nargs="+", default=list(CRFS), help=f"libx264 CRFs (default {CRFS})")
     args = p.parse_args(argv)
-    if not all(0 <= crf <= 51 for crf in args.crf):
-        p.error("--crf: libx264's CRF lies within 0-51")
-    run(args.data, args.crf)
+    import codec
+    import flow
+
+    try:
+        for crf in args.crf:
+            codec.check_rate("libx264", (crf, crf))
+        photos = flow.stream_photos(args.data)
+    except ValueError as e:  # codec.CodecError is a ValueError
+        p.error(str(e))
+    run(args.data, photos, args.crf)
 
 
 if __name__ == "__main__":

@@ -124,6 +124,11 @@ def test_the_frame_oracle_aligns_the_previous_frame_and_measures_what_it_adds(ph
     bench_stream_frames.main(["--data", str(photos), "--crf", "28"])
     out = capsys.readouterr().out
     assert "6 photos" in out and "| 28 | 42 |" in out  # 6 photos x 7 frames after the first
+    for flags, message in ((["--data", str(photos), "--crf", "60"], "CRF range 60-60"),
+                           (["--data", str(photos / "none")], "no such folder")):
+        with pytest.raises(SystemExit) as exit_code:
+            bench_stream_frames.main(flags)
+        assert exit_code.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bad_codecs_and_rates_are_named():
