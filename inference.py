@@ -103,6 +103,9 @@ def load_fastest(path, precision="auto", compile_choice="auto", frame_size=None,
     size = frame_size
     precisions = [precision] if precision != "auto" else ["fp32"] + (["bf16"] if resolve_precision() == "bf16" else [])
     compiles = [compile_choice == "on"] if compile_choice != "auto" else [False, True]
+    import runtime  # noqa: F401  (before Keras: TensorFlow's C++ start-up lines held back)
+
+    # isort: split
     import keras
 
     if keras.backend.backend() != "tensorflow":

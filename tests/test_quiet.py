@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import TENSORFLOW_NOISE
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +39,15 @@ def test_help_is_quiet_and_loads_no_keras(script):
 
 
 @pytest.mark.slow
+def test_upscaling_an_image_prints_only_the_summary(tmp_path):
+    """The command a user runs first: upscale.py loads Keras late (--help without it), then quietly."""
+    image = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(image)
+    done = run_clean("upscale.py", str(image), "-o", str(tmp_path / "small_x4.png"), "--model", "stream")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "small_x4.png").exists() and not noise(done), done.stdout + done.stderr
+
+
 def test_keras_work_prints_no_tensorflow_start_up_lines(tmp_path):
     """Importing the models, building, saving, loading and predicting: nothing but the program's own line."""
     code = ("import numpy as np\nfrom generator import build_generator, load_generator\n"
